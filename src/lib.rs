@@ -1,0 +1,23 @@
+//! pbx2mqtt bridges a call center's telephony to MQTT: it polls agent status
+//! from the Belfabriek Agent Availability API, publishes every transition,
+//! manages TRiNG call queues from MQTT commands, and records status history
+//! for reports. See `ARCHITECTURE.md` for the map.
+
+pub mod app;
+pub mod belfabriek;
+pub mod broker;
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod history;
+pub mod http;
+pub mod metrics;
+pub mod model;
+pub mod mqtt;
+pub mod poller;
+pub mod report;
+pub mod secret;
+pub mod simulator;
+pub mod status;
+pub mod tring;
+pub mod xmlrpc;
