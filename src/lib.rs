@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod belfabriek;
+pub mod board;
 pub mod broker;
 pub mod cli;
 pub mod commands;
