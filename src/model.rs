@@ -186,8 +186,10 @@ pub struct AgentState {
     /// The number the agent is reached at.
     pub destination: Option<String>,
     /// When the current status began.
+    #[serde(with = "rfc3339_millis")]
     pub since: DateTime<Utc>,
     /// When any field of this state last changed.
+    #[serde(with = "rfc3339_millis")]
     pub updated: DateTime<Utc>,
     /// The `seq` of the transition that began the current status (0 before
     /// the first transition ever recorded).
@@ -204,6 +206,7 @@ pub struct TransitionEvent {
     /// The status after.
     pub to: Status,
     /// When the new status began.
+    #[serde(with = "rfc3339_millis")]
     pub at: DateTime<Utc>,
     /// How long the previous status lasted, in seconds.
     pub previous_duration_s: f64,
@@ -256,6 +259,26 @@ pub struct Committed {
     pub state: AgentState,
     /// The transition event, when the status changed.
     pub event: Option<TransitionEvent>,
+}
+
+/// Serde adapter writing timestamps as RFC 3339 UTC with milliseconds,
+/// e.g. `2026-11-22T09:41:07.250Z`: the form every payload uses.
+pub mod rfc3339_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// Writes `2026-11-22T09:41:07.250Z`.
+    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    /// Reads any RFC 3339 timestamp.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        DateTime::parse_from_rfc3339(&raw)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 //! [`Incoming`] and [`Outgoing`] messages on channels.
 
 pub mod options;
+pub mod connection;
 pub mod topics;
 
 use rumqttc::QoS;

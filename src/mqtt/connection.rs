@@ -1,0 +1,516 @@
+//! The MQTT connection task: the only owner of the rumqttc client and event
+//! loop. It publishes committed agent states and transition events, forwards
+//! request messages to the command dispatcher and publishes its responses.
+//!
+//! Guarantees (`product.md` §2):
+//! - It always drains its input channels, connected or not, so polling and
+//!   history never wait for the broker.
+//! - On every (re)connect, in this order: subscribe, `bridge/state` = online,
+//!   `bridge/info`, every agent's current state (retained), then every event
+//!   the broker has not acknowledged. rumqttc drops unacknowledged QoS 1
+//!   messages on a clean session, so the [`Outbox`] keeps events until their
+//!   PUBACK arrives.
+//! - Reconnects back off exponentially (capped, with jitter).
+//!
+//! It must not block: no `.await` on anything but its own `select!`.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rand::Rng;
+use rumqttc::{AsyncClient, ClientError, Event, EventLoop, MqttOptions, Outgoing as Sent, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::metrics::Metrics;
+use crate::model::{AgentId, AgentState, Committed, TransitionEvent};
+use crate::mqtt::topics::Topics;
+use crate::mqtt::{Incoming, Outgoing};
+
+/// Capacity of rumqttc's request channel. Small on purpose: our own queue
+/// holds the backlog, so nothing is stranded inside rumqttc on disconnect.
+const CLIENT_CHANNEL_CAPACITY: usize = 256;
+
+/// First reconnect delay; doubles per failure up to [`MAX_RECONNECT_DELAY`].
+const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(200);
+
+/// Longest reconnect delay.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// How long shutdown waits for `offline` to be acknowledged.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
+
+/// Most unacknowledged events kept for resending. Past this the oldest are
+/// dropped from the outbox (never from history) and a warning is logged.
+const OUTBOX_LIMIT: usize = 200_000;
+
+/// What `bridge/info` says. Never holds a secret.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BridgeInfo {
+    /// Crate version.
+    pub version: String,
+    /// When the bridge started.
+    pub started_at: String,
+    /// Number of configured agents.
+    pub agents: usize,
+    /// The base topic.
+    pub base_topic: String,
+}
+
+impl BridgeInfo {
+    /// Info for a bridge with `agents` agents started at `started_at`.
+    pub fn new(agents: usize, base_topic: &str, started_at: DateTime<Utc>) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            started_at: started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+            agents,
+            base_topic: base_topic.to_owned(),
+        }
+    }
+}
+
+/// One message waiting to be handed to rumqttc.
+#[derive(Debug, Clone)]
+struct Pending {
+    topic: String,
+    payload: Vec<u8>,
+    qos: QoS,
+    retain: bool,
+    /// The event seq, for events (tracked until acknowledged).
+    seq: Option<u64>,
+}
+
+/// Unacknowledged events and the bookkeeping that maps packet ids to them.
+///
+/// rumqttc reports `Outgoing::Publish(pkid)` in the order requests were
+/// handed to it, so a FIFO of "handed over, pkid unknown" entries gives each
+/// packet id its event; a PUBACK for that id then releases the event.
+#[derive(Debug, Default)]
+struct Outbox {
+    /// Events not yet acknowledged, by seq.
+    events: BTreeMap<u64, Pending>,
+    /// For each publish handed to rumqttc, in order: its seq (events only).
+    awaiting_pkid: VecDeque<Option<u64>>,
+    /// Packet id → seq of events on the wire.
+    in_flight: HashMap<u16, u64>,
+    /// Packet ids whose publish rumqttc parked on a collision; their
+    /// `Outgoing::Publish` comes again later and must not pop the FIFO.
+    collided: HashSet<u16>,
+    /// Events dropped because the outbox was full.
+    dropped: u64,
+}
+
+impl Outbox {
+    fn add(&mut self, seq: u64, pending: Pending) {
+        self.events.insert(seq, pending);
+        while self.events.len() > OUTBOX_LIMIT {
+            self.events.pop_first();
+            self.dropped += 1;
+        }
+    }
+
+    fn handed_over(&mut self, seq: Option<u64>) {
+        self.awaiting_pkid.push_back(seq);
+    }
+
+    fn sent(&mut self, pkid: u16) {
+        if self.collided.remove(&pkid) {
+            return;
+        }
+        if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
+            if pkid != 0 {
+                self.in_flight.insert(pkid, seq);
+            }
+        }
+    }
+
+    fn parked(&mut self, pkid: u16) {
+        self.sent(pkid);
+        self.collided.insert(pkid);
+    }
+
+    fn acknowledged(&mut self, pkid: u16) {
+        if let Some(seq) = self.in_flight.remove(&pkid) {
+            self.events.remove(&seq);
+        }
+    }
+
+    /// The connection is gone: nothing is in flight any more.
+    fn disconnected(&mut self) {
+        self.awaiting_pkid.clear();
+        self.in_flight.clear();
+        self.collided.clear();
+    }
+}
+
+/// The channels the connection task serves.
+#[derive(Debug)]
+pub struct ConnectionChannels {
+    /// Committed changes from the history writer.
+    pub committed: mpsc::Receiver<Committed>,
+    /// Responses (and clears) from the command dispatcher.
+    pub responses: mpsc::Receiver<Outgoing>,
+    /// Request messages for the command dispatcher.
+    pub requests: mpsc::Sender<Incoming>,
+}
+
+/// The connection task's state. Build with [`MqttConnection::new`], then
+/// `run` it.
+pub struct MqttConnection {
+    /// rumqttc options (client id, last will, credentials).
+    options: MqttOptions,
+    /// Topic names.
+    topics: Topics,
+    /// The `bridge/info` payload.
+    info: BridgeInfo,
+    /// Latest state per agent: republished on every connect.
+    states: BTreeMap<AgentId, AgentState>,
+    /// Events awaiting acknowledgement.
+    outbox: Outbox,
+    /// Messages waiting for room in rumqttc's channel.
+    queue: VecDeque<Pending>,
+    /// Input and output channels.
+    channels: ConnectionChannels,
+    /// Shared counters.
+    metrics: Arc<Metrics>,
+    /// True between CONNACK and the next connection error.
+    connected: bool,
+}
+
+impl MqttConnection {
+    /// A connection that starts knowing `initial` agent states.
+    pub fn new(
+        options: MqttOptions,
+        topics: Topics,
+        info: BridgeInfo,
+        initial: Vec<AgentState>,
+        channels: ConnectionChannels,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let states = initial
+            .into_iter()
+            .map(|state| (state.agent.clone(), state))
+            .collect();
+        Self {
+            options,
+            topics,
+            info,
+            states,
+            outbox: Outbox::default(),
+            queue: VecDeque::new(),
+            channels,
+            metrics,
+            connected: false,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, then publishes what is left,
+    /// `offline`, and disconnects cleanly.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), CLIENT_CHANNEL_CAPACITY);
+        let mut delay = MIN_RECONNECT_DELAY;
+        let mut committed_open = true;
+        let mut responses_open = true;
+        loop {
+            self.hand_over(&client);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = eventloop.poll() => match event {
+                    Ok(event) => {
+                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                            delay = MIN_RECONNECT_DELAY;
+                        }
+                        self.on_event(event, &client);
+                    }
+                    Err(error) => {
+                        self.on_disconnect(&error.to_string());
+                        let wait = jittered(delay);
+                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break,
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                },
+                change = self.channels.committed.recv(), if committed_open => match change {
+                    Some(change) => self.on_committed(change),
+                    None => committed_open = false,
+                },
+                response = self.channels.responses.recv(), if responses_open => match response {
+                    Some(response) => self.enqueue_response(response),
+                    None => responses_open = false,
+                },
+            }
+        }
+        self.shut_down(client, eventloop).await;
+    }
+
+    /// Moves queued messages into rumqttc while connected and it has room.
+    fn hand_over(&mut self, client: &AsyncClient) {
+        if !self.connected {
+            return;
+        }
+        while let Some(pending) = self.queue.front() {
+            match client.try_publish(
+                pending.topic.clone(),
+                pending.qos,
+                pending.retain,
+                pending.payload.clone(),
+            ) {
+                Ok(()) => {
+                    self.outbox.handed_over(pending.seq);
+                    self.queue.pop_front();
+                    Metrics::inc(&self.metrics.mqtt_published);
+                }
+                Err(ClientError::TryRequest(_)) => break,
+                Err(error) => {
+                    error!(%error, "mqtt client rejected a publish");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: Event, client: &AsyncClient) {
+        match event {
+            Event::Incoming(Packet::ConnAck(_)) => self.on_connect(client),
+            Event::Outgoing(Sent::Publish(pkid)) => self.outbox.sent(pkid),
+            Event::Outgoing(Sent::AwaitAck(pkid)) => self.outbox.parked(pkid),
+            Event::Incoming(Packet::PubAck(ack)) => {
+                self.outbox.acknowledged(ack.pkid);
+                Metrics::set(&self.metrics.mqtt_outbox_depth, self.outbox.events.len() as u64);
+            }
+            Event::Incoming(Packet::Publish(publish)) => {
+                let incoming = Incoming {
+                    topic: publish.topic.clone(),
+                    payload: publish.payload.to_vec(),
+                    retain: publish.retain,
+                };
+                if let Err(error) = self.channels.requests.try_send(incoming) {
+                    // The dispatcher answers "busy" itself before this fills;
+                    // reaching here means it stopped or is far behind.
+                    warn!(topic = %publish.topic, %error, "dropped a request: dispatcher not keeping up");
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Subscribe, `online`, info, every state, then unacknowledged events.
+    fn on_connect(&mut self, client: &AsyncClient) {
+        self.connected = true;
+        Metrics::inc(&self.metrics.mqtt_connects);
+        Metrics::set(&self.metrics.mqtt_connected, 1);
+        let filters = self
+            .topics
+            .request_filters()
+            .into_iter()
+            .map(|filter| rumqttc::SubscribeFilter::new(filter, QoS::AtLeastOnce));
+        if let Err(error) = client.try_subscribe_many(filters) {
+            error!(%error, "could not subscribe to request topics");
+        }
+        // Responses still queued stay, after the republish.
+        let responses: Vec<Pending> = self.queue.drain(..).filter(|p| !p.retain && p.seq.is_none()).collect();
+        self.queue.push_back(Pending {
+            topic: self.topics.bridge_state(),
+            payload: b"online".to_vec(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            seq: None,
+        });
+        let info = serde_json::to_vec(&self.info).unwrap_or_default();
+        self.queue.push_back(Pending {
+            topic: self.topics.bridge_info(),
+            payload: info,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            seq: None,
+        });
+        let states: Vec<AgentState> = self.states.values().cloned().collect();
+        for state in &states {
+            self.enqueue_state(state);
+        }
+        let resend: Vec<Pending> = self.outbox.events.values().cloned().collect();
+        if !resend.is_empty() {
+            info!(events = resend.len(), "resending unacknowledged events");
+            self.metrics
+                .mqtt_resent
+                .fetch_add(resend.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.queue.extend(resend);
+        self.queue.extend(responses);
+        info!(agents = states.len(), "connected to broker; state republished");
+    }
+
+    fn on_disconnect(&mut self, reason: &str) {
+        if self.connected {
+            warn!(error = reason, "lost broker connection; reconnecting");
+        } else {
+            debug!(error = reason, "broker connection attempt failed");
+        }
+        self.connected = false;
+        Metrics::set(&self.metrics.mqtt_connected, 0);
+        self.outbox.disconnected();
+        // States and events are rebuilt from `states` and the outbox on
+        // connect; only responses need to survive in the queue.
+        self.queue.retain(|p| !p.retain && p.seq.is_none());
+        if self.outbox.dropped > 0 {
+            warn!(dropped = self.outbox.dropped, "outbox full: oldest unacknowledged events will not be resent (history has them)");
+            self.outbox.dropped = 0;
+        }
+    }
+
+    fn on_committed(&mut self, change: Committed) {
+        if let Some(event) = &change.event {
+            let pending = self.event_message(event);
+            self.outbox.add(event.seq, pending.clone());
+            Metrics::set(&self.metrics.mqtt_outbox_depth, self.outbox.events.len() as u64);
+            self.states.insert(change.state.agent.clone(), change.state.clone());
+            if self.connected {
+                self.enqueue_state(&change.state);
+                self.queue.push_back(pending);
+            }
+        } else {
+            self.states.insert(change.state.agent.clone(), change.state.clone());
+            if self.connected {
+                self.enqueue_state(&change.state);
+            }
+        }
+    }
+
+    fn enqueue_state(&mut self, state: &AgentState) {
+        // Serializing plain data to JSON cannot fail.
+        let json = serde_json::to_vec(state).unwrap_or_default();
+        self.queue.push_back(Pending {
+            topic: self.topics.agent_state(&state.agent),
+            payload: json,
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            seq: None,
+        });
+        self.queue.push_back(Pending {
+            topic: self.topics.agent_status(&state.agent),
+            payload: state.status.as_str().as_bytes().to_vec(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            seq: None,
+        });
+    }
+
+    fn event_message(&self, event: &TransitionEvent) -> Pending {
+        Pending {
+            topic: self.topics.agent_event(&event.agent),
+            payload: serde_json::to_vec(event).unwrap_or_default(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: Some(event.seq),
+        }
+    }
+
+    fn enqueue_response(&mut self, response: Outgoing) {
+        self.queue.push_back(Pending {
+            topic: response.topic,
+            payload: response.payload,
+            qos: response.qos,
+            retain: response.retain,
+            seq: None,
+        });
+    }
+
+    /// Drains what is left, publishes `offline` and disconnects, waiting at
+    /// most [`SHUTDOWN_FLUSH`] for the broker.
+    async fn shut_down(mut self, client: AsyncClient, mut eventloop: EventLoop) {
+        while let Ok(change) = self.channels.committed.try_recv() {
+            self.on_committed(change);
+        }
+        while let Ok(response) = self.channels.responses.try_recv() {
+            self.enqueue_response(response);
+        }
+        if !self.connected {
+            info!("not connected at shutdown; the broker publishes the last will");
+            return;
+        }
+        self.queue.push_back(Pending {
+            topic: self.topics.bridge_state(),
+            payload: b"offline".to_vec(),
+            qos: QoS::AtLeastOnce,
+            retain: true,
+            seq: None,
+        });
+        let flush = async {
+            loop {
+                self.hand_over(&client);
+                if self.queue.is_empty() && eventloop.state.inflight() == 0 {
+                    break;
+                }
+                match eventloop.poll().await {
+                    Ok(event) => self.on_event(event, &client),
+                    Err(_) => return,
+                }
+            }
+            let _ = client.try_disconnect();
+            // Drive the event loop until the DISCONNECT is written.
+            while let Ok(event) = eventloop.poll().await {
+                if matches!(event, Event::Outgoing(Sent::Disconnect)) {
+                    break;
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_FLUSH, flush).await.is_err() {
+            warn!("broker did not acknowledge shutdown messages in time");
+        } else {
+            info!("published offline and disconnected");
+        }
+    }
+}
+
+fn jittered(delay: Duration) -> Duration {
+    let factor = rand::thread_rng().gen_range(0.5..1.0);
+    delay.mul_f64(factor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(seq: u64) -> Pending {
+        Pending { topic: "t".into(), payload: Vec::new(), qos: QoS::AtLeastOnce, retain: false, seq: Some(seq) }
+    }
+
+    #[test]
+    fn outbox_releases_events_only_on_their_puback() {
+        let mut outbox = Outbox::default();
+        outbox.add(1, pending(1));
+        outbox.add(2, pending(2));
+        outbox.handed_over(None); // a state publish
+        outbox.handed_over(Some(1));
+        outbox.handed_over(Some(2));
+        outbox.sent(1);
+        outbox.sent(2);
+        outbox.sent(3);
+        outbox.acknowledged(3);
+        assert_eq!(outbox.events.keys().copied().collect::<Vec<_>>(), [1]);
+        outbox.acknowledged(1); // the state publish's ack releases nothing
+        assert_eq!(outbox.events.len(), 1);
+        outbox.acknowledged(2);
+        assert!(outbox.events.is_empty());
+    }
+
+    #[test]
+    fn outbox_keeps_events_across_a_disconnect_and_handles_collisions() {
+        let mut outbox = Outbox::default();
+        outbox.add(7, pending(7));
+        outbox.handed_over(Some(7));
+        outbox.disconnected();
+        outbox.sent(1); // a stale report after reconnect must not attribute
+        assert_eq!(outbox.events.len(), 1);
+        outbox.handed_over(Some(7));
+        outbox.parked(5);
+        outbox.sent(5); // the parked publish goes out later
+        outbox.acknowledged(5);
+        assert!(outbox.events.is_empty());
+    }
+}
