@@ -700,6 +700,16 @@ mod tests {
     }
 
     #[test]
+    fn the_commented_example_config_loads_and_equals_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pbx2mqtt.example.toml");
+        let example = Config::load(Some(&path)).unwrap();
+        let defaults = load("").unwrap();
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+        let missing = Config::load(Some(Path::new("no/such/file.toml"))).unwrap_err();
+        assert!(missing.to_string().contains("no/such/file.toml"), "{missing}");
+    }
+
+    #[test]
     fn secrets_come_from_files_and_never_print() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");
