@@ -1094,4 +1094,151 @@ mod tests {
         assert_eq!(reading.reason, "-");
         assert_eq!(connections.load(Ordering::SeqCst), 2);
     }
+
+    /// Starts the project's simulator on port 0 with three agents that only
+    /// move when told to.
+    async fn start_simulator() -> (
+        crate::simulator::Simulator,
+        tokio_util::sync::CancellationToken,
+    ) {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let config = crate::simulator::SimulatorConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            agents: 3,
+            account_pin: PIN.to_owned(),
+            auto: false,
+            seed: Some(7),
+            ..Default::default()
+        };
+        let simulator = crate::simulator::Simulator::start(config, shutdown.clone())
+            .await
+            .unwrap();
+        (simulator, shutdown)
+    }
+
+    fn simulator_client(simulator: &crate::simulator::Simulator, pin: &str) -> BelfabriekClient {
+        let config = config(&simulator.belfabriek_url(), Duration::from_millis(500));
+        BelfabriekClient::new(&config, Secret::new(pin), 4).unwrap()
+    }
+
+    #[tokio::test]
+    async fn polls_every_state_of_the_simulator() {
+        use crate::simulator::VirtualState;
+
+        let (simulator, shutdown) = start_simulator().await;
+        let client = simulator_client(&simulator, PIN);
+        let alice = agent("1001");
+        // (state served, expected reading: available, reason, extension status)
+        let cases: Vec<(VirtualState, bool, &str, Option<&str>)> = vec![
+            (VirtualState::offline(), false, "-", None),
+            (VirtualState::unavailable("pause"), false, "pause", None),
+            (
+                VirtualState::unavailable("handling"),
+                false,
+                "handling",
+                None,
+            ),
+            (
+                VirtualState::unavailable("Lunch break é"),
+                false,
+                "Lunch break é",
+                None,
+            ),
+            (VirtualState::available("idle"), true, "-", Some("idle")),
+            (
+                VirtualState::available("calling"),
+                true,
+                "-",
+                Some("calling"),
+            ),
+            (VirtualState::available("called"), true, "-", Some("called")),
+            (VirtualState::available("wrapup"), true, "-", Some("wrapup")),
+        ];
+        for (state, available, reason, extension_status) in cases {
+            let served = simulator
+                .set_agent("1001", state.with_destination("31612345678"))
+                .unwrap();
+            let before = simulator.counts();
+            let reading = client.poll(&alice).await.unwrap();
+            assert_eq!(
+                reading,
+                AgentReading {
+                    available,
+                    reason: reason.to_owned(),
+                    destination: Some("31612345678".to_owned()),
+                    extension_status: extension_status.map(str::to_owned),
+                },
+                "{served:?}"
+            );
+            let after = simulator.counts();
+            assert_eq!(
+                after.method(METHOD_AGENT_AVAIL) - before.method(METHOD_AGENT_AVAIL),
+                1
+            );
+            let status_calls =
+                after.method(METHOD_EXTENSION_STATUS) - before.method(METHOD_EXTENSION_STATUS);
+            assert_eq!(status_calls, u64::from(available), "{served:?}");
+        }
+        shutdown.cancel();
+    }
+
+    #[tokio::test]
+    async fn simulator_faults_become_typed_errors_and_polling_recovers() {
+        use crate::simulator::{Api, Fault, FaultKind, VirtualState};
+
+        let (simulator, shutdown) = start_simulator().await;
+        let client = simulator_client(&simulator, PIN);
+        let alice = agent("1001");
+        simulator
+            .set_agent("1001", VirtualState::available("called"))
+            .unwrap();
+        let cases: Vec<(FaultKind, &str)> = vec![
+            (FaultKind::Http500, "http"),
+            (FaultKind::XmlRpcFault, "fault"),
+            (FaultKind::Malformed, "malformed"),
+            (FaultKind::Empty, "malformed"),
+            (FaultKind::Truncated, "malformed"),
+            (FaultKind::HtmlErrorPage, "malformed"),
+            (
+                FaultKind::PlainTextError("Database error".into()),
+                "malformed",
+            ),
+            (FaultKind::Latency(Duration::from_secs(5)), "timeout"),
+        ];
+        for (kind, expected) in cases {
+            simulator.inject(
+                Fault::always(Api::Belfabriek, kind.clone())
+                    .for_agent("1001")
+                    .times(1),
+            );
+            let error = client.poll(&alice).await.unwrap_err();
+            assert_eq!(error.kind(), expected, "{kind:?}: {error}");
+            assert_no_pin(&error);
+            let reading = client.poll(&alice).await.unwrap();
+            assert_eq!(
+                reading.extension_status.as_deref(),
+                Some("called"),
+                "{kind:?}"
+            );
+        }
+
+        let error = simulator_client(&simulator, "11111")
+            .poll(&alice)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(error, BelfabriekError::Fault { code: 1, .. }),
+            "{error}"
+        );
+        let error = client.poll(&agent("999")).await.unwrap_err();
+        assert!(
+            matches!(error, BelfabriekError::Fault { code: 2, .. }),
+            "{error}"
+        );
+        assert!(
+            error.to_string().contains("unknown extension 999"),
+            "{error}"
+        );
+        shutdown.cancel();
+    }
 }
