@@ -20,7 +20,7 @@ use tracing::{debug, Instrument};
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::model::AgentReading;
 use crate::secret::Secret;
-use crate::xmlrpc::{self, Response, Value};
+use crate::xmlrpc::{self, shorten, Response, Value};
 
 /// The method that says whether an agent is enabled.
 pub const METHOD_AGENT_AVAIL: &str = "ivr.getAgentAvail";
@@ -460,13 +460,6 @@ fn snippet(body: &[u8], pin: &Secret) -> String {
         return "(empty body)".to_owned();
     }
     shorten(&pin.redact_in(&collapsed), SNIPPET_CHARS)
-}
-
-fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
 }
 
 /// The error and its causes, `: `-separated.
