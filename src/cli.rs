@@ -1,1 +1,207 @@
-//! (being built)
+//! The command line: parses arguments, loads the configuration, sets up
+//! logging and runs one subcommand. `main.rs` only calls [`main`].
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+use crate::app::Application;
+use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
+use crate::config::{Config, ConfigError};
+use crate::report::cli::ReportCommand;
+use crate::simulator::{Simulator, SimulatorConfig};
+
+/// Default log filter; `RUST_LOG` overrides it.
+const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttc=warn,sqlx=warn,hyper=warn";
+
+/// pbx2mqtt: call-center agent status to MQTT, queue commands from MQTT,
+/// status history and reports.
+#[derive(Debug, Parser)]
+#[command(name = "pbx2mqtt", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file [default: $PBX2MQTT_CONFIG, else config/pbx2mqtt.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the bridge (the service).
+    Run,
+    /// Run everything locally: PBX simulator, embedded broker, bridge, SQLite.
+    Demo(DemoArgs),
+    /// Serve the simulated Belfabriek and TRiNG APIs.
+    Simulate(SimulatorConfig),
+    /// Reports on status history.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// Manage call-queue members through TRiNG.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+    /// Agent operations through TRiNG.
+    #[command(subcommand)]
+    Agent(AgentCommand),
+    /// Show the queue-command audit log.
+    Audit(AuditArgs),
+    /// Validate the configuration and reach the APIs, broker and database.
+    Check,
+    /// Apply database migrations and exit.
+    Migrate,
+}
+
+/// Options of `pbx2mqtt demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Number of simulated agents.
+    #[arg(long, default_value_t = 36)]
+    pub agents: u32,
+    /// Port of the embedded MQTT broker (0 picks a free one).
+    #[arg(long, default_value_t = 1884)]
+    pub mqtt_port: u16,
+    /// Address of the bridge's HTTP server (0 port picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// SQLite history file.
+    #[arg(long, default_value = "sqlite://data/demo.db")]
+    pub database: String,
+    /// Mean time an agent stays in a state.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub dwell: std::time::Duration,
+}
+
+/// Parses the command line and runs; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            let usage = error.chain().any(|cause| cause.is::<ConfigError>());
+            eprintln!("error: {error:#}");
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let load = || Config::load(cli.config.as_deref());
+    match cli.command {
+        Command::Run => run(load()?).await,
+        Command::Demo(args) => demo(args).await,
+        Command::Simulate(config) => simulate(config).await,
+        Command::Report(command) => command.run(&load()?).await,
+        Command::Queue(command) => command.run(&load()?).await,
+        Command::Agent(command) => command.run(&load()?).await,
+        Command::Audit(args) => args.run(&load()?).await,
+        Command::Check => crate::check::run(&load()?).await,
+        Command::Migrate => {
+            let config = load()?;
+            let store = crate::history::Store::open(&config.database.url)
+                .await
+                .context("cannot open the history database (database.url)")?;
+            store.close().await;
+            println!("migrations applied to {}", crate::history::redact_url(&config.database.url));
+            Ok(())
+        }
+    }
+}
+
+/// Cancelled on SIGINT or SIGTERM.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received; shutting down gracefully");
+        trigger.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let app = Application::build(config).await?;
+    if let Some(addr) = app.http_addr() {
+        info!(%addr, "http server listening");
+    }
+    app.run(shutdown_on_signal()).await
+}
+
+async fn simulate(config: SimulatorConfig) -> anyhow::Result<()> {
+    let shutdown = shutdown_on_signal();
+    let simulator = Simulator::start(config, shutdown.clone()).await?;
+    println!("Belfabriek API: {}", simulator.belfabriek_url());
+    println!("TRiNG API:      {}", simulator.tring_url());
+    println!("Control API:    http://{}/control/stats", simulator.addr());
+    shutdown.cancelled().await;
+    Ok(())
+}
+
+async fn demo(args: DemoArgs) -> anyhow::Result<()> {
+    crate::demo::run(args, shutdown_on_signal()).await
+}

@@ -46,19 +46,26 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
 /// rumqttc options for the bridge: clean session, last will `offline` on
 /// `bridge/state` (retained), generous packet size.
 pub fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, String> {
+    let mut options = client_options(config, &config.client_id)?;
+    options.set_last_will(LastWill::new(
+        topics.bridge_state(),
+        "offline",
+        QoS::AtLeastOnce,
+        true,
+    ));
+    Ok(options)
+}
+
+/// Options for any client of this broker (credentials, clean session,
+/// packet size) under `client_id`, without a last will: used by `check`.
+pub fn client_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
     let (host, port) = parse_broker_url(&config.url)?;
-    let mut options = MqttOptions::new(config.client_id.clone(), host, port);
+    let mut options = MqttOptions::new(client_id, host, port);
     options
         .set_keep_alive(Duration::from_secs(15))
         .set_clean_session(true)
         .set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES)
-        .set_inflight(200)
-        .set_last_will(LastWill::new(
-            topics.bridge_state(),
-            "offline",
-            QoS::AtLeastOnce,
-            true,
-        ));
+        .set_inflight(200);
     if let Some(username) = &config.username {
         let password = config
             .password

@@ -1,0 +1,101 @@
+//! `pbx2mqtt demo`: the whole system on one machine with nothing installed:
+//! the PBX simulator with moving agents, the embedded MQTT broker, the bridge
+//! and an SQLite file. It builds a configuration in memory and runs the same
+//! [`Application`] as `pbx2mqtt run`.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::Application;
+use crate::broker::EmbeddedBroker;
+use crate::cli::DemoArgs;
+use crate::config::Config;
+use crate::simulator::{Simulator, SimulatorConfig};
+
+/// Runs the demo until `shutdown`.
+pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let broker_port = free_or_any(args.mqtt_port);
+    let broker = EmbeddedBroker::start(SocketAddr::from((Ipv4Addr::LOCALHOST, broker_port)))
+        .context("cannot start the embedded MQTT broker")?;
+    let simulator_config = SimulatorConfig {
+        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+        agents: args.agents,
+        mean_dwell: args.dwell,
+        ..SimulatorConfig::default()
+    };
+    let simulator = Simulator::start(simulator_config.clone(), shutdown.clone())
+        .await
+        .context("cannot start the PBX simulator")?;
+    let http = if args.http.port() != 0 && TcpListener::bind(args.http).is_err() {
+        SocketAddr::new(args.http.ip(), 0)
+    } else {
+        args.http
+    };
+    let toml = demo_config(&simulator, &simulator_config, &broker.url(), http, &args.database);
+    let config = Config::from_toml_str(&toml).context("demo configuration")?;
+    let app = Application::build(config).await?;
+    let http_addr = app.http_addr();
+    println!();
+    println!("pbx2mqtt demo is running: {} simulated agents.", args.agents);
+    println!();
+    println!("  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v", broker.addr().port());
+    if let Some(addr) = http_addr {
+        println!("  Agents as JSON:     http://{addr}/api/agents");
+        println!("  Today's report:     http://{addr}/api/reports/summary?format=csv");
+        println!("  Metrics:            http://{addr}/metrics");
+    }
+    println!("  Add an agent to queue 500:");
+    println!(
+        "    mosquitto_pub -h 127.0.0.1 -p {} -t pbx2mqtt/request/queue/500/add -m '{{\"agent\":\"agent-1002\",\"transaction\":1}}'",
+        broker.addr().port()
+    );
+    println!("  Simulator control:  http://{}/control/stats", simulator.addr());
+    println!("  History:            {}", args.database);
+    println!();
+    println!("Press Ctrl-C to stop.");
+    app.run(shutdown).await
+}
+
+/// `preferred` if it can be bound now, else 0 (any free port).
+fn free_or_any(preferred: u16) -> u16 {
+    if preferred == 0 || TcpListener::bind((Ipv4Addr::LOCALHOST, preferred)).is_err() {
+        0
+    } else {
+        preferred
+    }
+}
+
+fn demo_config(
+    simulator: &Simulator,
+    simulator_config: &SimulatorConfig,
+    broker_url: &str,
+    http: SocketAddr,
+    database: &str,
+) -> String {
+    let mut toml = format!(
+        "[mqtt]\nurl = {broker:?}\nclient_id = \"pbx2mqtt-demo\"\n\
+         [belfabriek]\nurl = {belfabriek:?}\naccount_pin = {pin:?}\n\
+         [tring]\nurl = {tring:?}\nkey = {key:?}\ntenant = {tenant:?}\n\
+         [poll]\ninterval = \"1s\"\n\
+         [database]\nurl = {database:?}\n\
+         [http]\nlisten = \"{http}\"\n\
+         [commands]\nallow_clean = true\n",
+        broker = broker_url,
+        belfabriek = simulator.belfabriek_url(),
+        pin = simulator_config.account_pin,
+        tring = simulator.tring_url(),
+        key = simulator_config.tring_key,
+        tenant = simulator_config.tenant,
+    );
+    for agent in simulator.agents() {
+        toml.push_str(&format!(
+            "[[agents]]\nid = \"agent-{ext}\"\nname = {name:?}\nextension_id = \"{ext}\"\nqueue_extension = \"{queue}\"\n",
+            ext = agent.ext_id,
+            name = agent.name,
+            queue = agent.tring_extension,
+        ));
+    }
+    toml
+}
