@@ -1,0 +1,534 @@
+//! Pure planning for the history store: turns a batch of committed changes
+//! into the stored rows to close, update and insert, and a restart into the
+//! rows that resume it.
+//!
+//! No IO and no clock: the backends (`sqlite`, `postgres`) execute the plans
+//! inside one transaction, so both backends store exactly the same rows.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{AgentId, AgentState, Status};
+use crate::status::unknown_state;
+
+use super::store::StoreError;
+
+/// Milliseconds since the Unix epoch, as stored.
+pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
+    at.timestamp_millis()
+}
+
+/// A stored time back as a `DateTime`; fails only for values no bridge wrote
+/// (beyond chrono's range of ±262,000 years).
+pub(crate) fn from_millis(millis: i64) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::from_timestamp_millis(millis).ok_or_else(|| StoreError::InvalidRow {
+        detail: format!("time {millis} ms is out of range"),
+    })
+}
+
+/// A `seq` as stored (`BIGINT`). Saturates: a bridge would need 292 years at a
+/// billion transitions per second to get there.
+pub(crate) fn seq_to_db(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// A stored `seq` back; negative values (never written) read as 0.
+pub(crate) fn seq_from_db(seq: i64) -> u64 {
+    u64::try_from(seq).unwrap_or(0)
+}
+
+/// What `available` was for an agent in `status`, for states resumed from
+/// history: `None` while unknown, true for the statuses only an available
+/// agent can be in.
+pub(crate) fn available_for(status: Status) -> Option<bool> {
+    match status {
+        Status::Unknown => None,
+        Status::Available | Status::Ringing | Status::OnCall | Status::Wrapup => Some(true),
+        Status::Offline | Status::Paused | Status::Busy | Status::Unavailable => Some(false),
+    }
+}
+
+/// One row to insert into `intervals`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NewInterval<'a> {
+    /// The agent's id.
+    pub agent: &'a str,
+    /// The status, by its wire name.
+    pub status: &'static str,
+    /// The raw reason.
+    pub reason: Option<&'a str>,
+    /// The extension status.
+    pub extension_status: Option<&'a str>,
+    /// The destination number.
+    pub destination: Option<&'a str>,
+    /// Start, ms.
+    pub started_at: i64,
+    /// End, ms; `None` for the agent's open interval.
+    pub ended_at: Option<i64>,
+    /// The opening transition's seq; `None` when synthesised.
+    pub seq: Option<i64>,
+}
+
+/// Ends an agent's open interval stored before this batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Close<'a> {
+    /// The agent whose open interval ends.
+    pub agent: &'a str,
+    /// When it ends, ms (the backend never lets it end before it started).
+    pub ended_at: i64,
+}
+
+/// New details (no status change) for an agent's open interval stored
+/// before this batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DetailUpdate<'a> {
+    /// The agent whose open interval is updated.
+    pub agent: &'a str,
+    /// The new reason.
+    pub reason: Option<&'a str>,
+    /// The new extension status.
+    pub extension_status: Option<&'a str>,
+    /// The new destination.
+    pub destination: Option<&'a str>,
+}
+
+/// The statements one batch needs, in execution order: detail updates, then
+/// closes, then inserts, then `last_seq`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct BatchPlan<'a> {
+    /// Details of stored open intervals that changed without a transition.
+    pub detail_updates: Vec<DetailUpdate<'a>>,
+    /// Stored open intervals that end (one per agent at most).
+    pub closes: Vec<Close<'a>>,
+    /// New rows; intervals opened and ended within the batch are inserted
+    /// closed, so at most one row per agent is open.
+    pub inserts: Vec<NewInterval<'a>>,
+    /// The highest transition seq in the batch.
+    pub max_seq: Option<u64>,
+}
+
+/// Plans a batch. Each item is an agent's new state and whether it is a
+/// transition (a new status interval). A transition ends the agent's current
+/// interval at `state.since` and opens a new one there; any other change
+/// (reason, destination or extension status only) updates the current
+/// interval's details in place, so there is exactly one row per status
+/// interval.
+pub(crate) fn plan_batch<'a>(
+    items: impl IntoIterator<Item = (&'a AgentState, bool)>,
+) -> BatchPlan<'a> {
+    let mut plan = BatchPlan::default();
+    // Index in `plan.inserts` of each agent's interval opened in this batch.
+    let mut open_in_batch: HashMap<&'a str, usize> = HashMap::new();
+    // Index in `plan.detail_updates` of each agent's stored interval update.
+    let mut updated_in_store: HashMap<&'a str, usize> = HashMap::new();
+    for (state, is_transition) in items {
+        let agent = state.agent.as_str();
+        let reason = state.reason.as_deref();
+        let extension_status = state.extension_status.as_deref();
+        let destination = state.destination.as_deref();
+        if is_transition {
+            let since = to_millis(state.since);
+            match open_in_batch.get(agent) {
+                Some(&index) => {
+                    let row = &mut plan.inserts[index];
+                    row.ended_at = Some(since.max(row.started_at));
+                }
+                None => plan.closes.push(Close {
+                    agent,
+                    ended_at: since,
+                }),
+            }
+            open_in_batch.insert(agent, plan.inserts.len());
+            plan.inserts.push(NewInterval {
+                agent,
+                status: state.status.as_str(),
+                reason,
+                extension_status,
+                destination,
+                started_at: since,
+                ended_at: None,
+                seq: Some(seq_to_db(state.seq)),
+            });
+            plan.max_seq = Some(plan.max_seq.map_or(state.seq, |max| max.max(state.seq)));
+        } else if let Some(&index) = open_in_batch.get(agent) {
+            let row = &mut plan.inserts[index];
+            row.reason = reason;
+            row.extension_status = extension_status;
+            row.destination = destination;
+        } else {
+            let update = DetailUpdate {
+                agent,
+                reason,
+                extension_status,
+                destination,
+            };
+            match updated_in_store.entry(agent) {
+                Entry::Occupied(entry) => plan.detail_updates[*entry.get()] = update,
+                Entry::Vacant(entry) => {
+                    entry.insert(plan.detail_updates.len());
+                    plan.detail_updates.push(update);
+                }
+            }
+        }
+    }
+    plan
+}
+
+/// An open interval found at startup, with the agent's latest seq resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OpenInterval {
+    /// Row id.
+    pub id: i64,
+    /// The agent's id.
+    pub agent: AgentId,
+    /// The status.
+    pub status: Status,
+    /// The raw reason.
+    pub reason: Option<String>,
+    /// The extension status.
+    pub extension_status: Option<String>,
+    /// The destination number.
+    pub destination: Option<String>,
+    /// Start, ms.
+    pub started_at: i64,
+    /// The seq of the agent's most recent interval with a seq (0 if none).
+    pub last_seq: u64,
+}
+
+/// Ends a stored open interval by id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CloseById {
+    /// Row id.
+    pub id: i64,
+    /// End, ms.
+    pub ended_at: i64,
+}
+
+/// What resuming after a restart writes and returns.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ResumePlan<'a> {
+    /// Open intervals to end (at the last heartbeat).
+    pub closes: Vec<CloseById>,
+    /// The `unknown` gaps and the resumed open intervals.
+    pub inserts: Vec<NewInterval<'a>>,
+    /// Every configured agent's state, in configuration order.
+    pub states: Vec<AgentState>,
+}
+
+/// Plans the resume (see [`super::Store::resume`]). `heartbeat` is the last
+/// stored heartbeat in ms, `now` the restart time.
+pub(crate) fn plan_resume<'a>(
+    open: &'a [OpenInterval],
+    configured: &[(AgentId, String)],
+    heartbeat: Option<i64>,
+    now: DateTime<Utc>,
+) -> Result<ResumePlan<'a>, StoreError> {
+    let now_ms = to_millis(now);
+    let last_alive = heartbeat
+        .or_else(|| open.iter().map(|interval| interval.started_at).max())
+        .unwrap_or(now_ms);
+    let open_by_agent: HashMap<&AgentId, &OpenInterval> = open
+        .iter()
+        .map(|interval| (&interval.agent, interval))
+        .collect();
+    let mut plan = ResumePlan {
+        closes: Vec::new(),
+        inserts: Vec::new(),
+        states: Vec::new(),
+    };
+    let mut configured_ids: HashSet<&AgentId> = HashSet::new();
+    for (agent, name) in configured {
+        if !configured_ids.insert(agent) {
+            continue; // A duplicate entry; configuration validation reports it.
+        }
+        let Some(interval) = open_by_agent.get(agent) else {
+            plan.states.push(unknown_state(
+                agent.clone(),
+                name.clone(),
+                from_millis(now_ms)?,
+            ));
+            continue;
+        };
+        if interval.status == Status::Unknown {
+            // Unknown before, unknown while down: the same interval goes on.
+            let since = from_millis(interval.started_at)?;
+            let mut state = unknown_state(agent.clone(), name.clone(), since);
+            state.updated = from_millis(now_ms.max(interval.started_at))?;
+            state.seq = interval.last_seq;
+            plan.states.push(state);
+            continue;
+        }
+        let closed_at = last_alive.max(interval.started_at);
+        let resumed_at = now_ms.max(closed_at);
+        plan.closes.push(CloseById {
+            id: interval.id,
+            ended_at: closed_at,
+        });
+        let details = |status: Status, started_at: i64, ended_at: Option<i64>| NewInterval {
+            agent: interval.agent.as_str(),
+            status: status.as_str(),
+            reason: interval.reason.as_deref(),
+            extension_status: interval.extension_status.as_deref(),
+            destination: interval.destination.as_deref(),
+            started_at,
+            ended_at,
+            seq: None,
+        };
+        if closed_at < resumed_at {
+            plan.inserts.push(NewInterval {
+                reason: None,
+                extension_status: None,
+                destination: None,
+                ..details(Status::Unknown, closed_at, Some(resumed_at))
+            });
+        }
+        plan.inserts
+            .push(details(interval.status, resumed_at, None));
+        let at = from_millis(resumed_at)?;
+        plan.states.push(AgentState {
+            agent: agent.clone(),
+            name: name.clone(),
+            status: interval.status,
+            on_a_call: interval.status.on_a_call(),
+            available: available_for(interval.status),
+            reason: interval.reason.clone(),
+            extension_status: interval.extension_status.clone(),
+            destination: interval.destination.clone(),
+            since: at,
+            updated: at,
+            seq: interval.last_seq,
+        });
+    }
+    for interval in open {
+        if !configured_ids.contains(&interval.agent) {
+            plan.closes.push(CloseById {
+                id: interval.id,
+                ended_at: last_alive.max(interval.started_at),
+            });
+        }
+    }
+    Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn at(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(ms).unwrap()
+    }
+
+    fn state(agent: &str, status: Status, since: i64, seq: u64) -> AgentState {
+        let mut state = unknown_state(AgentId::parse(agent).unwrap(), agent.to_owned(), at(since));
+        state.status = status;
+        state.seq = seq;
+        state
+    }
+
+    #[test]
+    fn transitions_close_stored_interval_once_and_chain_within_the_batch() {
+        let a1 = state("a", Status::Available, 1_000, 1);
+        let b1 = state("b", Status::Paused, 1_500, 2);
+        let a2 = state("a", Status::OnCall, 2_000, 3);
+        let a3 = state("a", Status::Wrapup, 3_000, 4);
+        let plan = plan_batch([(&a1, true), (&b1, true), (&a2, true), (&a3, true)]);
+        assert_eq!(
+            plan.closes,
+            [
+                Close {
+                    agent: "a",
+                    ended_at: 1_000
+                },
+                Close {
+                    agent: "b",
+                    ended_at: 1_500
+                }
+            ]
+        );
+        let rows: Vec<_> = plan
+            .inserts
+            .iter()
+            .map(|row| (row.agent, row.status, row.started_at, row.ended_at, row.seq))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", "available", 1_000, Some(2_000), Some(1)),
+                ("b", "paused", 1_500, None, Some(2)),
+                ("a", "on_call", 2_000, Some(3_000), Some(3)),
+                ("a", "wrapup", 3_000, None, Some(4)),
+            ]
+        );
+        assert_eq!(plan.max_seq, Some(4));
+        assert!(plan.detail_updates.is_empty());
+    }
+
+    #[test]
+    fn detail_changes_update_in_place_and_never_add_rows() {
+        let mut stored_update = state("a", Status::Unavailable, 0, 7);
+        stored_update.reason = Some("training".into());
+        let mut later_update = stored_update.clone();
+        later_update.reason = Some("meeting".into());
+        let b1 = state("b", Status::Available, 2_000, 8);
+        let mut b_detail = b1.clone();
+        b_detail.extension_status = Some("idle".into());
+        let plan = plan_batch([
+            (&stored_update, false),
+            (&later_update, false),
+            (&b1, true),
+            (&b_detail, false),
+        ]);
+        assert_eq!(
+            plan.detail_updates,
+            [DetailUpdate {
+                agent: "a",
+                reason: Some("meeting"),
+                extension_status: None,
+                destination: None
+            }]
+        );
+        assert_eq!(plan.inserts.len(), 1);
+        assert_eq!(plan.inserts[0].extension_status, Some("idle"));
+        assert_eq!(plan.max_seq, Some(8));
+    }
+
+    #[test]
+    fn a_clock_stepping_back_never_ends_an_interval_before_it_began() {
+        let a1 = state("a", Status::Available, 5_000, 1);
+        let a2 = state("a", Status::OnCall, 4_000, 2);
+        let plan = plan_batch([(&a1, true), (&a2, true)]);
+        assert_eq!(plan.inserts[0].ended_at, Some(5_000));
+    }
+
+    fn open(id: i64, agent: &str, status: Status, started_at: i64, last_seq: u64) -> OpenInterval {
+        OpenInterval {
+            id,
+            agent: AgentId::parse(agent).unwrap(),
+            status,
+            reason: Some("why".into()),
+            extension_status: None,
+            destination: Some("31".into()),
+            started_at,
+            last_seq,
+        }
+    }
+
+    fn configured(agents: &[&str]) -> Vec<(AgentId, String)> {
+        agents
+            .iter()
+            .map(|agent| (AgentId::parse(agent).unwrap(), format!("Agent {agent}")))
+            .collect()
+    }
+
+    #[test]
+    fn resume_closes_at_heartbeat_records_the_gap_and_reopens() {
+        let stored = [
+            open(1, "a", Status::Paused, 1_000, 5),
+            open(2, "gone", Status::Available, 1_500, 6),
+        ];
+        let plan =
+            plan_resume(&stored, &configured(&["a", "new"]), Some(3_000), at(10_000)).unwrap();
+        assert_eq!(
+            plan.closes,
+            [
+                CloseById {
+                    id: 1,
+                    ended_at: 3_000
+                },
+                CloseById {
+                    id: 2,
+                    ended_at: 3_000
+                }
+            ]
+        );
+        let rows: Vec<_> = plan
+            .inserts
+            .iter()
+            .map(|row| {
+                (
+                    row.agent,
+                    row.status,
+                    row.reason,
+                    row.started_at,
+                    row.ended_at,
+                    row.seq,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("a", "unknown", None, 3_000, Some(10_000), None),
+                ("a", "paused", Some("why"), 10_000, None, None),
+            ]
+        );
+        assert_eq!(plan.states.len(), 2);
+        let a = &plan.states[0];
+        assert_eq!(
+            (a.status, a.available, a.seq, a.since, a.updated),
+            (Status::Paused, Some(false), 5, at(10_000), at(10_000))
+        );
+        assert_eq!(a.name, "Agent a");
+        let new = &plan.states[1];
+        assert_eq!(
+            (new.status, new.seq, new.since),
+            (Status::Unknown, 0, at(10_000))
+        );
+    }
+
+    #[test]
+    fn resume_without_heartbeat_uses_latest_open_start() {
+        let stored = [
+            open(1, "a", Status::OnCall, 1_000, 1),
+            open(2, "b", Status::Available, 4_000, 2),
+        ];
+        let plan = plan_resume(&stored, &configured(&["a", "b"]), None, at(9_000)).unwrap();
+        assert_eq!(
+            plan.closes,
+            [
+                CloseById {
+                    id: 1,
+                    ended_at: 4_000
+                },
+                CloseById {
+                    id: 2,
+                    ended_at: 4_000
+                }
+            ]
+        );
+        assert!(plan.states[0].on_a_call);
+        assert_eq!(
+            plan.inserts
+                .iter()
+                .filter(|row| row.status == "unknown")
+                .count(),
+            2
+        );
+    }
+
+    #[test]
+    fn resume_with_no_downtime_adds_no_gap_and_unknown_just_continues() {
+        let stored = [
+            open(1, "a", Status::Available, 1_000, 3),
+            open(2, "b", Status::Unknown, 500, 4),
+        ];
+        let plan = plan_resume(&stored, &configured(&["a", "b"]), Some(2_000), at(2_000)).unwrap();
+        assert_eq!(
+            plan.closes,
+            [CloseById {
+                id: 1,
+                ended_at: 2_000
+            }]
+        );
+        assert_eq!(plan.inserts.len(), 1);
+        assert_eq!(plan.inserts[0].started_at, 2_000);
+        let b = &plan.states[1];
+        assert_eq!(
+            (b.status, b.since, b.seq, b.available),
+            (Status::Unknown, at(500), 4, None)
+        );
+    }
+}
