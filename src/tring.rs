@@ -339,7 +339,14 @@ impl TringClient {
                 body: self.clean_text(&body),
             });
         }
-        Ok(body)
+        let (answer, warning) = split_php_warning(&body);
+        if let Some(warning) = warning {
+            tracing::warn!(
+                warning = %self.clean_text(warning),
+                "tring printed a PHP warning before its answer; using the answer"
+            );
+        }
+        Ok(answer.to_owned())
     }
 
     /// `OK` is success; any other text is TRiNG's error message.
@@ -445,9 +452,54 @@ pub fn interpret_ok_body(body: &str) -> Result<(), TringError> {
         Err(TringError::Malformed(
             "an empty answer where `OK` was expected".into(),
         ))
+    } else if looks_like_html(text) {
+        Err(html_answer(text))
     } else {
         Err(TringError::Rejected(text.to_owned()))
     }
+}
+
+/// Splits PHP's displayed warnings (`<br />\n<b>Warning</b>: ... <br />`)
+/// from the script's own answer after them: `(answer, Some(warning))`. A
+/// body without that shape is all answer. Pure.
+pub fn split_php_warning(body: &str) -> (&str, Option<&str>) {
+    let trimmed = body.trim();
+    if let Some((warning, answer)) = trimmed.rsplit_once("<br />") {
+        let answer = answer.trim();
+        let warning = warning.trim();
+        let php_message = ["Warning", "Notice", "Deprecated"]
+            .iter()
+            .any(|kind| warning.contains(&format!("<b>{kind}</b>:")));
+        if php_message && !answer.contains('<') {
+            return (answer, Some(warning));
+        }
+    }
+    (trimmed, None)
+}
+
+/// True when an answer is an HTML page (a proxy or maintenance page), not
+/// the API's plain text.
+fn looks_like_html(text: &str) -> bool {
+    let start = text.trim_start().to_ascii_lowercase();
+    start.starts_with('<') || start.contains("<html")
+}
+
+/// The error for an HTML page where the API's answer was expected, quoting
+/// its title when it has one.
+fn html_answer(text: &str) -> TringError {
+    let lower = text.to_ascii_lowercase();
+    let title = lower
+        .find("<title>")
+        .and_then(|start| {
+            let start = start + "<title>".len();
+            lower[start..]
+                .find("</title>")
+                .and_then(|end| text.get(start..start + end))
+        })
+        .unwrap_or("untitled");
+    TringError::Malformed(format!(
+        "an HTML page ({title:?}) instead of the API's answer; is tring.url right and the service up?"
+    ))
 }
 
 /// Decides a `list`/`listqueues` answer (`format=json`): `null` is an empty
@@ -463,6 +515,9 @@ pub fn parse_member_list(body: &str, tenant: &str) -> Result<Vec<String>, TringE
         return Err(TringError::Malformed(
             "an empty answer where a JSON list was expected".into(),
         ));
+    }
+    if looks_like_html(text) {
+        return Err(html_answer(text));
     }
     if !(text.starts_with('[') || text.starts_with('{')) {
         return Err(TringError::Rejected(text.to_owned()));
@@ -660,6 +715,41 @@ mod tests {
         check("[\"103-ACME\"", Err("malformed"));
         check("[null]", Err("malformed"));
         check("", Err("malformed"));
+    }
+
+    #[test]
+    fn php_warnings_before_the_answer_are_split_off() {
+        let warning = "<br />\n<b>Warning</b>:  mysqli::query(): MySQL server has gone away in \
+                       <b>/var/www/pbx/proxyapi.php</b> on line <b>214</b><br />\n";
+        let body = format!("{warning}OK");
+        let (answer, found) = split_php_warning(&body);
+        assert_eq!(answer, "OK");
+        assert!(found.is_some_and(|w| w.contains("gone away")));
+        let body = format!("{warning}[\"201-SIM\"]\n");
+        let (answer, _) = split_php_warning(&body);
+        assert_eq!(parse_member_list(answer, "SIM"), Ok(vec!["201".to_owned()]));
+        assert_eq!(split_php_warning(" OK\n"), ("OK", None));
+        assert_eq!(
+            split_php_warning("ERROR: a<br />b"),
+            ("ERROR: a<br />b", None)
+        );
+    }
+
+    #[test]
+    fn html_pages_are_malformed_not_rejections() {
+        let page =
+            "<html>\n<head><title>Onderhoud / Maintenance</title></head><body>x</body></html>";
+        for error in [
+            interpret_ok_body(page),
+            parse_member_list(page, "SIM").map(|_| ()),
+        ] {
+            match error {
+                Err(TringError::Malformed(message)) => {
+                    assert!(message.contains("Onderhoud / Maintenance"), "{message}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

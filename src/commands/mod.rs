@@ -42,6 +42,9 @@ pub mod dedup;
 pub mod dispatcher;
 pub mod parse;
 
+#[cfg(test)]
+mod end_to_end;
+
 use std::fmt;
 use std::time::{Duration, Instant};
 
