@@ -5,6 +5,8 @@
 //! so a batch of any size is a handful of statements. No business rules
 //! here: they live in `plan.rs`.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
@@ -56,17 +58,18 @@ const LATEST_SEQ_OF_AGENT: &str = "SELECT seq FROM intervals \
 const CLOSE_BY_ID: &str = "UPDATE intervals AS i SET ended_at = c.ended_at \
      FROM UNNEST($1::bigint[], $2::bigint[]) AS c (id, ended_at) WHERE i.id = c.id";
 
-/// Intervals of everyone overlapping `[$2, $1)`.
+/// Intervals of everyone overlapping `[$2, $1)`. Agents sort by byte
+/// value, as in SQLite, whatever the database's collation.
 const SELECT_RANGE: &str =
     "SELECT agent, status, reason, extension_status, destination, started_at, ended_at, seq \
      FROM intervals WHERE started_at < $1 AND (ended_at IS NULL OR ended_at > $2) \
-     ORDER BY agent, started_at, id";
+     ORDER BY agent COLLATE \"C\", started_at, id";
 
 /// Intervals of agent `$3` overlapping `[$2, $1)`.
 const SELECT_RANGE_OF_AGENT: &str =
     "SELECT agent, status, reason, extension_status, destination, started_at, ended_at, seq \
      FROM intervals WHERE agent = $3 AND started_at < $1 AND (ended_at IS NULL OR ended_at > $2) \
-     ORDER BY agent, started_at, id";
+     ORDER BY agent COLLATE \"C\", started_at, id";
 
 /// A stored interval row, as selected by `SELECT_RANGE*`.
 type IntervalRow = (
@@ -92,6 +95,26 @@ type OpenRow = (
     Option<i64>,
 );
 
+/// Text as PostgreSQL accepts it: `text` cannot hold NUL, and a value it
+/// rejects would fail the batch on every retry, so NUL becomes U+FFFD.
+fn pg_text(text: Option<&str>) -> Option<Cow<'_, str>> {
+    text.map(|text| {
+        if text.contains('\0') {
+            Cow::Owned(text.replace('\0', "\u{fffd}"))
+        } else {
+            Cow::Borrowed(text)
+        }
+    })
+}
+
+/// One text column of many rows, ready to bind as `text[]`.
+fn pg_texts<'a, T>(
+    rows: &'a [T],
+    column: impl Fn(&'a T) -> Option<&'a str>,
+) -> Vec<Option<Cow<'a, str>>> {
+    rows.iter().map(|row| pg_text(column(row))).collect()
+}
+
 /// Inserts rows in the open transaction.
 async fn insert_rows(
     connection: &mut sqlx::PgConnection,
@@ -103,13 +126,9 @@ async fn insert_rows(
     sqlx::query(INSERT_INTERVALS)
         .bind(rows.iter().map(|row| row.agent).collect::<Vec<_>>())
         .bind(rows.iter().map(|row| row.status).collect::<Vec<_>>())
-        .bind(rows.iter().map(|row| row.reason).collect::<Vec<_>>())
-        .bind(
-            rows.iter()
-                .map(|row| row.extension_status)
-                .collect::<Vec<_>>(),
-        )
-        .bind(rows.iter().map(|row| row.destination).collect::<Vec<_>>())
+        .bind(pg_texts(rows, |row| row.reason))
+        .bind(pg_texts(rows, |row| row.extension_status))
+        .bind(pg_texts(rows, |row| row.destination))
         .bind(rows.iter().map(|row| row.started_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|row| row.ended_at).collect::<Vec<_>>())
         .bind(rows.iter().map(|row| row.seq).collect::<Vec<_>>())
@@ -138,24 +157,9 @@ pub(crate) async fn record(
                     .map(|update| update.agent)
                     .collect::<Vec<_>>(),
             )
-            .bind(
-                updates
-                    .iter()
-                    .map(|update| update.reason)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|update| update.extension_status)
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                updates
-                    .iter()
-                    .map(|update| update.destination)
-                    .collect::<Vec<_>>(),
-            )
+            .bind(pg_texts(updates, |update| update.reason))
+            .bind(pg_texts(updates, |update| update.extension_status))
+            .bind(pg_texts(updates, |update| update.destination))
             .execute(&mut *transaction)
             .await
             .map_err(StoreError::query("updating open intervals"))?;

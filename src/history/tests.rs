@@ -410,6 +410,62 @@ async fn resume_closes_removed_agents_and_continues_unknown(database: &TestDatab
     store.close().await;
 }
 
+async fn text_round_trips_and_nul_never_blocks_the_writer(database: &TestDatabase) {
+    let store = database.open().await;
+    let odd = "pauze \"koffie\" ☕ '; DROP TABLE intervals; -- \\ é";
+    let mut paused = state("alice", Status::Unavailable, 0, 1);
+    paused.reason = Some(odd.into());
+    paused.destination = Some("<31&20>".into());
+    let mut nul = state("bob", Status::Unavailable, 0, 2);
+    nul.reason = Some("a\0b".into());
+    store.record(&[paused, nul]).await.unwrap();
+    let stored = store.intervals(None, at(0), at(10)).await.unwrap();
+    assert_eq!(stored[0].reason.as_deref(), Some(odd));
+    assert_eq!(stored[0].destination.as_deref(), Some("<31&20>"));
+    let bob = stored[1].reason.as_deref().unwrap();
+    assert!(bob == "a\0b" || bob == "a\u{fffd}b", "{bob:?}");
+    store.close().await;
+}
+
+async fn readers_run_beside_the_writer(database: &TestDatabase) {
+    let store = database.open().await;
+    let writer_store = store.clone();
+    let writing = tokio::spawn(async move {
+        for batch in 0..40i64 {
+            let states: Vec<_> = (0..250i64)
+                .map(|index| {
+                    let status = if batch % 2 == 0 {
+                        Status::Available
+                    } else {
+                        Status::Paused
+                    };
+                    state(
+                        &format!("agent-{index}"),
+                        status,
+                        batch,
+                        (batch * 250 + index + 1) as u64,
+                    )
+                })
+                .collect();
+            writer_store.record(&states).await.unwrap();
+        }
+    });
+    let mut reads = 0;
+    while !writing.is_finished() {
+        store.intervals(None, at(0), at(100)).await.unwrap();
+        store.last_seq().await.unwrap();
+        reads += 1;
+    }
+    writing.await.unwrap();
+    assert!(reads > 0);
+    assert_eq!(store.last_seq().await.unwrap(), 40 * 250);
+    assert_eq!(
+        store.intervals(None, at(0), at(100)).await.unwrap().len(),
+        40 * 250
+    );
+    store.close().await;
+}
+
 /// A transition change (the writer assigns seq).
 fn transition(id: &str, from: Status, from_since: i64, to: Status, since: i64) -> Change {
     Change {
@@ -666,6 +722,8 @@ backend_tests!(
     resume_closes_removed_agents_and_continues_unknown,
     writer_commits_then_publishes_with_increasing_seq,
     writer_keeps_and_retries_a_batch_while_the_database_fails,
+    text_round_trips_and_nul_never_blocks_the_writer,
+    readers_run_beside_the_writer,
 );
 
 /// A path to `target` relative to the working directory (`../..` up to the
