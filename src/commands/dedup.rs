@@ -6,7 +6,8 @@
 //! `capacity` entries and forgets the oldest first. A request whose twin is
 //! still running is remembered as in flight; the dispatcher answers the twin
 //! when the first one completes. Requests without a `transaction` are never
-//! deduplicated.
+//! deduplicated. The dispatcher forgets failed commands once answered, so a
+//! retry after an error runs again (every operation is safe to repeat).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -122,6 +123,12 @@ impl DedupCache {
         }
     }
 
+    /// Forgets a key whatever its state (a failed command: a retry with the
+    /// same transaction runs again).
+    pub fn forget(&mut self, key: &DedupKey) {
+        self.entries.remove(key);
+    }
+
     /// Forgets an in-flight key whose command never completed (its task
     /// failed); returns how many duplicates were waiting for it.
     pub fn abandon(&mut self, key: &DedupKey) -> usize {
@@ -223,6 +230,9 @@ mod tests {
         cache.check(&key("x"), now);
         cache.check(&key("x"), now);
         assert_eq!(cache.abandon(&key("x")), 1);
+        assert_eq!(cache.check(&key("x"), now), Seen::New);
+        cache.complete(&key("x"), b"error".to_vec());
+        cache.forget(&key("x"));
         assert_eq!(cache.check(&key("x"), now), Seen::New);
         let mut disabled = DedupCache::new(Duration::ZERO, 10);
         assert_eq!(disabled.check(&key("x"), now), Seen::New);

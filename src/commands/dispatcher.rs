@@ -249,7 +249,15 @@ impl Dispatcher {
                     &self.metrics.commands_failed
                 });
                 let waiting = match self.running.remove(&id).flatten() {
-                    Some(key) => self.dedup.complete(&key, finished.response.payload.clone()),
+                    Some(key) => {
+                        let waiting = self.dedup.complete(&key, finished.response.payload.clone());
+                        if !finished.ok {
+                            // Only successes are remembered: a retry after an
+                            // error runs again (every operation is repeatable).
+                            self.dedup.forget(&key);
+                        }
+                        waiting
+                    }
                     None => 0,
                 };
                 for _ in 0..waiting {

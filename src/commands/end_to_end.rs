@@ -587,6 +587,17 @@ async fn a_duplicate_transaction_is_executed_once() {
     let again = h.request("queue/500/add", "202").await;
     assert_eq!(again["data"]["already_member"], json!(true));
     assert_eq!(h.audit().await.len(), 4);
+    // A failure is not remembered: the retry with the same transaction runs.
+    h.simulator
+        .inject(Fault::always(Api::Tring, FaultKind::Http500).times(1));
+    let failed = h
+        .request("queue/500/list", r#"{"transaction":"retry"}"#)
+        .await;
+    assert_eq!(failed["code"], "upstream_error", "{failed}");
+    let retried = h
+        .request("queue/500/list", r#"{"transaction":"retry"}"#)
+        .await;
+    assert_eq!(retried["status"], "ok", "{retried}");
     h.stop().await;
 }
 
