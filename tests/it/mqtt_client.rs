@@ -44,12 +44,17 @@ impl TestClient {
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let (tx, messages) = mpsc::unbounded_channel();
         let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
-        for filter in filters {
-            client.subscribe(filter.clone(), QoS::AtLeastOnce).await.unwrap();
-        }
+        // Subscribe on every CONNACK: a restarted broker forgets sessions.
+        let resubscriber = client.clone();
+        let wanted: Vec<String> = filters.to_vec();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        for filter in &wanted {
+                            let _ = resubscriber.try_subscribe(filter.clone(), QoS::AtLeastOnce);
+                        }
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let message = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
                         if tx.send(message).is_err() {
@@ -108,6 +113,23 @@ impl TestClient {
             self.seen.push(message);
         }
         self.seen.clear();
+    }
+
+    /// Clears every retained message this client has seen, so test runs do
+    /// not pile up retained topics on a shared broker.
+    pub async fn clear_retained(&mut self) {
+        self.forget_into_seen();
+        let topics: std::collections::BTreeSet<String> =
+            self.seen.iter().filter(|m| m.retain || m.topic.contains("/agent/") || m.topic.contains("/bridge/")).map(|m| m.topic.clone()).collect();
+        for topic in topics {
+            let _ = self.client.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await;
+        }
+    }
+
+    fn forget_into_seen(&mut self) {
+        while let Ok(message) = self.messages.try_recv() {
+            self.seen.push(message);
+        }
     }
 
     /// Publishes a message.

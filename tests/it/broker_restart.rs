@@ -1,0 +1,178 @@
+//! A broker restart without persistence mid-stream: displays must not be
+//! left empty (state is republished, retained) and no transition may be
+//! lost (unacknowledged events are resent after reconnect).
+//!
+//! Uses a private Mosquitto process (skipped where the binary is missing;
+//! CI installs it) behind a gate the test opens, so the test subscriber is
+//! back before the bridge reconnects.
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::{prepare_app, wait_until, Options, SOON};
+use crate::mqtt_client::TestClient;
+
+fn mosquitto_binary() -> Option<&'static str> {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .into_iter()
+        .find(|path| std::path::Path::new(path).exists())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Mosquitto(Child);
+
+impl Mosquitto {
+    async fn start(binary: &str, port: u16) -> Mosquitto {
+        let child = Command::new(binary)
+            .args(["-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = tokio::time::Instant::now() + SOON;
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(tokio::time::Instant::now() < deadline, "mosquitto did not listen on {port}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Mosquitto(child)
+    }
+
+    fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+    }
+}
+
+/// A TCP proxy to the broker that accepts connections only while open.
+/// Closing it also cuts the connections it carries.
+#[derive(Clone)]
+struct Gate {
+    open: Arc<AtomicBool>,
+    generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Gate {
+    async fn start(target: u16) -> (Gate, u16) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gate = Gate { open: Arc::new(AtomicBool::new(true)), generation: Arc::new(tokio::sync::watch::channel(0).0) };
+        let state = gate.clone();
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !state.open.load(Ordering::SeqCst) {
+                    continue; // dropped: the bridge sees a refused/closed connection
+                }
+                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else { continue };
+                let mut cut = state.generation.subscribe();
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        (gate, port)
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.generation.send_modify(|g| *g += 1);
+    }
+
+    fn open(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
+    let Some(binary) = mosquitto_binary() else {
+        eprintln!("skipped: no mosquitto binary on this machine (CI installs it)");
+        return;
+    };
+    let broker_port = free_port();
+    let broker = Mosquitto::start(binary, broker_port).await;
+    let (gate, gate_port) = Gate::start(broker_port).await;
+    let direct = format!("mqtt://127.0.0.1:{broker_port}");
+    let mut app = prepare_app(Options { broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")), ..Options::default() }).await;
+    let filter = [format!("{}/#", app.base)];
+    let mut sub = TestClient::connect(&direct, &filter).await;
+    app.start_bridge().await;
+
+    app.set(1, true, "-", "idle");
+    let first = sub
+        .wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available")
+        .await
+        .json();
+
+    for n in [2, 3] {
+        sub.wait_for(SOON, "first event of every agent", |m| m.topic == app.topic(n, "/event")).await;
+    }
+
+    // The broker dies, and forgets everything (no persistence).
+    gate.close();
+    broker.kill();
+    let metrics = app.metrics.clone().unwrap();
+    wait_until(SOON, "bridge notices the outage", {
+        let metrics = metrics.clone();
+        move || metrics.mqtt_connected.load(Ordering::Relaxed) == 0
+    })
+    .await;
+
+    // Transitions while the broker is away: polling and history go on.
+    let transitions_before = app.counter(|m| &m.transitions);
+    app.set(1, true, "-", "calling");
+    wait_until(SOON, "ringing seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before }).await;
+    app.set(1, true, "-", "called");
+    wait_until(SOON, "on_call seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before + 1 }).await;
+    app.set(2, false, "pause", "idle");
+    wait_until(SOON, "paused seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before + 2 }).await;
+
+    // The broker is back, empty. Our subscriber first, then the bridge.
+    let _broker = Mosquitto::start(binary, broker_port).await;
+    sub.forget();
+    let mut sub = TestClient::connect(&direct, &filter).await;
+    gate.open();
+
+    let online = sub.wait_topic(&format!("{}/bridge/state", app.base), SOON).await;
+    assert_eq!(online.text(), "online");
+    let ringing = sub
+        .wait_for(SOON, "resent ringing", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "ringing")
+        .await
+        .json();
+    let on_call = sub
+        .wait_for(SOON, "resent on_call", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call")
+        .await
+        .json();
+    sub.wait_for(SOON, "resent paused", |m| m.topic == app.topic(2, "/event") && m.json()["to"] == "paused").await;
+    let seqs = [first["seq"].as_u64().unwrap(), ringing["seq"].as_u64().unwrap(), on_call["seq"].as_u64().unwrap()];
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+
+    // Displays that connect now see the current state, retained.
+    let mut display = TestClient::connect(&direct, &filter).await;
+    let state = display.wait_topic(&app.topic(1, ""), SOON).await;
+    assert!(state.retain);
+    assert_eq!(state.json()["status"], "on_call");
+    let bare = display.wait_topic(&app.topic(2, "/status"), SOON).await;
+    assert_eq!((bare.text().as_str(), bare.retain), ("paused", true));
+    let bridge = display.wait_topic(&format!("{}/bridge/state", app.base), SOON).await;
+    assert_eq!((bridge.text().as_str(), bridge.retain), ("online", true));
+    assert!(app.counter(|m| &m.mqtt_connects) >= 2);
+    app.stop_bridge().await;
+}

@@ -1,0 +1,293 @@
+//! `spawn_app()`: every test gets its own simulator, database, base topic
+//! and bridge, on ports chosen by the OS, against the shared test broker.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use pbx2mqtt::app::Application;
+use pbx2mqtt::broker::EmbeddedBroker;
+use pbx2mqtt::config::Config;
+use pbx2mqtt::history::Store;
+use pbx2mqtt::simulator::{Simulator, SimulatorConfig, VirtualState};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::mqtt_client::TestClient;
+
+/// The simulator's account PIN in tests: distinctive, so a leak is found.
+pub const TEST_PIN: &str = "PIN-8472-secret";
+/// The simulator's TRiNG key in tests.
+pub const TEST_KEY: &str = "KEY-5531-secret";
+
+/// The broker every test uses: `PBX2MQTT_TEST_MQTT_URL`, else an embedded
+/// broker started once per test process.
+pub fn broker_url() -> String {
+    if let Ok(url) = std::env::var("PBX2MQTT_TEST_MQTT_URL") {
+        if !url.is_empty() {
+            return url;
+        }
+    }
+    static EMBEDDED: OnceLock<EmbeddedBroker> = OnceLock::new();
+    EMBEDDED
+        .get_or_init(|| {
+            EmbeddedBroker::start(SocketAddr::from(([127, 0, 0, 1], 0))).expect("embedded broker")
+        })
+        .url()
+}
+
+/// Everything the bridge logged in this process, for the secret-leak test.
+#[derive(Clone, Default)]
+pub struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    pub fn contents(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Installs (once per process) a subscriber that records every log line at
+/// TRACE level, from every crate, into a buffer.
+pub fn captured_logs() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = LogBuffer::default();
+        let writer = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace,rumqttd=warn")
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+/// Test knobs.
+#[derive(Clone)]
+pub struct Options {
+    pub agents: u32,
+    pub poll_interval: &'static str,
+    pub stale_after: u32,
+    pub extra_toml: String,
+    pub broker_url: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { agents: 3, poll_interval: "100ms", stale_after: 3, extra_toml: String::new(), broker_url: None }
+    }
+}
+
+/// A running bridge with its own simulator, database and topic tree.
+pub struct TestApp {
+    pub simulator: Simulator,
+    pub config: Config,
+    pub base: String,
+    pub database_url: String,
+    pub broker_url: String,
+    /// Keeps the database directory alive.
+    pub dir: Arc<tempfile::TempDir>,
+    simulator_stop: CancellationToken,
+    bridge: Option<(CancellationToken, JoinHandle<anyhow::Result<()>>)>,
+    pub http: Option<SocketAddr>,
+    /// The running bridge's counters.
+    pub metrics: Option<Arc<pbx2mqtt::metrics::Metrics>>,
+}
+
+impl TestApp {
+    /// Agent id of the n-th (1-based) simulated agent.
+    pub fn agent(&self, n: u32) -> String {
+        format!("agent{}", 1000 + n)
+    }
+
+    /// Belfabriek extension id of the n-th agent.
+    pub fn ext(&self, n: u32) -> String {
+        (1000 + n).to_string()
+    }
+
+    /// `<base>/agent/<agent><suffix>`.
+    pub fn topic(&self, n: u32, suffix: &str) -> String {
+        format!("{}/agent/{}{suffix}", self.base, self.agent(n))
+    }
+
+    /// Sets the n-th agent's state in the simulator.
+    pub fn set(&self, n: u32, available: bool, reason: &str, extension_status: &str) {
+        self.simulator
+            .set_agent(
+                &self.ext(n),
+                VirtualState {
+                    available,
+                    reason: reason.into(),
+                    destination: None,
+                    extension_status: extension_status.into(),
+                },
+            )
+            .unwrap();
+    }
+
+    /// A test client subscribed to everything under the base topic.
+    pub async fn subscriber(&self) -> TestClient {
+        TestClient::connect(&self.broker_url, &[format!("{}/#", self.base)]).await
+    }
+
+    /// A subscriber, once the bridge is online (it subscribes to request
+    /// topics before it publishes `online`, so commands sent now are heard).
+    pub async fn ready_subscriber(&self) -> TestClient {
+        let mut sub = self.subscriber().await;
+        let topic = format!("{}/bridge/state", self.base);
+        sub.wait_for(SOON, "bridge online", |m| m.topic == topic && m.text() == "online").await;
+        sub
+    }
+
+    /// Opens the history database (a second connection).
+    pub async fn store(&self) -> Store {
+        Store::open(&self.database_url).await.unwrap()
+    }
+
+    /// Starts the bridge (again) on the same database.
+    pub async fn start_bridge(&mut self) {
+        assert!(self.bridge.is_none(), "bridge already running");
+        let app = Application::build(self.config.clone()).await.expect("build app");
+        self.http = app.http_addr();
+        self.metrics = Some(app.metrics());
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(app.run(stop.clone()));
+        self.bridge = Some((stop, handle));
+    }
+
+    /// Stops the bridge gracefully and waits for it.
+    pub async fn stop_bridge(&mut self) {
+        let (stop, handle) = self.bridge.take().expect("bridge not running");
+        stop.cancel();
+        tokio::time::timeout(Duration::from_secs(20), handle)
+            .await
+            .expect("bridge did not stop within 20 s")
+            .expect("bridge task panicked")
+            .expect("bridge failed");
+    }
+
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some((stop, _)) = &self.bridge {
+            stop.cancel();
+        }
+        self.simulator_stop.cancel();
+    }
+}
+
+/// With `PBX2MQTT_TEST_LOG=<filter>`, logs go to stderr (for debugging).
+fn debug_logs() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if let Ok(filter) = std::env::var("PBX2MQTT_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+    });
+}
+
+/// Starts a simulator (agents frozen at offline) and a bridge.
+pub async fn spawn_app(options: Options) -> TestApp {
+    let mut app = prepare_app(options).await;
+    app.start_bridge().await;
+    app
+}
+
+/// Like [`spawn_app`] but does not start the bridge.
+pub async fn prepare_app(options: Options) -> TestApp {
+    debug_logs();
+    let simulator_stop = CancellationToken::new();
+    let simulator = Simulator::start(
+        SimulatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            agents: options.agents,
+            account_pin: TEST_PIN.into(),
+            tring_key: TEST_KEY.into(),
+            tenant: "TEST".into(),
+            auto: false,
+            seed: Some(7),
+            ..SimulatorConfig::default()
+        },
+        simulator_stop.clone(),
+    )
+    .await
+    .expect("simulator");
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let database_url = format!("sqlite://{}", dir.path().join("history.db").display());
+    let unique: u32 = rand::random();
+    let base = format!("pbx2mqtt-test/{unique:08x}");
+    let broker_url = options.broker_url.clone().unwrap_or_else(broker_url);
+    let mut toml = format!(
+        "[mqtt]\nurl = {broker_url:?}\nclient_id = \"bridge-{unique:08x}\"\nbase_topic = {base:?}\n\
+         [belfabriek]\nurl = {bel:?}\naccount_pin = {TEST_PIN:?}\ntimeout = \"1s\"\n\
+         [tring]\nurl = {tring:?}\nkey = {TEST_KEY:?}\ntenant = \"TEST\"\ntimeout = \"1s\"\n\
+         [poll]\ninterval = {interval:?}\nstale_after = {stale}\nmax_backoff = \"200ms\"\n\
+         [database]\nurl = {database_url:?}\n[http]\nlisten = \"127.0.0.1:0\"\n{extra}\n",
+        bel = simulator.belfabriek_url(),
+        tring = simulator.tring_url(),
+        interval = options.poll_interval,
+        stale = options.stale_after,
+        extra = options.extra_toml,
+    );
+    for info in simulator.agents() {
+        toml.push_str(&format!(
+            "[[agents]]\nid = \"agent{ext}\"\nname = {name:?}\nextension_id = \"{ext}\"\nqueue_extension = \"{queue}\"\n",
+            ext = info.ext_id,
+            name = info.name,
+            queue = info.tring_extension,
+        ));
+    }
+    let config = Config::from_toml_str(&toml).expect("test config");
+    std::fs::write(dir.path().join("pbx2mqtt.toml"), &toml).unwrap();
+    TestApp {
+        simulator,
+        config,
+        base,
+        database_url,
+        broker_url,
+        dir,
+        simulator_stop,
+        bridge: None,
+        http: None,
+        metrics: None,
+    }
+}
+
+/// Waits until `condition` holds, checking every 10 ms, for at most `within`.
+pub async fn wait_until(within: Duration, what: &str, condition: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !condition() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+impl TestApp {
+    /// A counter of the running bridge.
+    pub fn counter(&self, pick: impl Fn(&pbx2mqtt::metrics::Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
+        pick(self.metrics.as_ref().expect("bridge not started")).load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Waits until every agent has been polled `rounds` more times.
+    pub async fn wait_polls(&self, rounds: u64) {
+        let target = self.counter(|m| &m.polls_ok) + rounds * self.config.agents.len() as u64;
+        let metrics = self.metrics.clone().expect("bridge not started");
+        wait_until(SOON, "polls", move || metrics.polls_ok.load(std::sync::atomic::Ordering::Relaxed) >= target).await;
+    }
+}
+
+/// Generous upper bound for anything the bridge should do "soon".
+pub const SOON: Duration = Duration::from_secs(10);

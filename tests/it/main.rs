@@ -1,0 +1,13 @@
+//! Integration tests: the real bridge against the project's simulator over
+//! HTTP, a real MQTT broker (Mosquitto at `PBX2MQTT_TEST_MQTT_URL`, else the
+//! embedded rumqttd) and a real SQLite file. One binary, so it links once.
+
+mod helpers;
+mod mqtt_client;
+
+mod broker_restart;
+mod commands;
+mod faults;
+mod pipeline;
+mod restart;
+mod secrets;
