@@ -9,7 +9,8 @@
 //!   /control/agents/{ext}` (a [`VirtualState`]; freezes the agent), `DELETE
 //!   /control/agents/{ext}` (resume auto movement), `GET /control/agents`,
 //!   `POST /control/faults` (a [`Fault`]), `GET`/`DELETE /control/faults`,
-//!   `GET /control/stats` ([`RequestCounts`]), `GET`/`PUT
+//!   `GET /control/stats` ([`RequestCounts`], with per-agent poll gaps),
+//!   `DELETE /control/poll-gaps` (reset the gaps), `GET`/`PUT
 //!   /control/queues/{queue}`, `POST /control/clock` (`{"advance":"1m"}`).
 //!
 //! Virtual agents ([`agents`]) move lazily: an agent's state machine is
@@ -21,6 +22,7 @@
 pub mod agents;
 pub mod belfabriek;
 pub mod faults;
+pub mod poll_gaps;
 mod server;
 pub mod tring;
 
@@ -39,10 +41,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use agents::VirtualState;
 pub use faults::{Api, Fault, FaultKind};
+pub use poll_gaps::PollGaps;
 pub use tring::QueueMember;
 
 use agents::{SimClock, VirtualAgent};
 use faults::FaultTable;
+use poll_gaps::PollGapRecorder;
 use tring::{Queues, TringAccount, TringAction};
 
 /// The Belfabriek API path.
@@ -157,6 +161,10 @@ pub struct RequestCounts {
     pub tring_actions: BTreeMap<String, u64>,
     /// Requests that got an injected fault (latency included).
     pub faults_applied: u64,
+    /// Time between successive `ivr.getAgentAvail` requests per agent,
+    /// since the last `DELETE /control/poll-gaps`.
+    #[serde(default)]
+    pub poll_gaps: PollGaps,
 }
 
 impl RequestCounts {
@@ -227,6 +235,7 @@ impl Counters {
                 .map(|(action, count)| (action.as_str().to_owned(), count.load(Ordering::Relaxed)))
                 .collect(),
             faults_applied: self.faults_applied.load(Ordering::Relaxed),
+            poll_gaps: PollGaps::default(),
         }
     }
 }
@@ -256,6 +265,8 @@ struct Shared {
     faults: FaultTable,
     /// Request counters.
     counters: Counters,
+    /// Time between polls per agent, same order as `agents`.
+    poll_gaps: PollGapRecorder,
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain
@@ -325,6 +336,7 @@ impl Shared {
             queues: Mutex::new(Queues::default()),
             faults: FaultTable::default(),
             counters: Counters::default(),
+            poll_gaps: PollGapRecorder::new(config.agents as usize),
         })
     }
 
@@ -335,6 +347,27 @@ impl Shared {
         let mut agent = lock(&self.agents[index]);
         agent.advance_to(self.clock.now_micros(), self.mean_dwell_micros, self.auto);
         Some(f(&mut agent))
+    }
+
+    /// Notes an `ivr.getAgentAvail` request about `ext_id` (unknown
+    /// extensions are ignored).
+    fn record_poll(&self, ext_id: &str) {
+        if let Some(&index) = self.by_extension.get(ext_id) {
+            self.poll_gaps.record(index);
+        }
+    }
+
+    /// Request counts with the poll gaps.
+    fn stats(&self) -> RequestCounts {
+        RequestCounts {
+            poll_gaps: self.poll_gaps_snapshot(),
+            ..self.counters.snapshot()
+        }
+    }
+
+    fn poll_gaps_snapshot(&self) -> PollGaps {
+        self.poll_gaps
+            .snapshot(|index| self.infos[index].ext_id.clone())
     }
 
     fn agent_state(&self, ext_id: &str) -> Option<VirtualState> {
@@ -519,9 +552,16 @@ impl Simulator {
         self.shared.faults.list()
     }
 
-    /// Requests received so far.
+    /// Requests received so far, with the poll gaps since the last
+    /// [`Simulator::reset_poll_gaps`].
     pub fn counts(&self) -> RequestCounts {
-        self.shared.counters.snapshot()
+        self.shared.stats()
+    }
+
+    /// Forgets the poll gaps measured so far (the request counts stay), to
+    /// start a measurement window.
+    pub fn reset_poll_gaps(&self) {
+        self.shared.poll_gaps.reset();
     }
 
     /// The extensions in `queue`, in the order they were added.

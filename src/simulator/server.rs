@@ -56,6 +56,7 @@ fn router(shared: Arc<Shared>) -> Router {
             get(list_faults).post(inject_fault).delete(clear_faults),
         )
         .route("/control/stats", get(stats))
+        .route("/control/poll-gaps", axum::routing::delete(reset_poll_gaps))
         .route("/control/queues/{queue}", get(get_queue).put(put_queue))
         .route("/control/clock", post(advance_clock))
         .fallback(not_found)
@@ -120,6 +121,11 @@ async fn belfabriek_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> 
         Err(_) => ("other", None),
     };
     shared.counters.count_method(method);
+    if method == belfabriek::GET_AGENT_AVAIL {
+        if let Some(extension) = &extension {
+            shared.record_poll(extension);
+        }
+    }
     let decision = shared
         .faults
         .take(Api::Belfabriek, |agent| extension.as_deref() == Some(agent));
@@ -262,7 +268,13 @@ async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.counters.snapshot()).into_response()
+    Json(shared.stats()).into_response()
+}
+
+/// Forgets the poll gaps so far; answers with the (empty) statistics.
+async fn reset_poll_gaps(State(shared): State<Arc<Shared>>) -> Response {
+    shared.poll_gaps.reset();
+    Json(shared.poll_gaps_snapshot()).into_response()
 }
 
 async fn get_queue(State(shared): State<Arc<Shared>>, Path(queue): Path<String>) -> Response {
