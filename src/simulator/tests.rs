@@ -677,3 +677,121 @@ async fn shutdown_stops_the_server_and_misconfiguration_is_refused() {
     .unwrap_err();
     assert!(error.to_string().contains("mean_dwell"), "{error}");
 }
+
+#[test]
+fn command_line_defaults_match_the_default_config() {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Command {
+        #[command(flatten)]
+        simulator: SimulatorConfig,
+    }
+    let parsed = Command::parse_from(["simulate"]).simulator;
+    assert_eq!(
+        format!("{parsed:?}"),
+        format!("{:?}", SimulatorConfig::default())
+    );
+    let parsed = Command::parse_from([
+        "simulate",
+        "--listen",
+        "127.0.0.1:0",
+        "--agents",
+        "5000",
+        "--auto",
+        "false",
+        "--mean-dwell",
+        "5s",
+        "--seed",
+        "7",
+        "--tenant",
+        "ACME",
+    ])
+    .simulator;
+    assert_eq!(parsed.agents, 5_000);
+    assert!(!parsed.auto);
+    assert_eq!(parsed.mean_dwell, Duration::from_secs(5));
+    assert_eq!(parsed.seed, Some(7));
+    assert_eq!(parsed.tenant, "ACME");
+}
+
+/// Prints how many `ivr.getAgentAvail` requests per second the simulator
+/// serves on a single-threaded runtime (its own OS thread) to 64 kept-alive
+/// connections. Not a pass/fail check: run it by hand with
+/// `cargo test --release --lib simulator::tests::throughput -- --ignored --nocapture`.
+#[test]
+#[ignore = "manual throughput measurement"]
+fn throughput() {
+    let (address_sender, address_receiver) = std::sync::mpsc::channel();
+    let shutdown = CancellationToken::new();
+    let server_shutdown = shutdown.clone();
+    let server = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let config = SimulatorConfig {
+                agents: 5_000,
+                auto: true,
+                mean_dwell: Duration::from_secs(5),
+                ..test_config()
+            };
+            let simulator = Simulator::start(config, server_shutdown).await.unwrap();
+            address_sender.send(simulator.belfabriek_url()).unwrap();
+            simulator.join().await.unwrap();
+        });
+        thread_cpu_seconds()
+    });
+    let url = address_receiver.recv().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let total = runtime.block_on(async move {
+        let client = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut tasks = Vec::new();
+        for worker in 0..64u32 {
+            let client = client.clone();
+            let url = url.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let extension = 1001 + (worker * 997 + done as u32) % 5_000;
+                    let response = client
+                        .post(&url)
+                        .body(avail_call("1234", &extension.to_string()))
+                        .send()
+                        .await
+                        .unwrap();
+                    let _ = response.bytes().await.unwrap();
+                    done += 1;
+                }
+                done
+            }));
+        }
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        total
+    });
+    shutdown.cancel();
+    let server_cpu = server.join().unwrap();
+    println!(
+        "simulator throughput: {} requests/s; server thread used {server_cpu:.2} s CPU: {:.0} requests per CPU second",
+        total / 5,
+        total as f64 / server_cpu
+    );
+}
+
+/// CPU time (user + system) of the calling thread, from `/proc`.
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    // Fields after the command name (which is in parentheses): utime and
+    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / 100.0
+}
