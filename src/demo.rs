@@ -28,6 +28,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     let simulator = Simulator::start(simulator_config.clone(), shutdown.clone())
         .await
         .context("cannot start the PBX simulator")?;
+    // A queue with two members, so `list` and `remove` have something to show.
+    if let Some(first) = simulator.agents().first() {
+        simulator.set_queue_members("500", [first.tring_extension.as_str()]);
+    }
     let http = if args.http.port() != 0 && TcpListener::bind(args.http).is_err() {
         SocketAddr::new(args.http.ip(), 0)
     } else {

@@ -27,6 +27,7 @@ use crate::board::Board;
 use crate::commands::Dispatcher;
 use crate::config::Config;
 use crate::history::{HistoryWriter, Store};
+use crate::http::{HttpServer, HttpState};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection};
 use crate::mqtt::options::mqtt_options;
@@ -62,6 +63,8 @@ pub struct Application {
     config: Config,
     /// The history store.
     store: Store,
+    /// The bound HTTP server, unless `http.listen` is empty.
+    http: Option<HttpServer>,
     /// Latest state of every agent.
     board: Board,
     /// Shared counters.
@@ -97,9 +100,24 @@ impl Application {
             config.status.reasons.clone(),
             config.poll.stale_after,
         );
+        let http = if config.http.listen.is_empty() {
+            None
+        } else {
+            // Checked by config validation; the error names the key anyway.
+            let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
+            let state = HttpState::new(
+                store.clone(),
+                board.clone(),
+                metrics.clone(),
+                &config.report,
+                &config.agents,
+            );
+            Some(HttpServer::bind(listen, state).await?)
+        };
         Ok(Self {
             config,
             store,
+            http,
             board,
             metrics,
             tracker,
@@ -109,7 +127,7 @@ impl Application {
 
     /// The address the HTTP server listens on.
     pub fn http_addr(&self) -> Option<SocketAddr> {
-        None
+        self.http.as_ref().map(HttpServer::local_addr)
     }
 
     /// The latest state of every agent.
@@ -180,6 +198,7 @@ impl Application {
         let tracker = tokio::spawn(tracker.run());
         let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx, shutdown.clone()));
         let poller = tokio::spawn(poller.run(shutdown.clone()));
+        let http = self.http.map(|server| tokio::spawn(server.run(shutdown.clone())));
         info!(agents = config.agents.len(), "bridge running");
 
         shutdown.cancelled().await;
@@ -191,6 +210,9 @@ impl Application {
         dispatcher.await.context("dispatcher task panicked")?;
         mqtt_stop.cancel();
         mqtt.await.context("mqtt task panicked")?;
+        if let Some(http) = http {
+            http.await.context("http task panicked")??;
+        }
         self.store.close().await;
         info!("stopped");
         Ok(())

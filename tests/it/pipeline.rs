@@ -145,3 +145,38 @@ async fn a_change_of_destination_alone_updates_state_but_is_not_a_transition() {
     assert!(events.is_empty(), "a destination change is not a transition: {events:?}");
     sub.clear_retained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_api_serves_current_state_health_metrics_and_reports() {
+    let app = spawn_app(Options::default()).await;
+    let mut sub = app.subscriber().await;
+    app.set(1, true, "-", "called");
+    sub.wait_for(SOON, "on_call", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call").await;
+    let base = format!("http://{}", app.http.expect("http server bound"));
+    let http = reqwest::Client::new();
+
+    let agents: serde_json::Value =
+        serde_json::from_str(&http.get(format!("{base}/api/agents")).send().await.unwrap().text().await.unwrap()).unwrap();
+    let alice = agents
+        .as_array()
+        .and_then(|list| list.iter().find(|a| a["agent"] == app.agent(1)))
+        .unwrap_or_else(|| panic!("agent missing from /api/agents: {agents}"));
+    assert_eq!(alice["status"], "on_call");
+
+    let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+    assert!(health.status().is_success());
+    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("pbx2mqtt_polls_total{result=\"ok\"}"), "{metrics}");
+    assert!(metrics.contains("pbx2mqtt_transitions_total"), "{metrics}");
+
+    let today = chrono::Utc::now().date_naive();
+    let summary = http
+        .get(format!("{base}/api/reports/summary?from={today}&to={today}&agent={}&by=total", app.agent(1)))
+        .send()
+        .await
+        .unwrap();
+    assert!(summary.status().is_success(), "{:?}", summary.text().await);
+    let bad = http.get(format!("{base}/api/reports/summary?from=yesterday-ish")).send().await.unwrap();
+    assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
+    sub.clear_retained().await;
+}
