@@ -546,7 +546,6 @@ mod tests {
     use tokio::net::{TcpListener, TcpStream};
 
     use super::*;
-    use crate::config::StatusParams;
     use crate::model::AgentId;
     use crate::xmlrpc::{encode_response, Encoding};
 
@@ -563,20 +562,13 @@ mod tests {
     }
 
     fn config(url: &str, timeout: Duration) -> BelfabriekConfig {
-        BelfabriekConfig {
-            url: url.to_owned(),
-            account_pin: None,
-            account_pin_file: None,
-            account_param: "accountCode".into(),
-            extension_param: "extensionId".into(),
-            status_params: StatusParams {
-                sup_id: "supId".into(),
-                man_id: "manId".into(),
-                cust_id: "accountCode".into(),
-                ext_id: "extensionId".into(),
-            },
-            timeout,
-        }
+        // The built-in defaults (member names as documented), pointed at `url`.
+        let mut config = crate::config::Config::from_toml_str("")
+            .expect("the defaults are valid")
+            .belfabriek;
+        config.url = url.to_owned();
+        config.timeout = timeout;
+        config
     }
 
     fn agent(extension_id: &str) -> AgentConfig {

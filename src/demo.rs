@@ -93,13 +93,6 @@ fn demo_config(
         key = simulator_config.tring_key,
         tenant = simulator_config.tenant,
     );
-    for agent in simulator.agents() {
-        toml.push_str(&format!(
-            "[[agents]]\nid = \"agent-{ext}\"\nname = {name:?}\nextension_id = \"{ext}\"\nqueue_extension = \"{queue}\"\n",
-            ext = agent.ext_id,
-            name = agent.name,
-            queue = agent.tring_extension,
-        ));
-    }
+    toml.push_str(&simulator.agents_toml("agent-"));
     toml
 }

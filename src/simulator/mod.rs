@@ -503,6 +503,22 @@ impl Simulator {
         self.shared.infos.clone()
     }
 
+    /// `[[agents]]` tables for a bridge configuration serving every virtual
+    /// agent, with ids `<id_prefix><ext_id>` (used by the demo and tests).
+    pub fn agents_toml(&self, id_prefix: &str) -> String {
+        self.agents()
+            .iter()
+            .map(|agent| {
+                format!(
+                    "[[agents]]\nid = \"{id_prefix}{ext}\"\nname = {name:?}\nextension_id = \"{ext}\"\nqueue_extension = \"{queue}\"\n",
+                    ext = agent.ext_id,
+                    name = agent.name,
+                    queue = agent.tring_extension,
+                )
+            })
+            .collect()
+    }
+
     /// Every agent with its current state.
     pub fn snapshots(&self) -> Vec<AgentSnapshot> {
         (0..self.shared.infos.len())

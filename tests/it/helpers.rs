@@ -242,14 +242,7 @@ pub async fn prepare_app(options: Options) -> TestApp {
         stale = options.stale_after,
         extra = options.extra_toml,
     );
-    for info in simulator.agents() {
-        toml.push_str(&format!(
-            "[[agents]]\nid = \"agent{ext}\"\nname = {name:?}\nextension_id = \"{ext}\"\nqueue_extension = \"{queue}\"\n",
-            ext = info.ext_id,
-            name = info.name,
-            queue = info.tring_extension,
-        ));
-    }
+    toml.push_str(&simulator.agents_toml("agent"));
     let config = Config::from_toml_str(&toml).expect("test config");
     std::fs::write(dir.path().join("pbx2mqtt.toml"), &toml).unwrap();
     TestApp {
