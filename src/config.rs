@@ -395,6 +395,11 @@ impl Config {
     /// Extracts from a prepared figment, resolves secrets and validates.
     pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
         let mut config: Config = figment.extract().map_err(Box::new)?;
+        // Reasons are looked up lowercased and trimmed; store keys that way.
+        config.status.reasons = std::mem::take(&mut config.status.reasons)
+            .into_iter()
+            .map(|(reason, status)| (reason.trim().to_lowercase(), status))
+            .collect();
         config.resolve_secrets()?;
         config.validate()?;
         Ok(config)
@@ -461,7 +466,7 @@ impl Config {
             }
         }
         crate::mqtt::options::parse_broker_url(&self.mqtt.url)
-            .map_err(|e| value_error("mqtt.url", e))?;
+            .map_err(|e| value_error("mqtt.url", e.to_string()))?;
         let base = &self.mqtt.base_topic;
         if base.is_empty()
             || base.starts_with('/')
@@ -548,11 +553,15 @@ pub fn is_plain_number(value: &str) -> bool {
     !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// Secrets set in the environment are read raw by `resolve_secrets`, never
+/// parsed by figment (which would turn `01234` into `1234`).
+const SECRET_ENV_KEYS: [&str; 3] = ["belfabriek__account_pin", "tring__key", "mqtt__password"];
+
 fn env_provider() -> Env {
     // Only `SECTION__KEY` variables: `PBX2MQTT_CONFIG` and the test variables
     // (`PBX2MQTT_TEST_*`) are not configuration keys.
     Env::prefixed("PBX2MQTT_")
-        .filter(|key| key.as_str().contains("__"))
+        .filter(|key| key.as_str().contains("__") && !SECRET_ENV_KEYS.contains(&key.as_str()))
         .split("__")
 }
 
@@ -585,7 +594,9 @@ pub mod duration_str {
     /// Reads `"2s"`, `"200ms"`, `"1m 30s"`.
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
         let raw = String::deserialize(deserializer).map_err(|_| {
-            serde::de::Error::custom("expected a duration string with a unit, like \"2s\" or \"200ms\"")
+            serde::de::Error::custom(
+                "expected a duration string with a unit, like \"2s\" or \"200ms\"",
+            )
         })?;
         humantime::parse_duration(raw.trim()).map_err(|e| {
             serde::de::Error::custom(format!(
@@ -681,7 +692,9 @@ mod tests {
             let error = load(toml).unwrap_err().to_string();
             assert!(error.contains(key), "{toml}: {error}");
         }
-        let error = load("[[agents]]\nid = \"a/b\"\nextension_id = 1").unwrap_err().to_string();
+        let error = load("[[agents]]\nid = \"a/b\"\nextension_id = 1")
+            .unwrap_err()
+            .to_string();
         assert!(error.contains("agents"), "{error}");
     }
 
@@ -689,7 +702,7 @@ mod tests {
     fn agents_accept_numbers_for_ids_and_reasons_merge_with_defaults() {
         let config = load(
             "[[agents]]\nid = \"alice\"\nextension_id = 1001\nqueue_extension = 201\n\
-             [status.reasons]\nlunch = \"paused\"",
+             [status.reasons]\n\" Lunch \" = \"paused\"",
         )
         .unwrap();
         assert_eq!(config.agents[0].extension_id, "1001");
@@ -700,13 +713,28 @@ mod tests {
     }
 
     #[test]
+    fn numeric_secrets_load_from_toml_and_are_never_in_errors() {
+        let config = load("[belfabriek]\naccount_pin = 4321\n[tring]\nkey = 98765").unwrap();
+        assert_eq!(config.account_pin().expose(), "4321");
+        assert_eq!(config.tring_key().expose(), "98765");
+        // A different error elsewhere in the file does not echo the secret.
+        let error = load("[belfabriek]\naccount_pin = 4321\n[poll]\ninterval = 5")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains("4321"), "{error}");
+    }
+
+    #[test]
     fn the_commented_example_config_loads_and_equals_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pbx2mqtt.example.toml");
         let example = Config::load(Some(&path)).unwrap();
         let defaults = load("").unwrap();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
         let missing = Config::load(Some(Path::new("no/such/file.toml"))).unwrap_err();
-        assert!(missing.to_string().contains("no/such/file.toml"), "{missing}");
+        assert!(
+            missing.to_string().contains("no/such/file.toml"),
+            "{missing}"
+        );
     }
 
     #[test]
@@ -722,6 +750,9 @@ mod tests {
         assert_eq!(config.account_pin().expose(), "01234");
         assert_eq!(config.tring_key().expose(), "sekrit");
         let printed = format!("{config:?}");
-        assert!(!printed.contains("01234") && !printed.contains("sekrit"), "{printed}");
+        assert!(
+            !printed.contains("01234") && !printed.contains("sekrit"),
+            "{printed}"
+        );
     }
 }

@@ -37,14 +37,26 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
     } else {
         args.http
     };
-    let toml = demo_config(&simulator, &simulator_config, &broker.url(), http, &args.database);
+    let toml = demo_config(
+        &simulator,
+        &simulator_config,
+        &broker.url(),
+        http,
+        &args.database,
+    );
     let config = Config::from_toml_str(&toml).context("demo configuration")?;
     let app = Application::build(config).await?;
     let http_addr = app.http_addr();
     println!();
-    println!("pbx2mqtt demo is running: {} simulated agents.", args.agents);
+    println!(
+        "pbx2mqtt demo is running: {} simulated agents.",
+        args.agents
+    );
     println!();
-    println!("  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v", broker.addr().port());
+    println!(
+        "  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v",
+        broker.addr().port()
+    );
     if let Some(addr) = http_addr {
         println!("  Agents as JSON:     http://{addr}/api/agents");
         println!("  Today's report:     http://{addr}/api/reports/summary?format=csv");
@@ -55,7 +67,10 @@ pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<
         "    mosquitto_pub -h 127.0.0.1 -p {} -t pbx2mqtt/request/queue/500/add -m '{{\"agent\":\"agent-1002\",\"transaction\":1}}'",
         broker.addr().port()
     );
-    println!("  Simulator control:  http://{}/control/stats", simulator.addr());
+    println!(
+        "  Simulator control:  http://{}/control/stats",
+        simulator.addr()
+    );
     println!("  History:            {}", args.database);
     println!();
     println!("Press Ctrl-C to stop.");

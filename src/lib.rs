@@ -22,5 +22,6 @@ pub mod report;
 pub mod secret;
 pub mod simulator;
 pub mod status;
+pub mod text;
 pub mod tring;
 pub mod xmlrpc;

@@ -240,7 +240,9 @@ impl Change {
     /// the status did not change.
     pub fn event(&self, seq: u64) -> Option<TransitionEvent> {
         let previous = self.previous?;
-        let duration = (self.state.since - previous.since).num_milliseconds().max(0);
+        let duration = (self.state.since - previous.since)
+            .num_milliseconds()
+            .max(0);
         Some(TransitionEvent {
             agent: self.state.agent.clone(),
             from: previous.status,
@@ -268,12 +270,17 @@ pub mod rfc3339_millis {
     use serde::{Deserialize, Deserializer, Serializer};
 
     /// Writes `2026-11-22T09:41:07.250Z`.
-    pub fn serialize<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        value: &DateTime<Utc>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 
     /// Reads any RFC 3339 timestamp.
-    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<DateTime<Utc>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<DateTime<Utc>, D::Error> {
         let raw = String::deserialize(deserializer)?;
         DateTime::parse_from_rfc3339(&raw)
             .map(|t| t.with_timezone(&Utc))

@@ -209,9 +209,7 @@ mod tests {
     fn backoff_doubles_from_the_interval_and_is_capped() {
         let second = Duration::from_secs(1);
         let cap = Duration::from_secs(10);
-        let got: Vec<u64> = (1..=6)
-            .map(|n| backoff(second, cap, n).as_secs())
-            .collect();
+        let got: Vec<u64> = (1..=6).map(|n| backoff(second, cap, n).as_secs()).collect();
         assert_eq!(got, [1, 2, 4, 8, 10, 10]);
         assert_eq!(backoff(second, cap, u32::MAX), cap);
         // A cap below the interval never polls faster than the interval.
@@ -227,7 +225,10 @@ mod tests {
             first: start,
         };
         let late = start + Duration::from_millis(300);
-        assert_eq!(schedule.next(start, late, 0), start + Duration::from_secs(2));
+        assert_eq!(
+            schedule.next(start, late, 0),
+            start + Duration::from_secs(2)
+        );
         let very_late = start + Duration::from_secs(5);
         assert_eq!(schedule.next(start, very_late, 0), very_late);
         assert_eq!(schedule.next(start, late, 2), late + Duration::from_secs(4));

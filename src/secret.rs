@@ -59,8 +59,45 @@ impl fmt::Display for Secret {
 }
 
 impl<'de> Deserialize<'de> for Secret {
+    /// Accepts a string, or a number or boolean (a PIN like `1234` in TOML or
+    /// in an environment variable arrives as a number), kept as written.
+    /// The error never contains the value.
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
+        struct SecretVisitor;
+
+        impl serde::de::Visitor<'_> for SecretVisitor {
+            type Value = Secret;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a secret string")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Secret, E> {
+                Ok(Secret::new(value))
+            }
+
+            fn visit_string<E: serde::de::Error>(self, value: String) -> Result<Secret, E> {
+                Ok(Secret(value))
+            }
+
+            fn visit_u64<E: serde::de::Error>(self, value: u64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_i64<E: serde::de::Error>(self, value: i64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_f64<E: serde::de::Error>(self, value: f64) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, value: bool) -> Result<Secret, E> {
+                Ok(Secret(value.to_string()))
+            }
+        }
+
+        deserializer.deserialize_any(SecretVisitor)
     }
 }
 
@@ -72,6 +109,18 @@ mod tests {
     fn never_prints_its_value() {
         let secret = Secret::new("hunter2");
         assert_eq!(format!("{secret} {secret:?}"), "[redacted] [redacted]");
+    }
+
+    #[test]
+    fn numbers_and_booleans_are_accepted_as_written() {
+        let secret: Secret = serde_json::from_str("4321").unwrap();
+        assert_eq!(secret.expose(), "4321");
+        let secret: Secret = serde_json::from_str("true").unwrap();
+        assert_eq!(secret.expose(), "true");
+        let error = serde_json::from_str::<Secret>("[1]")
+            .unwrap_err()
+            .to_string();
+        assert!(!error.contains('1') || error.contains("line 1"), "{error}");
     }
 
     #[test]

@@ -157,20 +157,16 @@ impl Tracker {
             reason,
             extension_status,
             destination,
-            since: if previous.is_some() { now } else { current.since },
+            since: if previous.is_some() {
+                now
+            } else {
+                current.since
+            },
             updated: now,
             seq: current.seq,
         };
         tracked.state = state.clone();
         Some(Change { state, previous })
-    }
-
-    /// Records the `seq` the history writer gave an agent's last transition,
-    /// so later non-transition changes carry it.
-    pub fn set_seq(&mut self, agent: &AgentId, seq: u64) {
-        if let Some(tracked) = self.agents.get_mut(agent) {
-            tracked.state.seq = seq;
-        }
     }
 }
 
@@ -207,10 +203,23 @@ mod tests {
         }
     }
 
-    fn check(available: bool, reason: &str, ext: Option<&str>, expected: Status, expected_reason: Option<&str>) {
+    fn check(
+        available: bool,
+        reason: &str,
+        ext: Option<&str>,
+        expected: Status,
+        expected_reason: Option<&str>,
+    ) {
         let derived = derive(&reading(available, reason, ext), &default_reasons());
-        assert_eq!(derived.status, expected, "available={available} reason={reason:?} ext={ext:?}");
-        assert_eq!(derived.reason.as_deref(), expected_reason, "reason for {reason:?}");
+        assert_eq!(
+            derived.status, expected,
+            "available={available} reason={reason:?} ext={ext:?}"
+        );
+        assert_eq!(
+            derived.reason.as_deref(),
+            expected_reason,
+            "reason for {reason:?}"
+        );
     }
 
     #[test]
@@ -222,7 +231,13 @@ mod tests {
         check(false, "Paused", None, Status::Paused, Some("Paused"));
         check(false, "PAUSE", None, Status::Paused, Some("PAUSE"));
         check(false, "handling", None, Status::Busy, Some("handling"));
-        check(false, "training", None, Status::Unavailable, Some("training"));
+        check(
+            false,
+            "training",
+            None,
+            Status::Unavailable,
+            Some("training"),
+        );
         check(true, "-", Some("idle"), Status::Available, None);
         check(true, "-", None, Status::Available, None);
         check(true, "", Some("something-new"), Status::Available, None);
@@ -256,27 +271,50 @@ mod tests {
     fn a_change_of_status_is_a_transition_with_the_previous_status() {
         let (mut tracker, id) = tracker(3);
         let change = tracker
-            .observe(&id, Observation::Reading(reading(true, "", Some("calling"))), at(5))
+            .observe(
+                &id,
+                Observation::Reading(reading(true, "", Some("calling"))),
+                at(5),
+            )
             .unwrap();
         assert_eq!(change.state.status, Status::Ringing);
         assert!(change.state.on_a_call);
         assert_eq!(change.state.since, at(5));
-        assert_eq!(change.previous, Some(Previous { status: Status::Unknown, since: at(0) }));
+        assert_eq!(
+            change.previous,
+            Some(Previous {
+                status: Status::Unknown,
+                since: at(0)
+            })
+        );
         let change = tracker
-            .observe(&id, Observation::Reading(reading(true, "", Some("called"))), at(13))
+            .observe(
+                &id,
+                Observation::Reading(reading(true, "", Some("called"))),
+                at(13),
+            )
             .unwrap();
         let event = change.event(7).unwrap();
-        assert_eq!((event.from, event.to, event.seq), (Status::Ringing, Status::OnCall, 7));
+        assert_eq!(
+            (event.from, event.to, event.seq),
+            (Status::Ringing, Status::OnCall, 7)
+        );
         assert_eq!(event.previous_duration_s, 8.0);
     }
 
     #[test]
     fn a_change_of_destination_alone_updates_state_without_a_transition() {
         let (mut tracker, id) = tracker(3);
-        tracker.observe(&id, Observation::Reading(reading(true, "", Some("idle"))), at(1));
+        tracker.observe(
+            &id,
+            Observation::Reading(reading(true, "", Some("idle"))),
+            at(1),
+        );
         let mut moved = reading(true, "", Some("idle"));
         moved.destination = Some("31612345678".into());
-        let change = tracker.observe(&id, Observation::Reading(moved), at(9)).unwrap();
+        let change = tracker
+            .observe(&id, Observation::Reading(moved), at(9))
+            .unwrap();
         assert_eq!(change.previous, None);
         assert_eq!(change.event(1), None);
         assert_eq!(change.state.since, at(1));
@@ -292,7 +330,11 @@ mod tests {
         let change = tracker.observe(&id, Observation::Failed, at(4)).unwrap();
         assert_eq!(change.state.status, Status::Unknown);
         assert_eq!(change.state.available, None);
-        assert_eq!(tracker.observe(&id, Observation::Failed, at(5)), None, "unknown only once");
+        assert_eq!(
+            tracker.observe(&id, Observation::Failed, at(5)),
+            None,
+            "unknown only once"
+        );
         let change = tracker
             .observe(&id, Observation::Reading(reading(true, "", None)), at(6))
             .unwrap();
@@ -300,7 +342,10 @@ mod tests {
         // A success resets the count.
         assert_eq!(tracker.observe(&id, Observation::Failed, at(7)), None);
         assert_eq!(tracker.observe(&id, Observation::Failed, at(8)), None);
-        assert_eq!(tracker.observe(&id, Observation::Reading(reading(true, "", None)), at(9)), None);
+        assert_eq!(
+            tracker.observe(&id, Observation::Reading(reading(true, "", None)), at(9)),
+            None
+        );
     }
 
     #[test]
@@ -313,16 +358,29 @@ mod tests {
     fn arb_reading() -> impl Strategy<Value = AgentReading> {
         (
             any::<bool>(),
-            prop_oneof![Just("-".to_string()), Just("pause".to_string()), Just("handling".to_string()), ".{0,8}"],
+            prop_oneof![
+                Just("-".to_string()),
+                Just("pause".to_string()),
+                Just("handling".to_string()),
+                ".{0,8}"
+            ],
             proptest::option::of("[0-9]{0,11}"),
-            proptest::option::of(prop_oneof![Just("idle".to_string()), Just("calling".to_string()), Just("called".to_string()), Just("wrapup".to_string()), ".{0,6}"]),
+            proptest::option::of(prop_oneof![
+                Just("idle".to_string()),
+                Just("calling".to_string()),
+                Just("called".to_string()),
+                Just("wrapup".to_string()),
+                ".{0,6}"
+            ]),
         )
-            .prop_map(|(available, reason, destination, extension_status)| AgentReading {
-                available,
-                reason,
-                destination,
-                extension_status,
-            })
+            .prop_map(
+                |(available, reason, destination, extension_status)| AgentReading {
+                    available,
+                    reason,
+                    destination,
+                    extension_status,
+                },
+            )
     }
 
     proptest! {

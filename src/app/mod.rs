@@ -145,10 +145,14 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let topics = Topics::new(config.mqtt.base_topic.clone());
-        let options = mqtt_options(&config.mqtt, &topics).map_err(anyhow::Error::msg)?;
+        let options = mqtt_options(&config.mqtt, &topics).context("mqtt.url")?;
         let belfabriek = Arc::new(
-            BelfabriekClient::new(&config.belfabriek, config.account_pin(), config.poll.concurrency)
-                .context("cannot build the Belfabriek client")?,
+            BelfabriekClient::new(
+                &config.belfabriek,
+                config.account_pin(),
+                config.poll.concurrency,
+            )
+            .context("cannot build the Belfabriek client")?,
         );
         let tring = TringClient::new(&config.tring, config.tring_key())
             .context("cannot build the TRiNG client")?;
@@ -171,6 +175,7 @@ impl Application {
                 requests: requests_tx,
             },
             self.metrics.clone(),
+            config.commands.max_payload_bytes,
         );
         let writer = HistoryWriter::new(
             self.store.clone(),
@@ -198,7 +203,9 @@ impl Application {
         let tracker = tokio::spawn(tracker.run());
         let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx, shutdown.clone()));
         let poller = tokio::spawn(poller.run(shutdown.clone()));
-        let http = self.http.map(|server| tokio::spawn(server.run(shutdown.clone())));
+        let http = self
+            .http
+            .map(|server| tokio::spawn(server.run(shutdown.clone())));
         info!(agents = config.agents.len(), "bridge running");
 
         shutdown.cancelled().await;

@@ -100,10 +100,6 @@ impl TrackerTask {
     }
 
     fn report_depth(&self) {
-        let queued = self.history.max_capacity() - self.history.capacity();
-        Metrics::set(
-            &self.metrics.history_queue_depth,
-            (queued + self.spill.len()) as u64,
-        );
+        Metrics::set(&self.metrics.history_spill_depth, self.spill.len() as u64);
     }
 }

@@ -18,9 +18,13 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use chrono::{DateTime, SecondsFormat, Utc};
 use rand::Rng;
-use rumqttc::{AsyncClient, ClientError, Event, EventLoop, MqttOptions, Outgoing as Sent, Packet, QoS};
+use rumqttc::{
+    AsyncClient, ClientError, Event, EventLoop, MqttOptions, Outgoing as Sent, Packet, QoS,
+};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
@@ -39,6 +43,9 @@ const MIN_RECONNECT_DELAY: Duration = Duration::from_millis(200);
 
 /// Longest reconnect delay.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
+
+/// A connection that stayed up this long resets the reconnect backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for `offline` to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
@@ -96,9 +103,12 @@ struct Outbox {
     awaiting_pkid: VecDeque<Option<u64>>,
     /// Packet id → seq of events on the wire.
     in_flight: HashMap<u16, u64>,
-    /// Packet ids whose publish rumqttc parked on a collision; their
-    /// `Outgoing::Publish` comes again later and must not pop the FIFO.
-    collided: HashSet<u16>,
+    /// Publishes rumqttc parked on a packet-id collision (the id is still
+    /// owned by an unacknowledged publish): packet id → their seq.
+    parked: HashMap<u16, Option<u64>>,
+    /// Packet ids whose parked publish rumqttc has just released; its
+    /// `Outgoing::Publish` follows and must not pop the FIFO.
+    released: HashSet<u16>,
     /// Events dropped because the outbox was full.
     dropped: u64,
 }
@@ -117,7 +127,7 @@ impl Outbox {
     }
 
     fn sent(&mut self, pkid: u16) {
-        if self.collided.remove(&pkid) {
+        if self.released.remove(&pkid) {
             return;
         }
         if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
@@ -127,14 +137,24 @@ impl Outbox {
         }
     }
 
+    /// rumqttc parked the next publish: `pkid` is still owned by the one in
+    /// flight. It goes out when that one is acknowledged.
     fn parked(&mut self, pkid: u16) {
-        self.sent(pkid);
-        self.collided.insert(pkid);
+        let seq = self.awaiting_pkid.pop_front().flatten();
+        self.parked.insert(pkid, seq);
     }
 
+    /// A PUBACK. rumqttc reports it before it releases a publish parked on
+    /// the same packet id, so the parked one takes over the id here.
     fn acknowledged(&mut self, pkid: u16) {
         if let Some(seq) = self.in_flight.remove(&pkid) {
             self.events.remove(&seq);
+        }
+        if let Some(parked) = self.parked.remove(&pkid) {
+            self.released.insert(pkid);
+            if let Some(seq) = parked {
+                self.in_flight.insert(pkid, seq);
+            }
         }
     }
 
@@ -142,8 +162,33 @@ impl Outbox {
     fn disconnected(&mut self) {
         self.awaiting_pkid.clear();
         self.in_flight.clear();
-        self.collided.clear();
+        self.parked.clear();
+        self.released.clear();
     }
+}
+
+/// Which input channels are still open.
+#[derive(Debug)]
+struct Inputs {
+    committed_open: bool,
+    responses_open: bool,
+}
+
+impl Default for Inputs {
+    fn default() -> Self {
+        Self {
+            committed_open: true,
+            responses_open: true,
+        }
+    }
+}
+
+/// One message from an input channel.
+enum Input {
+    Committed(Committed),
+    Response(Outgoing),
+    CommittedClosed,
+    ResponsesClosed,
 }
 
 /// The channels the connection task serves.
@@ -178,6 +223,12 @@ pub struct MqttConnection {
     metrics: Arc<Metrics>,
     /// True between CONNACK and the next connection error.
     connected: bool,
+    /// Request payloads are cut to this many bytes (the dispatcher refuses
+    /// anything over `commands.max_payload_bytes` anyway), so a hostile
+    /// publisher cannot queue megabytes per message.
+    max_request_bytes: usize,
+    /// Requests dropped because the dispatcher was not reading.
+    dropped_requests: u64,
 }
 
 impl MqttConnection {
@@ -189,6 +240,7 @@ impl MqttConnection {
         initial: Vec<AgentState>,
         channels: ConnectionChannels,
         metrics: Arc<Metrics>,
+        max_request_bytes: usize,
     ) -> Self {
         let states = initial
             .into_iter()
@@ -204,48 +256,100 @@ impl MqttConnection {
             channels,
             metrics,
             connected: false,
+            max_request_bytes,
+            dropped_requests: 0,
         }
     }
 
     /// Runs until `shutdown` is cancelled, then publishes what is left,
     /// `offline`, and disconnects cleanly.
+    ///
+    /// `EventLoop::poll` is not cancel-safe (dropping it mid-write loses a
+    /// packet, dropping it mid-connect restarts the connect), so one poll
+    /// future lives until it completes while the input channels are served
+    /// beside it; during the reconnect delay they are served too.
     pub async fn run(mut self, shutdown: CancellationToken) {
-        let (client, mut eventloop) = AsyncClient::new(self.options.clone(), CLIENT_CHANNEL_CAPACITY);
+        let (client, mut eventloop) =
+            AsyncClient::new(self.options.clone(), CLIENT_CHANNEL_CAPACITY);
         let mut delay = MIN_RECONNECT_DELAY;
-        let mut committed_open = true;
-        let mut responses_open = true;
+        let mut connected_at: Option<Instant> = None;
+        let mut retry_at: Option<Instant> = None;
+        let mut inputs = Inputs::default();
         loop {
-            self.hand_over(&client);
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                event = eventloop.poll() => match event {
-                    Ok(event) => {
-                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                            delay = MIN_RECONNECT_DELAY;
-                        }
-                        self.on_event(event, &client);
+            if let Some(at) = retry_at.take() {
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return self.shut_down(client, eventloop).await,
+                        _ = tokio::time::sleep_until(at) => break,
+                        input = self.next_input(&mut inputs) => self.on_input(input, &mut inputs),
                     }
-                    Err(error) => {
-                        self.on_disconnect(&error.to_string());
-                        let wait = jittered(delay);
-                        delay = (delay * 2).min(MAX_RECONNECT_DELAY);
-                        tokio::select! {
-                            _ = shutdown.cancelled() => break,
-                            _ = tokio::time::sleep(wait) => {}
-                        }
+                }
+            }
+            let polled = {
+                let poll = eventloop.poll();
+                tokio::pin!(poll);
+                loop {
+                    self.hand_over(&client);
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break None,
+                        event = &mut poll => break Some(event),
+                        input = self.next_input(&mut inputs) => self.on_input(input, &mut inputs),
                     }
-                },
-                change = self.channels.committed.recv(), if committed_open => match change {
-                    Some(change) => self.on_committed(change),
-                    None => committed_open = false,
-                },
-                response = self.channels.responses.recv(), if responses_open => match response {
-                    Some(response) => self.enqueue_response(response),
-                    None => responses_open = false,
-                },
+                }
+            };
+            match polled {
+                None => break,
+                Some(Ok(event)) => {
+                    if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                        connected_at = Some(Instant::now());
+                    }
+                    self.on_event(event, &client);
+                }
+                Some(Err(error)) => {
+                    // Reports of the dead connection's packets must not be
+                    // read as the next connection's.
+                    eventloop.state.events.clear();
+                    self.on_disconnect(&error.to_string());
+                    // Only a connection that lasted resets the backoff: one
+                    // the broker accepts and then drops at once (a duplicate
+                    // client id, a kick) must not become a reconnect loop.
+                    if connected_at
+                        .take()
+                        .is_some_and(|at| at.elapsed() >= STABLE_CONNECTION)
+                    {
+                        delay = MIN_RECONNECT_DELAY;
+                    }
+                    retry_at = Some(Instant::now() + jittered(delay));
+                    delay = (delay * 2).min(MAX_RECONNECT_DELAY);
+                }
             }
         }
         self.shut_down(client, eventloop).await;
+    }
+
+    /// The next message on an input channel; pending forever once both are
+    /// closed (the select then waits on the other branches).
+    async fn next_input(&mut self, inputs: &mut Inputs) -> Input {
+        tokio::select! {
+            change = self.channels.committed.recv(), if inputs.committed_open => match change {
+                Some(change) => Input::Committed(change),
+                None => Input::CommittedClosed,
+            },
+            response = self.channels.responses.recv(), if inputs.responses_open => match response {
+                Some(response) => Input::Response(response),
+                None => Input::ResponsesClosed,
+            },
+            else => std::future::pending().await,
+        }
+    }
+
+    fn on_input(&mut self, input: Input, inputs: &mut Inputs) {
+        match input {
+            Input::Committed(change) => self.on_committed(change),
+            Input::Response(response) => self.enqueue_response(response),
+            Input::CommittedClosed => inputs.committed_open = false,
+            Input::ResponsesClosed => inputs.responses_open = false,
+        }
     }
 
     /// Moves queued messages into rumqttc while connected and it has room.
@@ -281,18 +385,28 @@ impl MqttConnection {
             Event::Outgoing(Sent::AwaitAck(pkid)) => self.outbox.parked(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
                 self.outbox.acknowledged(ack.pkid);
-                Metrics::set(&self.metrics.mqtt_outbox_depth, self.outbox.events.len() as u64);
+                Metrics::set(
+                    &self.metrics.mqtt_outbox_depth,
+                    self.outbox.events.len() as u64,
+                );
             }
             Event::Incoming(Packet::Publish(publish)) => {
+                let keep = publish
+                    .payload
+                    .len()
+                    .min(self.max_request_bytes.saturating_add(1));
                 let incoming = Incoming {
                     topic: publish.topic.clone(),
-                    payload: publish.payload.to_vec(),
+                    payload: publish.payload[..keep].to_vec(),
                     retain: publish.retain,
                 };
-                if let Err(error) = self.channels.requests.try_send(incoming) {
-                    // The dispatcher answers "busy" itself before this fills;
-                    // reaching here means it stopped or is far behind.
-                    warn!(topic = %publish.topic, %error, "dropped a request: dispatcher not keeping up");
+                if self.channels.requests.try_send(incoming).is_err() {
+                    // The dispatcher answers `busy` itself long before this
+                    // fills; reaching here means it stopped. Log sparingly.
+                    self.dropped_requests += 1;
+                    if self.dropped_requests.is_power_of_two() {
+                        warn!(topic = %publish.topic, dropped = self.dropped_requests, "dropped a request: the command dispatcher is not reading");
+                    }
                 }
             }
             _ => {}
@@ -313,7 +427,11 @@ impl MqttConnection {
             error!(%error, "could not subscribe to request topics");
         }
         // Responses still queued stay, after the republish.
-        let responses: Vec<Pending> = self.queue.drain(..).filter(|p| !p.retain && p.seq.is_none()).collect();
+        let responses: Vec<Pending> = self
+            .queue
+            .drain(..)
+            .filter(|p| !p.retain && p.seq.is_none())
+            .collect();
         self.queue.push_back(Pending {
             topic: self.topics.bridge_state(),
             payload: b"online".to_vec(),
@@ -342,7 +460,10 @@ impl MqttConnection {
         }
         self.queue.extend(resend);
         self.queue.extend(responses);
-        info!(agents = states.len(), "connected to broker; state republished");
+        info!(
+            agents = states.len(),
+            "connected to broker; state republished"
+        );
     }
 
     fn on_disconnect(&mut self, reason: &str) {
@@ -358,7 +479,10 @@ impl MqttConnection {
         // connect; only responses need to survive in the queue.
         self.queue.retain(|p| !p.retain && p.seq.is_none());
         if self.outbox.dropped > 0 {
-            warn!(dropped = self.outbox.dropped, "outbox full: oldest unacknowledged events will not be resent (history has them)");
+            warn!(
+                dropped = self.outbox.dropped,
+                "outbox full: oldest unacknowledged events will not be resent (history has them)"
+            );
             self.outbox.dropped = 0;
         }
     }
@@ -367,14 +491,19 @@ impl MqttConnection {
         if let Some(event) = &change.event {
             let pending = self.event_message(event);
             self.outbox.add(event.seq, pending.clone());
-            Metrics::set(&self.metrics.mqtt_outbox_depth, self.outbox.events.len() as u64);
-            self.states.insert(change.state.agent.clone(), change.state.clone());
+            Metrics::set(
+                &self.metrics.mqtt_outbox_depth,
+                self.outbox.events.len() as u64,
+            );
+            self.states
+                .insert(change.state.agent.clone(), change.state.clone());
             if self.connected {
                 self.enqueue_state(&change.state);
                 self.queue.push_back(pending);
             }
         } else {
-            self.states.insert(change.state.agent.clone(), change.state.clone());
+            self.states
+                .insert(change.state.agent.clone(), change.state.clone());
             if self.connected {
                 self.enqueue_state(&change.state);
             }
@@ -477,7 +606,13 @@ mod tests {
     use super::*;
 
     fn pending(seq: u64) -> Pending {
-        Pending { topic: "t".into(), payload: Vec::new(), qos: QoS::AtLeastOnce, retain: false, seq: Some(seq) }
+        Pending {
+            topic: "t".into(),
+            payload: Vec::new(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: Some(seq),
+        }
     }
 
     #[test]
@@ -500,16 +635,41 @@ mod tests {
     }
 
     #[test]
-    fn outbox_keeps_events_across_a_disconnect_and_handles_collisions() {
+    fn outbox_keeps_events_across_a_disconnect() {
         let mut outbox = Outbox::default();
         outbox.add(7, pending(7));
         outbox.handed_over(Some(7));
         outbox.disconnected();
-        outbox.sent(1); // a stale report after reconnect must not attribute
-        assert_eq!(outbox.events.len(), 1);
+        outbox.sent(1); // a stale report after reconnect attributes nothing
+        outbox.acknowledged(1);
+        assert_eq!(outbox.events.len(), 1, "event 7 waits to be resent");
         outbox.handed_over(Some(7));
-        outbox.parked(5);
-        outbox.sent(5); // the parked publish goes out later
+        outbox.sent(2);
+        outbox.acknowledged(2);
+        assert!(outbox.events.is_empty());
+    }
+
+    #[test]
+    fn a_publish_parked_on_a_collision_is_released_only_by_its_own_ack() {
+        let mut outbox = Outbox::default();
+        outbox.add(1, pending(1));
+        outbox.add(2, pending(2));
+        outbox.handed_over(Some(1));
+        outbox.handed_over(Some(2));
+        outbox.sent(5); // event 1 on packet id 5
+        outbox.parked(5); // event 2 got id 5 too: rumqttc parks it
+                          // rumqttc order: the PUBACK of the first, then the parked one goes out.
+        outbox.acknowledged(5);
+        outbox.sent(5);
+        assert_eq!(
+            outbox.events.keys().copied().collect::<Vec<_>>(),
+            [2],
+            "event 2 still unacknowledged"
+        );
+        assert!(
+            outbox.awaiting_pkid.is_empty(),
+            "the release did not consume a FIFO entry"
+        );
         outbox.acknowledged(5);
         assert!(outbox.events.is_empty());
     }

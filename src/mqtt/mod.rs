@@ -2,8 +2,8 @@
 //! owns the client. Other modules talk to the connection only through
 //! [`Incoming`] and [`Outgoing`] messages on channels.
 
-pub mod options;
 pub mod connection;
+pub mod options;
 pub mod topics;
 
 use rumqttc::QoS;

@@ -15,17 +15,29 @@ use crate::mqtt::topics::Topics;
 /// reconnect loop. Payload limits are enforced on the parsed command instead.
 pub const MAX_PACKET_BYTES: usize = 16 * 1024 * 1024;
 
+/// Why a broker URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    /// A scheme other than `mqtt://` or `tcp://`.
+    #[error("unsupported scheme in {0:?}: use mqtt://host:port")]
+    Scheme(String),
+    /// No host.
+    #[error("no host in {0:?}: use mqtt://host:port")]
+    Host(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("bad port in {0:?}: use mqtt://host:port")]
+    Port(String),
+}
+
 /// Host and port of a broker URL: `mqtt://host:port`, `tcp://host:port` or
 /// `host:port`; the port defaults to 1883.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), BrokerUrlError> {
     let rest = url
         .strip_prefix("mqtt://")
         .or_else(|| url.strip_prefix("tcp://"))
         .unwrap_or(url);
     if rest.contains("://") {
-        return Err(format!(
-            "unsupported scheme in {url:?}: use mqtt://host:port"
-        ));
+        return Err(BrokerUrlError::Scheme(url.to_owned()));
     }
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
@@ -35,17 +47,17 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), String> {
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
-        return Err(format!("no host in {url:?}: use mqtt://host:port"));
+        return Err(BrokerUrlError::Host(url.to_owned()));
     }
     let port = port
         .parse::<u16>()
-        .map_err(|_| format!("bad port in {url:?}: use mqtt://host:port"))?;
+        .map_err(|_| BrokerUrlError::Port(url.to_owned()))?;
     Ok((host.to_owned(), port))
 }
 
 /// rumqttc options for the bridge: clean session, last will `offline` on
 /// `bridge/state` (retained), generous packet size.
-pub fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, String> {
+pub fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions, BrokerUrlError> {
     let mut options = client_options(config, &config.client_id)?;
     options.set_last_will(LastWill::new(
         topics.bridge_state(),
@@ -58,7 +70,7 @@ pub fn mqtt_options(config: &MqttConfig, topics: &Topics) -> Result<MqttOptions,
 
 /// Options for any client of this broker (credentials, clean session,
 /// packet size) under `client_id`, without a last will: used by `check`.
-pub fn client_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, String> {
+pub fn client_options(config: &MqttConfig, client_id: &str) -> Result<MqttOptions, BrokerUrlError> {
     let (host, port) = parse_broker_url(&config.url)?;
     let mut options = MqttOptions::new(client_id, host, port);
     options
@@ -89,7 +101,12 @@ mod tests {
         assert_eq!(ok("mqtt://broker"), ("broker".into(), 1883));
         assert_eq!(ok("broker:99"), ("broker".into(), 99));
         assert_eq!(ok("mqtt://[::1]:1883"), ("::1".into(), 1883));
-        for bad in ["http://x:1", "mqtt://:1883", "mqtt://h:port", "mqtt://h:70000"] {
+        for bad in [
+            "http://x:1",
+            "mqtt://:1883",
+            "mqtt://h:port",
+            "mqtt://h:70000",
+        ] {
             assert!(parse_broker_url(bad).is_err(), "{bad}");
         }
     }

@@ -120,14 +120,27 @@ mod tests {
     #[test]
     fn request_topics_parse_and_answer_on_the_mirror_topic() {
         let topics = Topics::new("site/pbx");
-        let queue = topics.parse_request("site/pbx/request/queue/500/add").unwrap();
+        let queue = topics
+            .parse_request("site/pbx/request/queue/500/add")
+            .unwrap();
         assert_eq!(
             queue,
-            RequestTopic::Queue { queue: "500".into(), action: "add".into() }
+            RequestTopic::Queue {
+                queue: "500".into(),
+                action: "add".into()
+            }
         );
-        assert_eq!(topics.response_for(&queue), "site/pbx/response/queue/500/add");
-        let agent = topics.parse_request("site/pbx/request/agent/alice/queues").unwrap();
-        assert_eq!(topics.response_for(&agent), "site/pbx/response/agent/alice/queues");
+        assert_eq!(
+            topics.response_for(&queue),
+            "site/pbx/response/queue/500/add"
+        );
+        let agent = topics
+            .parse_request("site/pbx/request/agent/alice/queues")
+            .unwrap();
+        assert_eq!(
+            topics.response_for(&agent),
+            "site/pbx/response/agent/alice/queues"
+        );
         for other in [
             "site/pbx/request/queue/500",
             "site/pbx/request/queue/500/add/x",

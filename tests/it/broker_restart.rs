@@ -18,13 +18,21 @@ use crate::helpers::{prepare_app, wait_until, Options, SOON};
 use crate::mqtt_client::TestClient;
 
 fn mosquitto_binary() -> Option<&'static str> {
-    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto", "/usr/bin/mosquitto"]
-        .into_iter()
-        .find(|path| std::path::Path::new(path).exists())
+    [
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+    ]
+    .into_iter()
+    .find(|path| std::path::Path::new(path).exists())
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 struct Mosquitto(Child);
@@ -40,7 +48,10 @@ impl Mosquitto {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = tokio::time::Instant::now() + SOON;
         while TcpStream::connect(addr).await.is_err() {
-            assert!(tokio::time::Instant::now() < deadline, "mosquitto did not listen on {port}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "mosquitto did not listen on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         Mosquitto(child)
@@ -70,14 +81,19 @@ impl Gate {
     async fn start(target: u16) -> (Gate, u16) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let gate = Gate { open: Arc::new(AtomicBool::new(true)), generation: Arc::new(tokio::sync::watch::channel(0).0) };
+        let gate = Gate {
+            open: Arc::new(AtomicBool::new(true)),
+            generation: Arc::new(tokio::sync::watch::channel(0).0),
+        };
         let state = gate.clone();
         tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !state.open.load(Ordering::SeqCst) {
                     continue; // dropped: the bridge sees a refused/closed connection
                 }
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else { continue };
+                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
+                    continue;
+                };
                 let mut cut = state.generation.subscribe();
                 tokio::spawn(async move {
                     tokio::select! {
@@ -110,19 +126,28 @@ async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
     let broker = Mosquitto::start(binary, broker_port).await;
     let (gate, gate_port) = Gate::start(broker_port).await;
     let direct = format!("mqtt://127.0.0.1:{broker_port}");
-    let mut app = prepare_app(Options { broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")), ..Options::default() }).await;
+    let mut app = prepare_app(Options {
+        broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")),
+        ..Options::default()
+    })
+    .await;
     let filter = [format!("{}/#", app.base)];
     let mut sub = TestClient::connect(&direct, &filter).await;
     app.start_bridge().await;
 
     app.set(1, true, "-", "idle");
     let first = sub
-        .wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available")
+        .wait_for(SOON, "available", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "available"
+        })
         .await
         .json();
 
     for n in [2, 3] {
-        sub.wait_for(SOON, "first event of every agent", |m| m.topic == app.topic(n, "/event")).await;
+        sub.wait_for(SOON, "first event of every agent", |m| {
+            m.topic == app.topic(n, "/event")
+        })
+        .await;
     }
 
     // The broker dies, and forgets everything (no persistence).
@@ -138,11 +163,23 @@ async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
     // Transitions while the broker is away: polling and history go on.
     let transitions_before = app.counter(|m| &m.transitions);
     app.set(1, true, "-", "calling");
-    wait_until(SOON, "ringing seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before }).await;
+    wait_until(SOON, "ringing seen", {
+        let m = metrics.clone();
+        move || m.transitions.load(Ordering::Relaxed) > transitions_before
+    })
+    .await;
     app.set(1, true, "-", "called");
-    wait_until(SOON, "on_call seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before + 1 }).await;
+    wait_until(SOON, "on_call seen", {
+        let m = metrics.clone();
+        move || m.transitions.load(Ordering::Relaxed) > transitions_before + 1
+    })
+    .await;
     app.set(2, false, "pause", "idle");
-    wait_until(SOON, "paused seen", { let m = metrics.clone(); move || m.transitions.load(Ordering::Relaxed) > transitions_before + 2 }).await;
+    wait_until(SOON, "paused seen", {
+        let m = metrics.clone();
+        move || m.transitions.load(Ordering::Relaxed) > transitions_before + 2
+    })
+    .await;
 
     // The broker is back, empty. Our subscriber first, then the bridge.
     let _broker = Mosquitto::start(binary, broker_port).await;
@@ -150,18 +187,31 @@ async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
     let mut sub = TestClient::connect(&direct, &filter).await;
     gate.open();
 
-    let online = sub.wait_topic(&format!("{}/bridge/state", app.base), SOON).await;
+    let online = sub
+        .wait_topic(&format!("{}/bridge/state", app.base), SOON)
+        .await;
     assert_eq!(online.text(), "online");
     let ringing = sub
-        .wait_for(SOON, "resent ringing", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "ringing")
+        .wait_for(SOON, "resent ringing", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "ringing"
+        })
         .await
         .json();
     let on_call = sub
-        .wait_for(SOON, "resent on_call", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call")
+        .wait_for(SOON, "resent on_call", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call"
+        })
         .await
         .json();
-    sub.wait_for(SOON, "resent paused", |m| m.topic == app.topic(2, "/event") && m.json()["to"] == "paused").await;
-    let seqs = [first["seq"].as_u64().unwrap(), ringing["seq"].as_u64().unwrap(), on_call["seq"].as_u64().unwrap()];
+    sub.wait_for(SOON, "resent paused", |m| {
+        m.topic == app.topic(2, "/event") && m.json()["to"] == "paused"
+    })
+    .await;
+    let seqs = [
+        first["seq"].as_u64().unwrap(),
+        ringing["seq"].as_u64().unwrap(),
+        on_call["seq"].as_u64().unwrap(),
+    ];
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
 
     // Displays that connect now see the current state, retained.
@@ -171,7 +221,9 @@ async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
     assert_eq!(state.json()["status"], "on_call");
     let bare = display.wait_topic(&app.topic(2, "/status"), SOON).await;
     assert_eq!((bare.text().as_str(), bare.retain), ("paused", true));
-    let bridge = display.wait_topic(&format!("{}/bridge/state", app.base), SOON).await;
+    let bridge = display
+        .wait_topic(&format!("{}/bridge/state", app.base), SOON)
+        .await;
     assert_eq!((bridge.text().as_str(), bridge.retain), ("online", true));
     assert!(app.counter(|m| &m.mqtt_connects) >= 2);
     app.stop_bridge().await;

@@ -86,7 +86,13 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { agents: 3, poll_interval: "100ms", stale_after: 3, extra_toml: String::new(), broker_url: None }
+        Self {
+            agents: 3,
+            poll_interval: "100ms",
+            stale_after: 3,
+            extra_toml: String::new(),
+            broker_url: None,
+        }
     }
 }
 
@@ -147,7 +153,10 @@ impl TestApp {
     pub async fn ready_subscriber(&self) -> TestClient {
         let mut sub = self.subscriber().await;
         let topic = format!("{}/bridge/state", self.base);
-        sub.wait_for(SOON, "bridge online", |m| m.topic == topic && m.text() == "online").await;
+        sub.wait_for(SOON, "bridge online", |m| {
+            m.topic == topic && m.text() == "online"
+        })
+        .await;
         sub
     }
 
@@ -159,7 +168,9 @@ impl TestApp {
     /// Starts the bridge (again) on the same database.
     pub async fn start_bridge(&mut self) {
         assert!(self.bridge.is_none(), "bridge already running");
-        let app = Application::build(self.config.clone()).await.expect("build app");
+        let app = Application::build(self.config.clone())
+            .await
+            .expect("build app");
         self.http = app.http_addr();
         self.metrics = Some(app.metrics());
         let stop = CancellationToken::new();
@@ -177,7 +188,6 @@ impl TestApp {
             .expect("bridge task panicked")
             .expect("bridge failed");
     }
-
 }
 
 impl Drop for TestApp {
@@ -194,7 +204,10 @@ fn debug_logs() {
     static INIT: OnceLock<()> = OnceLock::new();
     INIT.get_or_init(|| {
         if let Ok(filter) = std::env::var("PBX2MQTT_TEST_LOG") {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_test_writer()
+                .try_init();
         }
     });
 }
@@ -263,22 +276,32 @@ pub async fn prepare_app(options: Options) -> TestApp {
 pub async fn wait_until(within: Duration, what: &str, condition: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + within;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 impl TestApp {
     /// A counter of the running bridge.
-    pub fn counter(&self, pick: impl Fn(&pbx2mqtt::metrics::Metrics) -> &std::sync::atomic::AtomicU64) -> u64 {
-        pick(self.metrics.as_ref().expect("bridge not started")).load(std::sync::atomic::Ordering::Relaxed)
+    pub fn counter(
+        &self,
+        pick: impl Fn(&pbx2mqtt::metrics::Metrics) -> &std::sync::atomic::AtomicU64,
+    ) -> u64 {
+        pick(self.metrics.as_ref().expect("bridge not started"))
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until every agent has been polled `rounds` more times.
     pub async fn wait_polls(&self, rounds: u64) {
         let target = self.counter(|m| &m.polls_ok) + rounds * self.config.agents.len() as u64;
         let metrics = self.metrics.clone().expect("bridge not started");
-        wait_until(SOON, "polls", move || metrics.polls_ok.load(std::sync::atomic::Ordering::Relaxed) >= target).await;
+        wait_until(SOON, "polls", move || {
+            metrics.polls_ok.load(std::sync::atomic::Ordering::Relaxed) >= target
+        })
+        .await;
     }
 }
 

@@ -20,8 +20,13 @@ impl Message {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.payload)
-            .unwrap_or_else(|e| panic!("payload on {} is not JSON ({e}): {}", self.topic, self.text()))
+        serde_json::from_slice(&self.payload).unwrap_or_else(|e| {
+            panic!(
+                "payload on {} is not JSON ({e}): {}",
+                self.topic,
+                self.text()
+            )
+        })
     }
 }
 
@@ -56,7 +61,11 @@ impl TestClient {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
-                        let message = Message { topic: p.topic.clone(), payload: p.payload.to_vec(), retain: p.retain };
+                        let message = Message {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                        };
                         if tx.send(message).is_err() {
                             return;
                         }
@@ -74,12 +83,21 @@ impl TestClient {
                 .await
                 .expect("no SUBACK within 10 s");
         }
-        TestClient { client, messages, seen: Vec::new() }
+        TestClient {
+            client,
+            messages,
+            seen: Vec::new(),
+        }
     }
 
     /// Waits up to `within` for a message satisfying `matches`, returning it.
     /// Messages before it are kept in `seen`.
-    pub async fn wait_for(&mut self, within: Duration, what: &str, matches: impl Fn(&Message) -> bool) -> Message {
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        matches: impl Fn(&Message) -> bool,
+    ) -> Message {
         if let Some(found) = self.seen.iter().find(|m| matches(m)) {
             return found.clone();
         }
@@ -96,7 +114,12 @@ impl TestClient {
                 Err(_) => panic!(
                     "timed out after {within:?} waiting for {what}; saw {} messages: {:?}",
                     self.seen.len(),
-                    self.seen.iter().rev().take(10).map(|m| format!("{} {}", m.topic, m.text())).collect::<Vec<_>>()
+                    self.seen
+                        .iter()
+                        .rev()
+                        .take(10)
+                        .map(|m| format!("{} {}", m.topic, m.text()))
+                        .collect::<Vec<_>>()
                 ),
             }
         }
@@ -119,10 +142,17 @@ impl TestClient {
     /// not pile up retained topics on a shared broker.
     pub async fn clear_retained(&mut self) {
         self.forget_into_seen();
-        let topics: std::collections::BTreeSet<String> =
-            self.seen.iter().filter(|m| m.retain || m.topic.contains("/agent/") || m.topic.contains("/bridge/")).map(|m| m.topic.clone()).collect();
+        let topics: std::collections::BTreeSet<String> = self
+            .seen
+            .iter()
+            .filter(|m| m.retain || m.topic.contains("/agent/") || m.topic.contains("/bridge/"))
+            .map(|m| m.topic.clone())
+            .collect();
         for topic in topics {
-            let _ = self.client.publish(topic, QoS::AtLeastOnce, true, Vec::new()).await;
+            let _ = self
+                .client
+                .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                .await;
         }
     }
 
@@ -134,6 +164,9 @@ impl TestClient {
 
     /// Publishes a message.
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
-        self.client.publish(topic, QoS::AtLeastOnce, retain, payload.into()).await.unwrap();
+        self.client
+            .publish(topic, QoS::AtLeastOnce, retain, payload.into())
+            .await
+            .unwrap();
     }
 }

@@ -29,40 +29,72 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
     let status_topic = app.topic(1, "/status");
 
     // The simulator starts everyone offline: the first poll is unknown → offline.
-    let first = sub.wait_for(SOON, "first event", |m| m.topic == event_topic).await.json();
-    assert_eq!((first["from"].as_str(), first["to"].as_str()), (Some("unknown"), Some("offline")));
+    let first = sub
+        .wait_for(SOON, "first event", |m| m.topic == event_topic)
+        .await
+        .json();
+    assert_eq!(
+        (first["from"].as_str(), first["to"].as_str()),
+        (Some("unknown"), Some("offline"))
+    );
 
     let mut events = vec![first];
     for (available, reason, extension_status, expected) in STEPS {
         sub.forget(); // a status can repeat: only look at what comes next
         app.set(1, available, reason, extension_status);
         let event = sub
-            .wait_for(SOON, expected, |m| m.topic == event_topic && m.json()["to"] == expected)
+            .wait_for(SOON, expected, |m| {
+                m.topic == event_topic && m.json()["to"] == expected
+            })
             .await
             .json();
         let state = sub
-            .wait_for(SOON, "state", |m| m.topic == state_topic && m.json()["status"] == expected)
+            .wait_for(SOON, "state", |m| {
+                m.topic == state_topic && m.json()["status"] == expected
+            })
             .await
             .json();
         assert_eq!(state["agent"], app.agent(1));
-        assert_eq!(state["seq"], event["seq"], "state carries the transition's seq");
-        assert_eq!(state["on_a_call"], matches!(expected, "ringing" | "on_call" | "busy"));
+        assert_eq!(
+            state["seq"], event["seq"],
+            "state carries the transition's seq"
+        );
+        assert_eq!(
+            state["on_a_call"],
+            matches!(expected, "ringing" | "on_call" | "busy")
+        );
         assert_eq!(state["since"], event["at"]);
         match expected {
             "unavailable" => assert_eq!(state["reason"], "training"),
-            "paused" => assert!(state["reason"].as_str().unwrap().eq_ignore_ascii_case("pause") || state["reason"] == "Paused"),
+            "paused" => assert!(
+                state["reason"]
+                    .as_str()
+                    .unwrap()
+                    .eq_ignore_ascii_case("pause")
+                    || state["reason"] == "Paused"
+            ),
             "ringing" => assert_eq!(state["extension_status"], "calling"),
             "available" => assert_eq!(state["reason"], serde_json::Value::Null),
             _ => {}
         }
-        sub.wait_for(SOON, "bare status", |m| m.topic == status_topic && m.text() == expected).await;
+        sub.wait_for(SOON, "bare status", |m| {
+            m.topic == status_topic && m.text() == expected
+        })
+        .await;
         events.push(event);
     }
 
     // Unknown: the agent cannot be polled stale_after (3) times in a row.
-    app.simulator.inject(Fault { api: Api::Belfabriek, kind: FaultKind::Http500, agent: Some(app.ext(1)), remaining: None });
+    app.simulator.inject(Fault {
+        api: Api::Belfabriek,
+        kind: FaultKind::Http500,
+        agent: Some(app.ext(1)),
+        remaining: None,
+    });
     let unknown = sub
-        .wait_for(SOON, "unknown", |m| m.topic == event_topic && m.json()["to"] == "unknown")
+        .wait_for(SOON, "unknown", |m| {
+            m.topic == event_topic && m.json()["to"] == "unknown"
+        })
         .await
         .json();
     assert_eq!(unknown["from"], "offline");
@@ -70,7 +102,10 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
 
     // seq strictly increases, previous_duration_s is never negative.
     let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
-    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq must increase: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seq must increase: {seqs:?}"
+    );
     for pair in events.windows(2) {
         assert_eq!(pair[1]["from"], pair[0]["to"], "events chain: {pair:?}");
         assert!(pair[1]["previous_duration_s"].as_f64().unwrap() >= 0.0);
@@ -84,9 +119,14 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
     let bare = late.wait_topic(&status_topic, SOON).await;
     assert!(bare.retain);
     assert_eq!(bare.text(), "unknown");
-    let bridge = late.wait_topic(&format!("{}/bridge/state", app.base), SOON).await;
+    let bridge = late
+        .wait_topic(&format!("{}/bridge/state", app.base), SOON)
+        .await;
     assert_eq!((bridge.text().as_str(), bridge.retain), ("online", true));
-    let info = late.wait_topic(&format!("{}/bridge/info", app.base), SOON).await.json();
+    let info = late
+        .wait_topic(&format!("{}/bridge/info", app.base), SOON)
+        .await
+        .json();
     assert_eq!(info["agents"], 3);
     assert_eq!(info["base_topic"], app.base);
 
@@ -95,7 +135,11 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
     let store = app.store().await;
     let agent = AgentId::parse(&app.agent(1)).unwrap();
     let intervals = store
-        .intervals(Some(&agent), Utc::now() - Span::hours(1), Utc::now() + Span::hours(1))
+        .intervals(
+            Some(&agent),
+            Utc::now() - Span::hours(1),
+            Utc::now() + Span::hours(1),
+        )
         .await
         .unwrap();
     assert_eq!(intervals.len(), events.len(), "{intervals:#?}");
@@ -103,15 +147,25 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
         assert_eq!(interval.status.as_str(), event["to"].as_str().unwrap());
         assert_eq!(interval.seq, event["seq"].as_u64());
         assert_eq!(
-            interval.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            interval
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
             event["at"].as_str().unwrap()
         );
     }
     for pair in intervals.windows(2) {
-        assert_eq!(pair[0].ended_at, Some(pair[1].started_at), "intervals chain without gaps");
+        assert_eq!(
+            pair[0].ended_at,
+            Some(pair[1].started_at),
+            "intervals chain without gaps"
+        );
     }
     assert_eq!(intervals.last().unwrap().status, Status::Unknown);
-    assert_eq!(intervals.last().unwrap().ended_at, None, "the current interval stays open");
+    assert_eq!(
+        intervals.last().unwrap().ended_at,
+        None,
+        "the current interval stays open"
+    );
     sub.clear_retained().await;
 }
 
@@ -122,7 +176,10 @@ async fn a_change_of_destination_alone_updates_state_but_is_not_a_transition() {
     let state_topic = app.topic(1, "");
     app.set(1, true, "-", "idle");
     // The event is published after the state: wait for the last message.
-    sub.wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available").await;
+    sub.wait_for(SOON, "available", |m| {
+        m.topic == app.topic(1, "/event") && m.json()["to"] == "available"
+    })
+    .await;
     sub.forget();
     app.simulator
         .set_agent(
@@ -136,13 +193,23 @@ async fn a_change_of_destination_alone_updates_state_but_is_not_a_transition() {
         )
         .unwrap();
     let state = sub
-        .wait_for(SOON, "new destination", |m| m.topic == state_topic && m.json()["destination"] == "31612345678")
+        .wait_for(SOON, "new destination", |m| {
+            m.topic == state_topic && m.json()["destination"] == "31612345678"
+        })
         .await
         .json();
     assert_eq!(state["status"], "available");
     app.wait_polls(2).await;
-    let events: Vec<String> = sub.seen.iter().filter(|m| m.topic == app.topic(1, "/event")).map(|m| m.text()).collect();
-    assert!(events.is_empty(), "a destination change is not a transition: {events:?}");
+    let events: Vec<String> = sub
+        .seen
+        .iter()
+        .filter(|m| m.topic == app.topic(1, "/event"))
+        .map(|m| m.text())
+        .collect();
+    assert!(
+        events.is_empty(),
+        "a destination change is not a transition: {events:?}"
+    );
     sub.clear_retained().await;
 }
 
@@ -151,12 +218,24 @@ async fn the_http_api_serves_current_state_health_metrics_and_reports() {
     let app = spawn_app(Options::default()).await;
     let mut sub = app.subscriber().await;
     app.set(1, true, "-", "called");
-    sub.wait_for(SOON, "on_call", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call").await;
+    sub.wait_for(SOON, "on_call", |m| {
+        m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call"
+    })
+    .await;
     let base = format!("http://{}", app.http.expect("http server bound"));
     let http = reqwest::Client::new();
 
-    let agents: serde_json::Value =
-        serde_json::from_str(&http.get(format!("{base}/api/agents")).send().await.unwrap().text().await.unwrap()).unwrap();
+    let agents: serde_json::Value = serde_json::from_str(
+        &http
+            .get(format!("{base}/api/agents"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let alice = agents
         .as_array()
         .and_then(|list| list.iter().find(|a| a["agent"] == app.agent(1)))
@@ -165,18 +244,35 @@ async fn the_http_api_serves_current_state_health_metrics_and_reports() {
 
     let health = http.get(format!("{base}/healthz")).send().await.unwrap();
     assert!(health.status().is_success());
-    let metrics = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
-    assert!(metrics.contains("pbx2mqtt_polls_total{result=\"ok\"}"), "{metrics}");
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("pbx2mqtt_polls_total{result=\"ok\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("pbx2mqtt_transitions_total"), "{metrics}");
 
     let today = chrono::Utc::now().date_naive();
     let summary = http
-        .get(format!("{base}/api/reports/summary?from={today}&to={today}&agent={}&by=total", app.agent(1)))
+        .get(format!(
+            "{base}/api/reports/summary?from={today}&to={today}&agent={}&by=total",
+            app.agent(1)
+        ))
         .send()
         .await
         .unwrap();
     assert!(summary.status().is_success(), "{:?}", summary.text().await);
-    let bad = http.get(format!("{base}/api/reports/summary?from=yesterday-ish")).send().await.unwrap();
+    let bad = http
+        .get(format!("{base}/api/reports/summary?from=yesterday-ish"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
     sub.clear_retained().await;
 }

@@ -17,26 +17,60 @@ async fn assert_no_false_transition(app: &TestApp, sub: &mut TestClient, last_se
     app.wait_polls(3).await;
     app.set(2, true, "-", "called");
     let marker = sub
-        .wait_for(SOON, "marker event", |m| m.topic == app.topic(2, "/event") && m.json()["to"] == "on_call")
+        .wait_for(SOON, "marker event", |m| {
+            m.topic == app.topic(2, "/event") && m.json()["to"] == "on_call"
+        })
         .await
         .json();
-    assert!(marker["seq"].as_u64().unwrap() > last_seq_before, "seq continues after restart: {marker}");
-    let false_events: Vec<_> = sub.seen.iter().filter(|m| m.topic == app.topic(1, "/event")).collect();
-    assert!(false_events.is_empty(), "no event for an unchanged agent after restart: {false_events:?}");
+    assert!(
+        marker["seq"].as_u64().unwrap() > last_seq_before,
+        "seq continues after restart: {marker}"
+    );
+    let false_events: Vec<_> = sub
+        .seen
+        .iter()
+        .filter(|m| m.topic == app.topic(1, "/event"))
+        .collect();
+    assert!(
+        false_events.is_empty(),
+        "no event for an unchanged agent after restart: {false_events:?}"
+    );
 }
 
 async fn assert_history_resumed(app: &TestApp) {
     let store = app.store().await;
     let agent = AgentId::parse(&app.agent(1)).unwrap();
-    let intervals = store.intervals(Some(&agent), Utc::now() - Span::hours(1), Utc::now() + Span::hours(1)).await.unwrap();
+    let intervals = store
+        .intervals(
+            Some(&agent),
+            Utc::now() - Span::hours(1),
+            Utc::now() + Span::hours(1),
+        )
+        .await
+        .unwrap();
     let statuses: Vec<Status> = intervals.iter().map(|i| i.status).collect();
     // unknown (never polled) → available, then the gap while down, then available again.
-    assert_eq!(statuses, [Status::Available, Status::Unknown, Status::Available], "{intervals:#?}");
-    assert_eq!(intervals.iter().filter(|i| i.ended_at.is_none()).count(), 1, "one open interval");
+    assert_eq!(
+        statuses,
+        [Status::Available, Status::Unknown, Status::Available],
+        "{intervals:#?}"
+    );
+    assert_eq!(
+        intervals.iter().filter(|i| i.ended_at.is_none()).count(),
+        1,
+        "one open interval"
+    );
     for pair in intervals.windows(2) {
-        assert_eq!(pair[0].ended_at, Some(pair[1].started_at), "no holes: {intervals:#?}");
+        assert_eq!(
+            pair[0].ended_at,
+            Some(pair[1].started_at),
+            "no holes: {intervals:#?}"
+        );
     }
-    assert_eq!(intervals[1].seq, None, "the gap is synthesised, not a published transition");
+    assert_eq!(
+        intervals[1].seq, None,
+        "the gap is synthesised, not a published transition"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,23 +83,35 @@ async fn graceful_restart_resumes_without_false_transitions() {
     app.set(2, true, "-", "idle");
     app.start_bridge().await;
     let event = sub
-        .wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available")
+        .wait_for(SOON, "available", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "available"
+        })
         .await
         .json();
     app.wait_polls(2).await;
     app.stop_bridge().await;
     let last = sub
-        .wait_for(SOON, "offline", |m| m.topic == format!("{}/bridge/state", app.base) && m.text() == "offline")
+        .wait_for(SOON, "offline", |m| {
+            m.topic == format!("{}/bridge/state", app.base) && m.text() == "offline"
+        })
         .await;
     assert_eq!(last.text(), "offline", "clean shutdown publishes offline");
 
     app.start_bridge().await;
-    sub.wait_for(SOON, "online", |m| m.topic == format!("{}/bridge/state", app.base) && m.text() == "online").await;
+    sub.wait_for(SOON, "online", |m| {
+        m.topic == format!("{}/bridge/state", app.base) && m.text() == "online"
+    })
+    .await;
     let state = sub
-        .wait_for(SOON, "republished state", |m| m.topic == app.topic(1, "") && m.json()["status"] == "available")
+        .wait_for(SOON, "republished state", |m| {
+            m.topic == app.topic(1, "") && m.json()["status"] == "available"
+        })
         .await
         .json();
-    assert_eq!(state["seq"], event["seq"], "the resumed state keeps the last transition's seq");
+    assert_eq!(
+        state["seq"], event["seq"],
+        "the resumed state keeps the last transition's seq"
+    );
     assert_no_false_transition(&app, &mut sub, event["seq"].as_u64().unwrap()).await;
     app.stop_bridge().await;
     assert_history_resumed(&app).await;
@@ -90,7 +136,9 @@ async fn kill_9_loses_nothing_committed_and_resumes() {
     };
     let mut child = run();
     let event = sub
-        .wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available")
+        .wait_for(SOON, "available", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "available"
+        })
         .await
         .json();
     // Events are published only after their commit, so it is in the file.
@@ -98,20 +146,33 @@ async fn kill_9_loses_nothing_committed_and_resumes() {
     let committed = event["seq"].as_u64().unwrap();
     let deadline = tokio::time::Instant::now() + SOON;
     while store.last_seq().await.unwrap() < committed {
-        assert!(tokio::time::Instant::now() < deadline, "seq {committed} never committed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "seq {committed} never committed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().expect("kill -9");
     child.wait().unwrap();
     // The broker publishes the last will.
-    sub.wait_for(SOON, "last will", |m| m.topic == format!("{}/bridge/state", app.base) && m.text() == "offline").await;
+    sub.wait_for(SOON, "last will", |m| {
+        m.topic == format!("{}/bridge/state", app.base) && m.text() == "offline"
+    })
+    .await;
 
     app.start_bridge().await;
     assert_no_false_transition(&app, &mut sub, committed).await;
     app.stop_bridge().await;
     assert_history_resumed(&app).await;
     let store = app.store().await;
-    let all = store.intervals(None, Utc::now() - Span::hours(1), Utc::now() + Span::hours(1)).await.unwrap();
+    let all = store
+        .intervals(
+            None,
+            Utc::now() - Span::hours(1),
+            Utc::now() + Span::hours(1),
+        )
+        .await
+        .unwrap();
     let mut seqs: Vec<u64> = all.iter().filter_map(|i| i.seq).collect();
     let count = seqs.len();
     seqs.sort_unstable();

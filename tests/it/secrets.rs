@@ -13,7 +13,10 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
     let mut app = spawn_app(Options::default()).await;
     let mut sub = app.ready_subscriber().await;
     app.set(1, true, "-", "called");
-    sub.wait_for(SOON, "on_call", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call").await;
+    sub.wait_for(SOON, "on_call", |m| {
+        m.topic == app.topic(1, "/event") && m.json()["to"] == "on_call"
+    })
+    .await;
 
     // Upstream echoes the secrets back in its errors.
     app.simulator.inject(Fault {
@@ -22,23 +25,39 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
         agent: Some(app.ext(1)),
         remaining: None,
     });
-    sub.wait_for(SOON, "unknown", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "unknown").await;
+    sub.wait_for(SOON, "unknown", |m| {
+        m.topic == app.topic(1, "/event") && m.json()["to"] == "unknown"
+    })
+    .await;
     app.simulator.clear_faults();
 
     // Queue commands: a success, a rejected one, and an upstream error that
     // quotes the key and the URL.
     let request = |action: &str| format!("{}/request/queue/500/{action}", app.base);
     let response = |action: &str| format!("{}/response/queue/500/{action}", app.base);
-    sub.publish(&request("add"), format!(r#"{{"agent":"{}","transaction":"a1"}}"#, app.agent(1)), false).await;
+    sub.publish(
+        &request("add"),
+        format!(r#"{{"agent":"{}","transaction":"a1"}}"#, app.agent(1)),
+        false,
+    )
+    .await;
     sub.wait_topic(&response("add"), SOON).await;
-    sub.publish(&request("add"), r#"{"extension":"201&key=x","transaction":"a2"}"#, false).await;
+    sub.publish(
+        &request("add"),
+        r#"{"extension":"201&key=x","transaction":"a2"}"#,
+        false,
+    )
+    .await;
     app.simulator.inject(Fault {
         api: Api::Tring,
-        kind: FaultKind::PlainTextError(format!("ERROR: bad request key={TEST_KEY} on /pbx/proxyapi.php?key={TEST_KEY}")),
+        kind: FaultKind::PlainTextError(format!(
+            "ERROR: bad request key={TEST_KEY} on /pbx/proxyapi.php?key={TEST_KEY}"
+        )),
         agent: None,
         remaining: None,
     });
-    sub.publish(&request("list"), r#"{"transaction":"l1"}"#, false).await;
+    sub.publish(&request("list"), r#"{"transaction":"l1"}"#, false)
+        .await;
     let error = sub.wait_topic(&response("list"), SOON).await.json();
     assert_eq!(error["status"], "error", "{error}");
     app.simulator.clear_faults();
@@ -46,12 +65,24 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
     app.stop_bridge().await;
 
     let logged = logs.contents();
-    assert!(logged.contains("poll failed") || logged.contains("poll"), "the capture works: {} bytes", logged.len());
+    assert!(
+        logged.contains("poll failed") || logged.contains("poll"),
+        "the capture works: {} bytes",
+        logged.len()
+    );
     for secret in [TEST_PIN, TEST_KEY] {
-        let leaks: Vec<&str> = logged.lines().filter(|line| line.contains(secret)).collect();
+        let leaks: Vec<&str> = logged
+            .lines()
+            .filter(|line| line.contains(secret))
+            .collect();
         assert!(leaks.is_empty(), "secret in logs:\n{}", leaks.join("\n"));
         for message in &sub.seen {
-            assert!(!message.text().contains(secret), "secret in MQTT payload on {}: {}", message.topic, message.text());
+            assert!(
+                !message.text().contains(secret),
+                "secret in MQTT payload on {}: {}",
+                message.topic,
+                message.text()
+            );
         }
         for file in std::fs::read_dir(app.dir.path()).unwrap() {
             let path = file.unwrap().path();
