@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -26,10 +26,10 @@ use crate::belfabriek::BelfabriekClient;
 use crate::board::Board;
 use crate::commands::Dispatcher;
 use crate::config::Config;
-use crate::history::{HistoryWriter, Store};
+use crate::history::{outbox, HistoryWriter, Store};
 use crate::http::{HttpServer, HttpState};
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection};
+use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, Resumed, OUTBOX_LIMIT};
 use crate::mqtt::options::mqtt_options;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
@@ -73,6 +73,10 @@ pub struct Application {
     tracker: Tracker,
     /// The last `seq` recorded.
     last_seq: u64,
+    /// Events the broker had not acknowledged when the bridge last stopped.
+    unacknowledged: Vec<crate::model::TransitionEvent>,
+    /// Every event up to this seq was acknowledged.
+    acked_seq: u64,
 }
 
 impl Application {
@@ -90,6 +94,14 @@ impl Application {
             .resume(&agents, Utc::now())
             .await
             .context("cannot resume from history")?;
+        // Before the first mark was stored, assume everything was delivered.
+        let acked_seq = outbox::acked_seq(&store)
+            .await
+            .context("cannot read the acknowledged event mark")?
+            .unwrap_or(resume.last_seq);
+        let unacknowledged = outbox::unacknowledged(&store, acked_seq, OUTBOX_LIMIT)
+            .await
+            .context("cannot read unacknowledged events")?;
         let board = Board::default();
         for state in &resume.states {
             board.update(state.clone());
@@ -122,6 +134,8 @@ impl Application {
             metrics,
             tracker,
             last_seq: resume.last_seq,
+            unacknowledged,
+            acked_seq,
         })
     }
 
@@ -162,17 +176,23 @@ impl Application {
         let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_CAPACITY);
         let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_CAPACITY);
         let (responses_tx, responses_rx) = mpsc::channel(RESPONSES_CAPACITY);
+        let (acked_tx, acked_rx) = watch::channel(self.acked_seq);
 
         let info = BridgeInfo::new(config.agents.len(), topics.base(), Utc::now());
         let connection = MqttConnection::new(
             options,
             topics.clone(),
             info,
-            self.board.snapshot(),
+            Resumed {
+                states: self.board.snapshot(),
+                events: self.unacknowledged,
+                acked_seq: self.acked_seq,
+            },
             ConnectionChannels {
                 committed: committed_rx,
                 responses: responses_rx,
                 requests: requests_tx,
+                acked: acked_tx,
             },
             self.metrics.clone(),
             config.commands.max_payload_bytes,
@@ -184,7 +204,8 @@ impl Application {
             self.last_seq,
             self.board.clone(),
             self.metrics.clone(),
-        );
+        )
+        .with_acked(acked_rx.clone());
         let dispatcher = Dispatcher::new(&config, tring, self.store.clone(), self.metrics.clone());
         let poller = Poller::new(
             belfabriek,
@@ -217,6 +238,12 @@ impl Application {
         dispatcher.await.context("dispatcher task panicked")?;
         mqtt_stop.cancel();
         mqtt.await.context("mqtt task panicked")?;
+        // The connection flushed after the writer stopped: store its final
+        // mark (the writer is gone, so this is still the only writer).
+        let acked = *acked_rx.borrow();
+        if let Err(error) = outbox::store_acked_seq(&self.store, acked).await {
+            tracing::warn!(%error, "cannot store the acknowledged event mark");
+        }
         if let Some(http) = http {
             http.await.context("http task panicked")??;
         }

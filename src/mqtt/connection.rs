@@ -25,7 +25,7 @@ use rand::Rng;
 use rumqttc::{
     AsyncClient, ClientError, Event, EventLoop, MqttOptions, Outgoing as Sent, Packet, QoS,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -52,7 +52,7 @@ const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
 /// Most unacknowledged events kept for resending. Past this the oldest are
 /// dropped from the outbox (never from history) and a warning is logged.
-const OUTBOX_LIMIT: usize = 200_000;
+pub const OUTBOX_LIMIT: usize = 200_000;
 
 /// What `bridge/info` says. Never holds a secret.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -191,6 +191,18 @@ enum Input {
     ResponsesClosed,
 }
 
+/// Where the connection starts: every agent's state, and the events the
+/// broker had not acknowledged when the bridge last stopped.
+#[derive(Debug, Clone, Default)]
+pub struct Resumed {
+    /// Every agent's state, republished on connect.
+    pub states: Vec<AgentState>,
+    /// Events to resend (rebuilt from history), oldest first.
+    pub events: Vec<TransitionEvent>,
+    /// Every event up to this seq was acknowledged.
+    pub acked_seq: u64,
+}
+
 /// The channels the connection task serves.
 #[derive(Debug)]
 pub struct ConnectionChannels {
@@ -200,6 +212,9 @@ pub struct ConnectionChannels {
     pub responses: mpsc::Receiver<Outgoing>,
     /// Request messages for the command dispatcher.
     pub requests: mpsc::Sender<Incoming>,
+    /// The highest seq up to which every event was acknowledged, for the
+    /// history writer to store (see `history::outbox`).
+    pub acked: watch::Sender<u64>,
 }
 
 /// The connection task's state. Build with [`MqttConnection::new`], then
@@ -229,24 +244,27 @@ pub struct MqttConnection {
     max_request_bytes: usize,
     /// Requests dropped because the dispatcher was not reading.
     dropped_requests: u64,
+    /// The highest event seq seen.
+    highest_seq: u64,
 }
 
 impl MqttConnection {
-    /// A connection that starts knowing `initial` agent states.
+    /// A connection that starts from `resumed`.
     pub fn new(
         options: MqttOptions,
         topics: Topics,
         info: BridgeInfo,
-        initial: Vec<AgentState>,
+        resumed: Resumed,
         channels: ConnectionChannels,
         metrics: Arc<Metrics>,
         max_request_bytes: usize,
     ) -> Self {
-        let states = initial
+        let states = resumed
+            .states
             .into_iter()
             .map(|state| (state.agent.clone(), state))
             .collect();
-        Self {
+        let mut connection = Self {
             options,
             topics,
             info,
@@ -258,7 +276,31 @@ impl MqttConnection {
             connected: false,
             max_request_bytes,
             dropped_requests: 0,
+            highest_seq: resumed.acked_seq,
+        };
+        for event in &resumed.events {
+            let pending = connection.event_message(event);
+            connection.outbox.add(event.seq, pending);
+            connection.highest_seq = connection.highest_seq.max(event.seq);
         }
+        if !resumed.events.is_empty() {
+            info!(events = resumed.events.len(), "events not acknowledged before the last stop will be resent");
+        }
+        connection
+    }
+
+    /// Tells the history writer how far the broker has acknowledged.
+    fn report_acked(&mut self) {
+        let mark = self
+            .outbox
+            .events
+            .first_key_value()
+            .map_or(self.highest_seq, |(seq, _)| seq.saturating_sub(1));
+        self.channels.acked.send_if_modified(|acked| {
+            let changed = *acked != mark;
+            *acked = mark;
+            changed
+        });
     }
 
     /// Runs until `shutdown` is cancelled, then publishes what is left,
@@ -385,6 +427,7 @@ impl MqttConnection {
             Event::Outgoing(Sent::AwaitAck(pkid)) => self.outbox.parked(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
                 self.outbox.acknowledged(ack.pkid);
+                self.report_acked();
                 Metrics::set(
                     &self.metrics.mqtt_outbox_depth,
                     self.outbox.events.len() as u64,
@@ -491,6 +534,8 @@ impl MqttConnection {
         if let Some(event) = &change.event {
             let pending = self.event_message(event);
             self.outbox.add(event.seq, pending.clone());
+            self.highest_seq = self.highest_seq.max(event.seq);
+            self.report_acked();
             Metrics::set(
                 &self.metrics.mqtt_outbox_depth,
                 self.outbox.events.len() as u64,

@@ -72,13 +72,13 @@ impl Drop for Mosquitto {
 /// A TCP proxy to the broker that accepts connections only while open.
 /// Closing it also cuts the connections it carries.
 #[derive(Clone)]
-struct Gate {
+pub struct Gate {
     open: Arc<AtomicBool>,
     generation: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Gate {
-    async fn start(target: u16) -> (Gate, u16) {
+    pub async fn start(target: u16) -> (Gate, u16) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let gate = Gate {
@@ -106,12 +106,12 @@ impl Gate {
         (gate, port)
     }
 
-    fn close(&self) {
+    pub fn close(&self) {
         self.open.store(false, Ordering::SeqCst);
         self.generation.send_modify(|g| *g += 1);
     }
 
-    fn open(&self) {
+    pub fn open(&self) {
         self.open.store(true, Ordering::SeqCst);
     }
 }

@@ -89,7 +89,9 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
             if path.extension().is_some_and(|e| e == "toml") {
                 continue; // the configuration file is where secrets are meant to be
             }
-            let bytes = std::fs::read(&path).unwrap();
+            // SQLite removes its -wal/-shm files as the last connection
+            // closes; a file that is gone holds no secret.
+            let Ok(bytes) = std::fs::read(&path) else { continue };
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "secret in {}",
