@@ -10,6 +10,7 @@
 //! matching on [`Store`]'s variants; this module does no report arithmetic,
 //! no MQTT and no polling.
 
+pub mod outbox;
 mod plan;
 mod postgres;
 mod sqlite;

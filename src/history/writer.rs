@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,11 @@ pub struct HistoryWriter {
     last_heartbeat: Option<Instant>,
     /// True once the publisher's channel was found closed (logged once).
     publisher_gone: bool,
+    /// The MQTT connection's acknowledged-up-to mark, stored at most once
+    /// per [`HEARTBEAT_EVERY`] (see `history::outbox`).
+    acked: Option<watch::Receiver<u64>>,
+    /// When the mark was last stored.
+    last_acked_store: Option<Instant>,
 }
 
 impl HistoryWriter {
@@ -93,6 +98,34 @@ impl HistoryWriter {
             metrics,
             last_heartbeat: None,
             publisher_gone: false,
+            acked: None,
+            last_acked_store: None,
+        }
+    }
+
+    /// Also stores the MQTT connection's acknowledged-up-to mark.
+    pub fn with_acked(mut self, acked: watch::Receiver<u64>) -> Self {
+        self.acked = Some(acked);
+        self
+    }
+
+    /// Stores the acknowledged-up-to mark when it changed, at most once per
+    /// [`HEARTBEAT_EVERY`] (or now, with `force`). A failure is logged and
+    /// retried next time: the mark only decides what is resent after a
+    /// restart, and resending too much is harmless.
+    async fn store_acked(&mut self, force: bool) {
+        let due = force
+            || self
+                .last_acked_store
+                .is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
+        let Some(acked) = self.acked.as_mut() else { return };
+        if !due || !acked.has_changed().unwrap_or(false) {
+            return;
+        }
+        let mark = *acked.borrow_and_update();
+        self.last_acked_store = Some(Instant::now());
+        if let Err(error) = super::outbox::store_acked_seq(&self.store, mark).await {
+            tracing::warn!(%error, "cannot store the acknowledged event mark");
         }
     }
 
@@ -112,6 +145,7 @@ impl HistoryWriter {
                 },
                 _ = heartbeat_tick.tick() => {
                     self.heartbeat_if_due().await;
+                    self.store_acked(false).await;
                     continue;
                 }
             };
@@ -119,6 +153,7 @@ impl HistoryWriter {
             if !self.commit(batch, &shutdown).await {
                 return;
             }
+            self.store_acked(false).await;
         }
         tracing::debug!("history writer stopping; committing queued changes");
         while let Ok(first) = self.changes.try_recv() {
@@ -127,6 +162,7 @@ impl HistoryWriter {
                 return;
             }
         }
+        self.store_acked(true).await;
         if let Err(error) = self.store.heartbeat(Utc::now()).await {
             Metrics::inc(&self.metrics.history_errors);
             tracing::error!(error = %error, "cannot store the final history heartbeat");
@@ -175,7 +211,7 @@ impl HistoryWriter {
             .count();
         let batch_max_seq = (transitions > 0).then_some(self.last_seq);
         let mut backoff = RETRY_BACKOFF_MIN;
-        let mut gave_up_at: Option<Instant> = None;
+        let mut shutdown_deadline: Option<Instant> = None;
         let mut failed = false;
         loop {
             if failed && self.landed_despite_error(batch_max_seq).await {
@@ -196,7 +232,7 @@ impl HistoryWriter {
             }
             if shutdown.is_cancelled() {
                 let deadline =
-                    *gave_up_at.get_or_insert_with(|| Instant::now() + SHUTDOWN_RETRY_LIMIT);
+                    *shutdown_deadline.get_or_insert_with(|| Instant::now() + SHUTDOWN_RETRY_LIMIT);
                 if Instant::now() >= deadline {
                     tracing::error!(
                         changes = batch.len(),
@@ -207,7 +243,7 @@ impl HistoryWriter {
             }
             tokio::select! {
                 () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled(), if gave_up_at.is_none() => {}
+                () = shutdown.cancelled(), if shutdown_deadline.is_none() => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
