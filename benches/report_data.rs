@@ -355,13 +355,8 @@ async fn sqlite_store(params: &Params) -> Result<(Store, PathBuf), BoxError> {
         store.close().await;
     }
     let partial = path.with_extension("partial.db");
-    for file in [&path, &partial] {
-        for suffix in ["", "-wal", "-shm"] {
-            let mut name = file.as_os_str().to_owned();
-            name.push(suffix);
-            let _ = std::fs::remove_file(PathBuf::from(name));
-        }
-    }
+    remove_with_journals(&path);
+    remove_with_journals(&partial);
     println!(
         "sqlite: generating {} intervals ({} agents, {} days) into {}",
         params.intervals,
@@ -389,9 +384,14 @@ async fn sqlite_store(params: &Params) -> Result<(Store, PathBuf), BoxError> {
         progress(day + 1, params.days, started);
     }
     sqlite_insert(&mut connection, &generator.open_rows()).await?;
+    // Everything into the main file before it is renamed.
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .execute(&mut *connection)
+        .await?;
     drop(connection);
     store.close().await;
     std::fs::rename(&partial, &path)?;
+    remove_with_journals(&partial);
     println!(
         "sqlite: generated in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -406,6 +406,16 @@ async fn sqlite_store(params: &Params) -> Result<(Store, PathBuf), BoxError> {
         .into());
     }
     Ok((store, path))
+}
+
+/// Removes an SQLite file and its `-wal`/`-shm` companions, if present.
+fn remove_with_journals(file: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = file.as_os_str().to_owned();
+        name.push(suffix);
+        // Missing files are fine: this only clears leftovers.
+        let _ = std::fs::remove_file(PathBuf::from(name));
+    }
 }
 
 fn sqlite_url(path: &Path) -> String {

@@ -2,7 +2,8 @@
 //! opens the history read-only in spirit (it never writes), prints the report
 //! to stdout.
 
-use chrono::Utc;
+use anyhow::Context as _;
+use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
 use super::format::{render_summary, render_timeline, OutputFormat};
@@ -69,34 +70,47 @@ fn parse_bound(raw: &str) -> Result<RangeBound, String> {
 impl ReportCommand {
     /// Runs the report against `database.url` and prints it to stdout.
     pub async fn run(self, config: &Config) -> anyhow::Result<()> {
-        use anyhow::Context as _;
+        let output = self.output(config, Utc::now()).await?;
+        print!("{output}");
+        Ok(())
+    }
+
+    /// The report text `run` prints, with open intervals counted up to `now`.
+    pub async fn output(self, config: &Config, now: DateTime<Utc>) -> anyhow::Result<String> {
         let settings = ReportSettings::from_config(&config.report, &config.agents);
         let store = Store::open(&config.database.url)
             .await
-            .context("cannot open the history database")?;
-        let now = Utc::now();
-        let output = match self {
+            .context("cannot open the history database (database.url)")?;
+        let output = self.render(&store, &settings, now).await;
+        store.close().await;
+        output
+    }
+
+    async fn render(
+        self,
+        store: &Store,
+        settings: &ReportSettings,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<String> {
+        Ok(match self {
             ReportCommand::Summary(args) => {
                 let request = SummaryRequest {
-                    range: resolve_range(args.from, args.to, &settings, now)?,
+                    range: resolve_range(args.from, args.to, settings, now)?,
                     by: args.by,
                     agents: args.agents,
                 };
-                let report = super::summary(&store, &request, &settings, now).await?;
+                let report = super::summary(store, &request, settings, now).await?;
                 render_summary(&report, args.format)?
             }
             ReportCommand::Timeline(args) => {
                 let request = TimelineRequest {
-                    range: resolve_range(args.from, args.to, &settings, now)?,
+                    range: resolve_range(args.from, args.to, settings, now)?,
                     agents: args.agents,
                 };
-                let report = super::timeline(&store, &request, &settings, now).await?;
+                let report = super::timeline(store, &request, settings, now).await?;
                 render_timeline(&report, args.format)?
             }
-        };
-        store.close().await;
-        print!("{output}");
-        Ok(())
+        })
     }
 }
 
@@ -105,8 +119,102 @@ pub fn resolve_range(
     from: Option<RangeBound>,
     to: Option<RangeBound>,
     settings: &ReportSettings,
-    now: chrono::DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> Result<ReportRange, ReportError> {
     ReportRange::resolve(from, to, settings.tz, now)
         .map_err(|error| ReportError::invalid("from", error))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::report::format::from_csv;
+    use crate::report::sql_tests::insert;
+    use crate::report::tests::{at, intervals, SPRING_FORWARD};
+    use crate::report::SummaryRow;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        report: ReportCommand,
+    }
+
+    fn parse(line: &str) -> Result<ReportCommand, clap::Error> {
+        Cli::try_parse_from(line.split_whitespace()).map(|cli| cli.report)
+    }
+
+    #[test]
+    fn flags_parse_with_defaults_and_errors_name_the_flag() {
+        let ReportCommand::Summary(args) = parse("report summary").unwrap() else {
+            panic!("expected summary");
+        };
+        assert_eq!(
+            (args.from, args.to, args.by, args.format),
+            (None, None, Granularity::Day, OutputFormat::Table)
+        );
+        assert!(args.agents.is_empty());
+        let ReportCommand::Summary(args) = parse(
+            "report summary --from 2026-03-01 --to 2026-03-29T12:00:00+02:00 --agent alice --agent bob --by week --format csv",
+        )
+        .unwrap() else {
+            panic!("expected summary");
+        };
+        assert_eq!(
+            args.from,
+            Some(RangeBound::Date("2026-03-01".parse().unwrap()))
+        );
+        assert!(matches!(args.to, Some(RangeBound::Instant(_))));
+        assert_eq!(args.agents.len(), 2);
+        assert_eq!(
+            (args.by, args.format),
+            (Granularity::Week, OutputFormat::Csv)
+        );
+        for (line, flag) in [
+            ("report summary --from yesterday", "--from"),
+            ("report summary --by year", "--by"),
+            ("report summary --agent a/b", "--agent"),
+            ("report summary --format xml", "--format"),
+            ("report timeline --from 2026-03-01", "--agent"),
+        ] {
+            let error = parse(line).unwrap_err().to_string();
+            assert!(error.contains(flag), "{line}: {error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_command_prints_the_report_from_the_configured_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("history.db").display());
+        let store = Store::open(&url).await.unwrap();
+        insert(&store, &intervals(SPRING_FORWARD)).await;
+        store.close().await;
+        let config = Config::from_toml_str(&format!(
+            "[database]\nurl = {url:?}\n[[agents]]\nid = \"alice\"\nname = \"Alice A.\"\nextension_id = 1"
+        ))
+        .unwrap();
+        let now = at("2026-11-22T10:00:00Z");
+        let command =
+            parse("report summary --from 2026-03-29 --to 2026-03-29 --format csv").unwrap();
+        let rows: Vec<SummaryRow> = from_csv(&command.output(&config, now).await.unwrap()).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].name.as_str(), rows[0].period_s, rows[0].calls),
+            ("Alice A.", 82_800.0, 1)
+        );
+        let command =
+            parse("report timeline --agent alice --from 2026-03-29 --to 2026-03-29").unwrap();
+        let table = command.output(&config, now).await.unwrap();
+        assert!(
+            table.starts_with(
+                "Timeline from 2026-03-29 00:00:00+01:00 to 2026-03-30 00:00:00+02:00"
+            ),
+            "{table}"
+        );
+        assert_eq!(table.lines().count(), 2 + 7, "{table}");
+        let command = parse("report summary --from 2026-03-30 --to 2026-03-29").unwrap();
+        let error = command.output(&config, now).await.unwrap_err().to_string();
+        assert!(error.contains("`from`"), "{error}");
+    }
 }

@@ -295,7 +295,7 @@ fn assemble_timeline(
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 #[cfg(test)]
 pub(crate) mod sql_tests;

@@ -18,8 +18,15 @@
 //! Agents are passed as a list (a JSON array for SQLite's `json_each`, a
 //! `text[]` for PostgreSQL); "every agent" is read first with a skip scan
 //! over the `(agent, started_at)` index, one seek per distinct agent.
+//!
+//! On SQLite every summary query returns its rows packed into one JSON array
+//! (`json_group_array`): sqlx hands SQLite rows over one by one at several
+//! microseconds each, which for the ~35,000 (agent, status) sums of a
+//! 5,000-agent day would cost more than the query itself. PostgreSQL rows
+//! arrive in binary batches and are read directly.
 
-use sqlx::{PgPool, Row, SqlitePool};
+use serde::de::DeserializeOwned;
+use sqlx::Row;
 
 use super::period::Period;
 use super::summary::TotalsByAgent;
@@ -27,6 +34,43 @@ use super::summary::{combine, ReportInterval, StartedCalls, StartedSum, Timeline
 use super::ReportError;
 use crate::history::Store;
 use crate::model::{AgentId, Status};
+
+/// Which SQL dialect a statement is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The agent list condition: SQLite reads a JSON array, PostgreSQL a
+    /// `text[]`; both take the list as parameter 1.
+    fn agent_in_list(self, column: &str) -> String {
+        match self {
+            Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?1))"),
+            Dialect::Postgres => format!("{column} = ANY($1)"),
+        }
+    }
+
+    /// Parameter `n` (1-based).
+    fn param(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => format!("?{n}"),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// Wraps a query for this dialect: on SQLite, all rows as one JSON array
+    /// of arrays of `columns`.
+    fn packed(self, query: String, columns: &str) -> String {
+        match self {
+            Dialect::Sqlite => {
+                format!("SELECT json_group_array(json_array({columns})) FROM ({query})")
+            }
+            Dialect::Postgres => query,
+        }
+    }
+}
 
 /// Every status, quoted for an `IN (...)` list, so the `(agent, status, ...)`
 /// index is searched per agent and status.
@@ -38,85 +82,90 @@ fn status_list() -> String {
         .join(", ")
 }
 
-/// Every agent that has history, by id (skip scan).
-const SQLITE_ALL_AGENTS: &str = "\
-    WITH RECURSIVE agents(agent) AS ( \
-      SELECT (SELECT MIN(agent) FROM intervals) \
-      UNION ALL \
-      SELECT (SELECT MIN(n.agent) FROM intervals n WHERE n.agent > agents.agent) \
-      FROM agents WHERE agents.agent IS NOT NULL) \
-    SELECT agent FROM agents WHERE agent IS NOT NULL";
-
-/// Same query; PostgreSQL reads the recursive CTE the same way.
-const POSTGRES_ALL_AGENTS: &str = SQLITE_ALL_AGENTS;
-
-fn sqlite_started_sql() -> String {
-    format!(
-        "SELECT agent, status, CAST(SUM(ended_at - started_at) AS BIGINT) AS ms \
-         FROM intervals \
-         WHERE agent IN (SELECT value FROM json_each(?1)) AND status IN ({}) \
-           AND started_at >= ?2 AND started_at < ?3 \
-         GROUP BY agent, status",
-        status_list()
-    )
+/// Every agent that has history, by id (skip scan; PostgreSQL reads the
+/// recursive CTE the same way).
+fn all_agents_sql(dialect: Dialect) -> String {
+    let query = "\
+        WITH RECURSIVE agents(agent) AS ( \
+          SELECT (SELECT MIN(agent) FROM intervals) \
+          UNION ALL \
+          SELECT (SELECT MIN(n.agent) FROM intervals n WHERE n.agent > agents.agent) \
+          FROM agents WHERE agents.agent IS NOT NULL) \
+        SELECT agent FROM agents WHERE agent IS NOT NULL"
+        .to_owned();
+    match dialect {
+        Dialect::Sqlite => format!("SELECT json_group_array(agent) FROM ({query})"),
+        Dialect::Postgres => query,
+    }
 }
 
-fn postgres_started_sql() -> String {
-    format!(
+/// Per agent and status, the summed durations of the closed intervals that
+/// start in `[$2, $3)`. Columns: agent, status, ms.
+fn started_sql(dialect: Dialect) -> String {
+    let query = format!(
         "SELECT agent, status, CAST(SUM(ended_at - started_at) AS BIGINT) AS ms \
          FROM intervals \
-         WHERE agent = ANY($1) AND status IN ({}) \
-           AND started_at >= $2 AND started_at < $3 \
+         WHERE {} AND status IN ({}) AND started_at >= {} AND started_at < {} \
          GROUP BY agent, status",
-        status_list()
-    )
+        dialect.agent_in_list("agent"),
+        status_list(),
+        dialect.param(2),
+        dialect.param(3),
+    );
+    dialect.packed(query, "agent, status, ms")
 }
 
-/// Calls: `on_call` intervals opened by a transition (a `seq`; resumed ones
-/// have none). An open call adds 0 here; `combine` completes it.
-const SQLITE_CALLS: &str = "\
-    SELECT agent, CAST(COUNT(*) AS BIGINT) AS calls, \
-      CAST(SUM(ended_at - started_at) AS BIGINT) AS call_ms, \
-      CAST(MAX(ended_at - started_at) AS BIGINT) AS longest_ms \
-    FROM intervals \
-    WHERE agent IN (SELECT value FROM json_each(?1)) AND status = 'on_call' \
-      AND started_at >= ?2 AND started_at < ?3 AND seq IS NOT NULL \
-    GROUP BY agent";
+/// Per agent, the calls starting in `[$2, $3)`: `on_call` intervals opened
+/// by a transition (a `seq`; resumed ones have none). An open call adds 0
+/// here; `combine` completes it. Columns: agent, calls, call_ms, longest_ms.
+fn calls_sql(dialect: Dialect) -> String {
+    let query = format!(
+        "SELECT agent, CAST(COUNT(*) AS BIGINT) AS calls, \
+           CAST(SUM(ended_at - started_at) AS BIGINT) AS call_ms, \
+           CAST(MAX(ended_at - started_at) AS BIGINT) AS longest_ms \
+         FROM intervals \
+         WHERE {} AND status = 'on_call' AND started_at >= {} AND started_at < {} \
+           AND seq IS NOT NULL \
+         GROUP BY agent",
+        dialect.agent_in_list("agent"),
+        dialect.param(2),
+        dialect.param(3),
+    );
+    dialect.packed(query, "agent, calls, call_ms, longest_ms")
+}
 
-const POSTGRES_CALLS: &str = "\
-    SELECT agent, CAST(COUNT(*) AS BIGINT) AS calls, \
-      CAST(SUM(ended_at - started_at) AS BIGINT) AS call_ms, \
-      CAST(MAX(ended_at - started_at) AS BIGINT) AS longest_ms \
-    FROM intervals \
-    WHERE agent = ANY($1) AND status = 'on_call' \
-      AND started_at >= $2 AND started_at < $3 AND seq IS NOT NULL \
-    GROUP BY agent";
-
-/// Per agent, the interval in progress at the boundary `?2`: the last one
+/// Per agent, the interval in progress at the boundary `$2`: the last one
 /// that started before it (ties: the later row), if it had not ended.
-const SQLITE_CROSSING: &str = "\
-    SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
-    FROM json_each(?1) AS a \
-    JOIN intervals i ON i.id = ( \
-      SELECT b.id FROM intervals b WHERE b.agent = a.value AND b.started_at < ?2 \
-      ORDER BY b.started_at DESC, b.id DESC LIMIT 1) \
-    WHERE i.ended_at IS NULL OR i.ended_at > ?2";
+/// Columns: agent, status, started_at, ended_at, seq.
+fn crossing_sql(dialect: Dialect) -> String {
+    match dialect {
+        Dialect::Sqlite => dialect.packed(
+            "SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
+             FROM json_each(?1) AS a \
+             JOIN intervals i ON i.id = ( \
+               SELECT b.id FROM intervals b WHERE b.agent = a.value AND b.started_at < ?2 \
+               ORDER BY b.started_at DESC, b.id DESC LIMIT 1) \
+             WHERE i.ended_at IS NULL OR i.ended_at > ?2"
+                .to_owned(),
+            "agent, status, started_at, ended_at, seq",
+        ),
+        Dialect::Postgres => "\
+            SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
+            FROM unnest($1::text[]) AS a(agent) \
+            CROSS JOIN LATERAL ( \
+              SELECT b.agent, b.status, b.started_at, b.ended_at, b.seq FROM intervals b \
+              WHERE b.agent = a.agent AND b.started_at < $2 \
+              ORDER BY b.started_at DESC, b.id DESC LIMIT 1) i \
+            WHERE i.ended_at IS NULL OR i.ended_at > $2"
+            .to_owned(),
+    }
+}
 
-const POSTGRES_CROSSING: &str = "\
-    SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
-    FROM unnest($1::text[]) AS a(agent) \
-    CROSS JOIN LATERAL ( \
-      SELECT b.agent, b.status, b.started_at, b.ended_at, b.seq FROM intervals b \
-      WHERE b.agent = a.agent AND b.started_at < $2 \
-      ORDER BY b.started_at DESC, b.id DESC LIMIT 1) i \
-    WHERE i.ended_at IS NULL OR i.ended_at > $2";
-
-/// One agent's intervals overlapping `[?2, ?3)`, by start.
-const TIMELINE_COLUMNS: &str =
-    "agent, status, reason, extension_status, destination, started_at, ended_at";
-
-fn timeline_sql(agent: &str, from: &str, to: &str) -> String {
-    let columns = TIMELINE_COLUMNS;
+/// One agent's (`$1`) intervals overlapping `[$2, $3)`, by start: the one in
+/// progress at `$2`, then those starting inside.
+fn timeline_sql(dialect: Dialect) -> String {
+    let columns = "agent, status, reason, extension_status, destination, started_at, ended_at";
+    let (agent, from, to) = (dialect.param(1), dialect.param(2), dialect.param(3));
     format!(
         "SELECT {columns} FROM (\
            SELECT {columns} FROM intervals WHERE agent = {agent} AND started_at < {from} \
@@ -130,6 +179,38 @@ fn timeline_sql(agent: &str, from: &str, to: &str) -> String {
     )
 }
 
+/// At most this many queries of one summary run at once, each on its own
+/// connection (and so, for SQLite, its own thread): the work is split by
+/// agent. The SQLite pool has 4 connections and PostgreSQL 5, one of which
+/// the history writer may be using; 2 uses both cores of a small machine.
+const PARALLEL_QUERIES: usize = 2;
+
+/// A slice of the agent list, in both parameter forms.
+struct AgentChunk {
+    /// The ids, for PostgreSQL's `text[]`.
+    ids: Vec<String>,
+    /// The ids as a JSON array, for SQLite's `json_each`.
+    json: String,
+}
+
+/// One query of a summary.
+#[derive(Debug, Clone, Copy)]
+enum Job {
+    /// Sums of the intervals starting in period `period` = `[from, to)`.
+    Started { period: usize, from: i64, to: i64 },
+    /// Calls starting in period `period` = `[from, to)`.
+    Calls { period: usize, from: i64, to: i64 },
+    /// Intervals in progress at `boundary`.
+    Crossing { boundary: i64 },
+}
+
+/// What a [`Job`] found.
+enum Found {
+    Started(Vec<StartedSum>),
+    Calls(Vec<StartedCalls>),
+    Crossing(Vec<ReportInterval>),
+}
+
 /// The summary totals per agent and period for `agents` (empty: every
 /// agent with history).
 pub async fn summary_totals(
@@ -138,6 +219,8 @@ pub async fn summary_totals(
     periods: &[Period],
     now_ms: i64,
 ) -> Result<TotalsByAgent, ReportError> {
+    use futures_util::stream::{self, StreamExt as _, TryStreamExt as _};
+
     let Some(range_end) = periods.last().map(Period::end_ms) else {
         return Ok(TotalsByAgent::new());
     };
@@ -152,52 +235,41 @@ pub async fn summary_totals(
     if agents.is_empty() {
         return Ok(TotalsByAgent::new());
     }
-    // SQLite takes the list as one JSON text parameter.
-    let sqlite_list = serde_json::Value::from(agents.clone()).to_string();
-    let mut started = Vec::new();
-    let mut calls = Vec::new();
-    for (index, period) in periods.iter().enumerate() {
-        let (from, to) = (period.start_ms(), period.end_ms());
-        match store {
-            Store::Sqlite(pool) => {
-                sqlite_started(pool, &sqlite_list, index, from, to, &mut started).await?;
-                sqlite_calls(pool, &sqlite_list, index, from, to, &mut calls).await?;
-            }
-            Store::Postgres(pool) => {
-                postgres_started(pool, &agents, index, from, to, &mut started).await?;
-                postgres_calls(pool, &agents, index, from, to, &mut calls).await?;
-            }
-        }
+    let chunk_size = agents.len().div_ceil(PARALLEL_QUERIES);
+    let chunks: Vec<AgentChunk> = agents
+        .chunks(chunk_size)
+        .map(|ids| AgentChunk {
+            ids: ids.to_vec(),
+            json: serde_json::Value::from(ids.to_vec()).to_string(),
+        })
+        .collect();
+    let mut jobs = Vec::new();
+    for (period, bounds) in periods.iter().enumerate() {
+        let (from, to) = (bounds.start_ms(), bounds.end_ms());
+        jobs.push(Job::Started { period, from, to });
+        jobs.push(Job::Calls { period, from, to });
+        jobs.push(Job::Crossing { boundary: from });
     }
-    let boundaries = periods
-        .iter()
-        .map(Period::start_ms)
-        .chain(std::iter::once(range_end));
-    let mut crossing: Vec<ReportInterval> = Vec::new();
-    for boundary in boundaries {
-        let found = match store {
-            Store::Sqlite(pool) => {
-                let rows = sqlx::query(SQLITE_CROSSING)
-                    .bind(&sqlite_list)
-                    .bind(boundary)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(read_crossing)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-            Store::Postgres(pool) => {
-                let rows = sqlx::query(POSTGRES_CROSSING)
-                    .bind(&agents)
-                    .bind(boundary)
-                    .fetch_all(pool)
-                    .await?;
-                rows.iter()
-                    .map(read_crossing)
-                    .collect::<Result<Vec<_>, _>>()?
-            }
-        };
-        crossing.extend(found);
+    jobs.push(Job::Crossing {
+        boundary: range_end,
+    });
+    let tasks: Vec<(Job, usize)> = jobs
+        .into_iter()
+        .flat_map(|job| (0..chunks.len()).map(move |chunk| (job, chunk)))
+        .collect();
+    let chunks = &chunks;
+    let found: Vec<Found> = stream::iter(tasks)
+        .map(|(job, chunk)| run_job(store, &chunks[chunk], job))
+        .buffer_unordered(PARALLEL_QUERIES)
+        .try_collect()
+        .await?;
+    let (mut started, mut calls, mut crossing) = (Vec::new(), Vec::new(), Vec::new());
+    for result in found {
+        match result {
+            Found::Started(rows) => started.extend(rows),
+            Found::Calls(rows) => calls.extend(rows),
+            Found::Crossing(rows) => crossing.extend(rows),
+        }
     }
     // An interval crossing several boundaries was found at each of them.
     crossing.sort_by(|a, b| (&a.agent, a.started_at_ms).cmp(&(&b.agent, b.started_at_ms)));
@@ -205,100 +277,125 @@ pub async fn summary_totals(
     Ok(combine(&started, &calls, &crossing, periods, now_ms))
 }
 
+async fn run_job(store: &Store, chunk: &AgentChunk, job: Job) -> Result<Found, ReportError> {
+    match job {
+        Job::Started { period, from, to } => {
+            let rows: Vec<(String, String, Option<i64>)> = match store {
+                Store::Sqlite(pool) => {
+                    let packed: String = sqlx::query_scalar(&started_sql(Dialect::Sqlite))
+                        .bind(&chunk.json)
+                        .bind(from)
+                        .bind(to)
+                        .fetch_one(pool)
+                        .await?;
+                    unpack(&packed)?
+                }
+                Store::Postgres(pool) => {
+                    sqlx::query_as(&started_sql(Dialect::Postgres))
+                        .bind(&chunk.ids)
+                        .bind(from)
+                        .bind(to)
+                        .fetch_all(pool)
+                        .await?
+                }
+            };
+            let found = rows.into_iter().map(|(agent, status, ms)| {
+                Ok(StartedSum {
+                    agent: parse_agent(&agent)?,
+                    period,
+                    status: parse_status(&status)?,
+                    ms: ms.unwrap_or(0),
+                })
+            });
+            Ok(Found::Started(found.collect::<Result<_, ReportError>>()?))
+        }
+        Job::Calls { period, from, to } => {
+            type CallsRow = (String, i64, Option<i64>, Option<i64>);
+            let rows: Vec<CallsRow> = match store {
+                Store::Sqlite(pool) => {
+                    let packed: String = sqlx::query_scalar(&calls_sql(Dialect::Sqlite))
+                        .bind(&chunk.json)
+                        .bind(from)
+                        .bind(to)
+                        .fetch_one(pool)
+                        .await?;
+                    unpack(&packed)?
+                }
+                Store::Postgres(pool) => {
+                    sqlx::query_as(&calls_sql(Dialect::Postgres))
+                        .bind(&chunk.ids)
+                        .bind(from)
+                        .bind(to)
+                        .fetch_all(pool)
+                        .await?
+                }
+            };
+            let found = rows.into_iter().map(|(agent, calls, call_ms, longest)| {
+                Ok(StartedCalls {
+                    agent: parse_agent(&agent)?,
+                    period,
+                    calls: u64::try_from(calls).map_err(corrupt)?,
+                    call_ms: call_ms.unwrap_or(0),
+                    longest_call_ms: longest.unwrap_or(0),
+                })
+            });
+            Ok(Found::Calls(found.collect::<Result<_, ReportError>>()?))
+        }
+        Job::Crossing { boundary } => {
+            type CrossingRow = (String, String, i64, Option<i64>, Option<i64>);
+            let rows: Vec<CrossingRow> = match store {
+                Store::Sqlite(pool) => {
+                    let packed: String = sqlx::query_scalar(&crossing_sql(Dialect::Sqlite))
+                        .bind(&chunk.json)
+                        .bind(boundary)
+                        .fetch_one(pool)
+                        .await?;
+                    unpack(&packed)?
+                }
+                Store::Postgres(pool) => {
+                    sqlx::query_as(&crossing_sql(Dialect::Postgres))
+                        .bind(&chunk.ids)
+                        .bind(boundary)
+                        .fetch_all(pool)
+                        .await?
+                }
+            };
+            let found = rows
+                .into_iter()
+                .map(|(agent, status, started_at_ms, ended_at_ms, seq)| {
+                    Ok(ReportInterval {
+                        agent: parse_agent(&agent)?,
+                        status: parse_status(&status)?,
+                        started_at_ms,
+                        ended_at_ms,
+                        resumed: seq.is_none(),
+                    })
+                });
+            Ok(Found::Crossing(found.collect::<Result<_, ReportError>>()?))
+        }
+    }
+}
+
 /// Every agent with history, by id.
 pub async fn all_agents(store: &Store) -> Result<Vec<String>, ReportError> {
     Ok(match store {
         Store::Sqlite(pool) => {
-            sqlx::query_scalar(SQLITE_ALL_AGENTS)
-                .fetch_all(pool)
-                .await?
+            let packed: String = sqlx::query_scalar(&all_agents_sql(Dialect::Sqlite))
+                .fetch_one(pool)
+                .await?;
+            unpack(&packed)?
         }
         Store::Postgres(pool) => {
-            sqlx::query_scalar(POSTGRES_ALL_AGENTS)
+            sqlx::query_scalar(&all_agents_sql(Dialect::Postgres))
                 .fetch_all(pool)
                 .await?
         }
     })
 }
 
-async fn sqlite_started(
-    pool: &SqlitePool,
-    agents: &str,
-    period: usize,
-    from: i64,
-    to: i64,
-    out: &mut Vec<StartedSum>,
-) -> Result<(), ReportError> {
-    let rows = sqlx::query(&sqlite_started_sql())
-        .bind(agents)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?;
-    for row in &rows {
-        out.push(read_started(row, period)?);
-    }
-    Ok(())
-}
-
-async fn postgres_started(
-    pool: &PgPool,
-    agents: &[String],
-    period: usize,
-    from: i64,
-    to: i64,
-    out: &mut Vec<StartedSum>,
-) -> Result<(), ReportError> {
-    let rows = sqlx::query(&postgres_started_sql())
-        .bind(agents)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?;
-    for row in &rows {
-        out.push(read_started(row, period)?);
-    }
-    Ok(())
-}
-
-async fn sqlite_calls(
-    pool: &SqlitePool,
-    agents: &str,
-    period: usize,
-    from: i64,
-    to: i64,
-    out: &mut Vec<StartedCalls>,
-) -> Result<(), ReportError> {
-    let rows = sqlx::query(SQLITE_CALLS)
-        .bind(agents)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?;
-    for row in &rows {
-        out.push(read_calls(row, period)?);
-    }
-    Ok(())
-}
-
-async fn postgres_calls(
-    pool: &PgPool,
-    agents: &[String],
-    period: usize,
-    from: i64,
-    to: i64,
-    out: &mut Vec<StartedCalls>,
-) -> Result<(), ReportError> {
-    let rows = sqlx::query(POSTGRES_CALLS)
-        .bind(agents)
-        .bind(from)
-        .bind(to)
-        .fetch_all(pool)
-        .await?;
-    for row in &rows {
-        out.push(read_calls(row, period)?);
-    }
-    Ok(())
+/// Rows packed by SQLite's `json_group_array`.
+fn unpack<T: DeserializeOwned>(packed: &str) -> Result<Vec<T>, ReportError> {
+    serde_json::from_str(packed).map_err(|error| corrupt(format!("packed rows: {error}")))
 }
 
 /// One agent's intervals overlapping `[from_ms, to_ms)`, by start.
@@ -310,7 +407,7 @@ pub async fn timeline_intervals(
 ) -> Result<Vec<TimelineInterval>, ReportError> {
     let rows = match store {
         Store::Sqlite(pool) => {
-            let rows = sqlx::query(&timeline_sql("?1", "?2", "?3"))
+            let rows = sqlx::query(&timeline_sql(Dialect::Sqlite))
                 .bind(agent.as_str())
                 .bind(from_ms)
                 .bind(to_ms)
@@ -321,7 +418,7 @@ pub async fn timeline_intervals(
                 .collect::<Result<Vec<_>, _>>()?
         }
         Store::Postgres(pool) => {
-            let rows = sqlx::query(&timeline_sql("$1", "$2", "$3"))
+            let rows = sqlx::query(&timeline_sql(Dialect::Postgres))
                 .bind(agent.as_str())
                 .bind(from_ms)
                 .bind(to_ms)
@@ -345,64 +442,6 @@ fn parse_agent(raw: &str) -> Result<AgentId, ReportError> {
 
 fn parse_status(raw: &str) -> Result<Status, ReportError> {
     raw.parse().map_err(corrupt)
-}
-
-fn read_started<R>(row: &R, period: usize) -> Result<StartedSum, ReportError>
-where
-    R: Row,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let agent: String = row.try_get("agent")?;
-    let status: String = row.try_get("status")?;
-    let ms: Option<i64> = row.try_get("ms")?;
-    Ok(StartedSum {
-        agent: parse_agent(&agent)?,
-        period,
-        status: parse_status(&status)?,
-        ms: ms.unwrap_or(0),
-    })
-}
-
-fn read_calls<R>(row: &R, period: usize) -> Result<StartedCalls, ReportError>
-where
-    R: Row,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let agent: String = row.try_get("agent")?;
-    let calls: Option<i64> = row.try_get("calls")?;
-    let call_ms: Option<i64> = row.try_get("call_ms")?;
-    let longest: Option<i64> = row.try_get("longest_ms")?;
-    Ok(StartedCalls {
-        agent: parse_agent(&agent)?,
-        period,
-        calls: u64::try_from(calls.unwrap_or(0)).map_err(corrupt)?,
-        call_ms: call_ms.unwrap_or(0),
-        longest_call_ms: longest.unwrap_or(0),
-    })
-}
-
-fn read_crossing<R>(row: &R) -> Result<ReportInterval, ReportError>
-where
-    R: Row,
-    for<'a> &'a str: sqlx::ColumnIndex<R>,
-    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
-{
-    let agent: String = row.try_get("agent")?;
-    let status: String = row.try_get("status")?;
-    let seq: Option<i64> = row.try_get("seq")?;
-    Ok(ReportInterval {
-        agent: parse_agent(&agent)?,
-        status: parse_status(&status)?,
-        started_at_ms: row.try_get("started_at")?,
-        ended_at_ms: row.try_get("ended_at")?,
-        resumed: seq.is_none(),
-    })
 }
 
 fn read_timeline_row<R>(row: &R) -> Result<TimelineInterval, ReportError>

@@ -13,25 +13,25 @@ use crate::model::{AgentId, Status};
 const AMSTERDAM: chrono_tz::Tz = chrono_tz::Europe::Amsterdam;
 
 /// `(agent, status, start, end)`; times RFC 3339, end `None` = open.
-pub(super) type Spec<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
+pub(crate) type Spec<'a> = (&'a str, &'a str, &'a str, Option<&'a str>);
 
-pub(super) fn at(raw: &str) -> DateTime<Utc> {
+pub(crate) fn at(raw: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(raw)
         .unwrap_or_else(|e| panic!("{raw}: {e}"))
         .with_timezone(&Utc)
 }
 
-pub(super) fn ms(raw: &str) -> i64 {
+pub(crate) fn ms(raw: &str) -> i64 {
     at(raw).timestamp_millis()
 }
 
-pub(super) fn agent(raw: &str) -> AgentId {
+pub(crate) fn agent(raw: &str) -> AgentId {
     AgentId::parse(raw).unwrap()
 }
 
 /// Report intervals from specs; a status written `on_call*` is a resumed
 /// interval (stored without seq).
-pub(super) fn intervals(specs: &[Spec]) -> Vec<ReportInterval> {
+pub(crate) fn intervals(specs: &[Spec]) -> Vec<ReportInterval> {
     specs
         .iter()
         .map(|(id, status, start, end)| ReportInterval {
@@ -44,7 +44,7 @@ pub(super) fn intervals(specs: &[Spec]) -> Vec<ReportInterval> {
         .collect()
 }
 
-pub(super) fn settings() -> ReportSettings {
+pub(crate) fn settings() -> ReportSettings {
     ReportSettings {
         tz: AMSTERDAM,
         agents: vec![(agent("carol"), "Carol C.".to_owned())],
@@ -120,7 +120,7 @@ fn check(
 }
 
 /// History of `intervals_crossing_midnight_are_split_and_calls_count_where_they_start`.
-pub(super) const CROSSING_MIDNIGHT: &[Spec] = &[
+pub(crate) const CROSSING_MIDNIGHT: &[Spec] = &[
     (
         "alice",
         "available",
@@ -148,7 +148,7 @@ pub(super) const CROSSING_MIDNIGHT: &[Spec] = &[
 ];
 
 /// History of `an_open_interval_counts_up_to_now_clamped_to_the_range`.
-pub(super) const OPEN_CALL: &[Spec] = &[
+pub(crate) const OPEN_CALL: &[Spec] = &[
     (
         "bob",
         "available",
@@ -159,7 +159,7 @@ pub(super) const OPEN_CALL: &[Spec] = &[
 ];
 
 /// History of `the_spring_forward_day_has_23_hours_and_the_numbers_add_up`.
-pub(super) const SPRING_FORWARD: &[Spec] = &[
+pub(crate) const SPRING_FORWARD: &[Spec] = &[
     (
         "alice",
         "offline",
@@ -205,7 +205,7 @@ pub(super) const SPRING_FORWARD: &[Spec] = &[
 ];
 
 /// History of `the_fall_back_day_has_25_hours_and_the_numbers_add_up`.
-pub(super) const FALL_BACK: &[Spec] = &[
+pub(crate) const FALL_BACK: &[Spec] = &[
     (
         "alice",
         "unknown",
@@ -223,7 +223,7 @@ pub(super) const FALL_BACK: &[Spec] = &[
 ];
 
 /// History of `weeks_and_months_group_days_across_dst`.
-pub(super) const WEEKS_AND_MONTHS: &[Spec] = &[
+pub(crate) const WEEKS_AND_MONTHS: &[Spec] = &[
     // One hour available every day at noon from Friday 27 to Tuesday 31
     // March, spanning the spring-forward Sunday and a week boundary.
     (
@@ -259,7 +259,7 @@ pub(super) const WEEKS_AND_MONTHS: &[Spec] = &[
 ];
 
 /// History of `a_resumed_call_after_a_restart_is_not_a_new_call`.
-pub(super) const RESUMED_CALL: &[Spec] = &[
+pub(crate) const RESUMED_CALL: &[Spec] = &[
     (
         "alice",
         "on_call",
@@ -755,7 +755,7 @@ fn as_the_database_would(
 
 /// A random history: per agent, back-to-back intervals (sometimes a gap,
 /// sometimes zero length), the last one possibly open.
-pub(super) fn random_history(
+pub(crate) fn random_history(
     seed: u64,
     agents: usize,
     per_agent: usize,
