@@ -20,7 +20,8 @@ use tracing::{debug, Instrument};
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::model::AgentReading;
 use crate::secret::Secret;
-use crate::xmlrpc::{self, shorten, Response, Value};
+use crate::text::{error_chain, shorten};
+use crate::xmlrpc::{self, Response, Value};
 
 /// The method that says whether an agent is enabled.
 pub const METHOD_AGENT_AVAIL: &str = "ivr.getAgentAvail";
@@ -156,6 +157,7 @@ impl BelfabriekClient {
             .pool_max_idle_per_host(max_idle_per_host)
             .tcp_nodelay(true)
             .user_agent(concat!("pbx2mqtt/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| BelfabriekError::Setup {
                 detail: error_chain(&error),
@@ -460,21 +462,6 @@ fn snippet(body: &[u8], pin: &Secret) -> String {
         return "(empty body)".to_owned();
     }
     shorten(&pin.redact_in(&collapsed), SNIPPET_CHARS)
-}
-
-/// The error and its causes, `: `-separated.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 /// True when a request failed because the (kept-alive) connection was closed

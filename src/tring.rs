@@ -7,7 +7,9 @@
 //! and keeping the API key out of every text it produces: errors, logs and
 //! URLs shown to people go through [`redacted_url`] and [`Secret::redact_in`].
 //! It does not validate commands (that is `commands::parse`), it only refuses
-//! to put anything but a plain number into a URL.
+//! to put anything but a plain number into a URL. It never follows a
+//! redirect: the key is in the query string, and a redirect to another host
+//! would hand it over; a 3xx answer is an error ([`TringError::Redirect`]).
 //!
 //! `add` is not known to be idempotent upstream, so [`TringClient::add`] lists
 //! the queue first and skips the add when the member is already present
@@ -23,6 +25,7 @@ use url::Url;
 
 use crate::config::{is_plain_number, TringConfig};
 use crate::secret::Secret;
+use crate::text::{error_chain, shorten};
 
 /// The value that replaces the key in every URL shown to a person.
 pub const REDACTED: &str = "REDACTED";
@@ -57,6 +60,15 @@ pub enum TringError {
         status: u16,
         /// The start of the body, redacted.
         body: String,
+    },
+    /// TRiNG answered with a redirect, which is never followed (the key is in
+    /// the URL and would go to the new address).
+    #[error("tring answered HTTP {status} redirecting to {location}; redirects are not followed, so set tring.url to the final address")]
+    Redirect {
+        /// The HTTP status code (3xx).
+        status: u16,
+        /// Where it pointed, with the key redacted (or `(no location)`).
+        location: String,
     },
     /// No complete answer within `tring.timeout`.
     #[error("tring did not answer within {}; check the service or raise tring.timeout", humantime::format_duration(*.0))]
@@ -152,6 +164,7 @@ impl TringClient {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| {
                 TringError::Config(format!("cannot build the HTTP client: {error}"))
@@ -319,6 +332,9 @@ impl TringClient {
             .await
             .map_err(|error| self.transport_error(error))?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(self.redirect_error(status.as_u16(), &response));
+        }
         let mut body = Vec::new();
         while let Some(chunk) = response
             .chunk()
@@ -360,20 +376,29 @@ impl TringClient {
             return TringError::Timeout(self.timeout);
         }
         let connect = error.is_connect();
-        let error = error.without_url();
-        let mut text = error.to_string();
-        let mut source = std::error::Error::source(&error);
-        while let Some(cause) = source {
-            text.push_str(": ");
-            text.push_str(&cause.to_string());
-            source = cause.source();
-        }
-        let text = self.key.redact_in(&text);
+        let text = self.key.redact_in(&error_chain(&error.without_url()));
         if connect {
             TringError::Connect(text)
         } else {
             TringError::Connect(format!("the request failed: {text}"))
         }
+    }
+
+    /// The error for a 3xx answer: where it pointed (resolved against the
+    /// endpoint, the key redacted), never followed.
+    fn redirect_error(&self, status: u16, response: &reqwest::Response) -> TringError {
+        let location = response
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned());
+        let location = match location {
+            None => "(no location)".to_owned(),
+            Some(location) => match self.endpoint.join(&location) {
+                Ok(url) => shorten(&redacted_url(&url, &self.key), MAX_ERROR_TEXT_CHARS),
+                Err(_) => self.clean_text(&location),
+            },
+        };
+        TringError::Redirect { status, location }
     }
 
     /// Redacts the key from any upstream text inside an error.
@@ -427,17 +452,6 @@ fn check_number(what: &'static str, value: &str) -> Result<(), TringError> {
             what,
             value: shorten(value, 40),
         })
-    }
-}
-
-/// At most `max` characters of `text`, with `…` when cut.
-fn shorten(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        text.to_owned()
-    } else {
-        let mut out: String = text.chars().take(max).collect();
-        out.push('…');
-        out
     }
 }
 
@@ -757,6 +771,73 @@ mod tests {
         assert_eq!(strip_tenant("103-ACME-NL", "ACME-NL"), "103");
         assert_eq!(strip_tenant("103", "ACME"), "103");
         assert_eq!(strip_tenant("é-ACME", "ACME"), "é");
+    }
+
+    /// Serves `router` on 127.0.0.1, port 0; returns its address.
+    async fn serve(router: axum::Router) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        address
+    }
+
+    #[tokio::test]
+    async fn redirects_are_errors_and_never_followed() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+
+        // Another host that would accept the key if a redirect were followed.
+        let followed = Arc::new(AtomicUsize::new(0));
+        let counter = followed.clone();
+        let other_host = serve(axum::Router::new().fallback(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { "[]" }
+        }))
+        .await;
+        // TRiNG answering 302 to that host, query (key included) carried over.
+        let redirector = serve(axum::Router::new().fallback(
+            move |uri: axum::http::Uri| async move {
+                let location = format!(
+                    "http://{other_host}/proxyapi.php?{}",
+                    uri.query().unwrap_or_default()
+                );
+                (
+                    axum::http::StatusCode::FOUND,
+                    [(axum::http::header::LOCATION, location)],
+                )
+            },
+        ))
+        .await;
+        let key = "k3y-4711";
+        let config = TringConfig {
+            url: format!("http://{redirector}/pbx/proxyapi.php"),
+            key: None,
+            key_file: None,
+            tenant: "ACME".into(),
+            timeout: Duration::from_secs(5),
+        };
+        let client = TringClient::new(&config, Secret::new(key)).unwrap();
+
+        let error = client.list("500").await.unwrap_err();
+        match &error {
+            TringError::Redirect { status, location } => {
+                assert_eq!(*status, 302);
+                assert!(location.contains(&other_host.to_string()), "{location}");
+                assert!(location.contains("key=REDACTED"), "{location}");
+            }
+            other => panic!("expected a redirect error, got {other:?}"),
+        }
+        let message = error.to_string();
+        assert!(!message.contains(key), "{message}");
+        assert_eq!(
+            crate::commands::CommandError::from(error).code,
+            crate::commands::ErrorCode::UpstreamError
+        );
+        assert_eq!(
+            followed.load(Ordering::SeqCst),
+            0,
+            "the redirect was followed"
+        );
     }
 
     #[tokio::test]

@@ -3,15 +3,18 @@
 //! read by `pbx2mqtt audit`.
 //!
 //! This module owns the audit SQL for both backends (matching on
-//! [`Store`]'s variants) and the row type. It stores what it is given after
-//! one more redaction pass; it never decides outcomes.
+//! [`Store`]'s variants) and the row type. It stores what it is given (the
+//! request cut to [`MAX_REQUEST_CHARS`]); it never decides outcomes and never
+//! rewrites fields: the TRiNG key can only be in upstream error text, which
+//! the caller passes through [`super::CommandError::without_key`] first.
+
+use std::borrow::Cow;
 
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::history::{Store, StoreError};
-use crate::secret::Secret;
 
 /// The longest request payload kept in a row (characters); longer payloads
 /// are cut (they were refused as too large anyway).
@@ -44,7 +47,7 @@ pub struct AuditEntry {
     pub received_at: DateTime<Utc>,
     /// The request topic (`cli/...` for the CLI).
     pub topic: String,
-    /// The payload as received (lossy UTF-8, cut at [`MAX_REQUEST_CHARS`]).
+    /// The payload as received (lossy UTF-8; stored cut at [`MAX_REQUEST_CHARS`]).
     pub request: String,
     /// `add`, `remove`, `clean`, `list`, `queues`, or the unknown action.
     pub action: String,
@@ -76,35 +79,11 @@ pub struct AuditRecord {
     pub entry: AuditEntry,
 }
 
-impl AuditEntry {
-    /// The entry with every text field passed through [`Secret::redact_in`]
-    /// for each secret, and the request cut to [`MAX_REQUEST_CHARS`].
-    pub fn redacted(mut self, secrets: &[Secret]) -> Self {
-        let scrub = |text: &mut String| {
-            for secret in secrets {
-                *text = secret.redact_in(text);
-            }
-        };
-        // Redact before cutting, so a cut cannot leave part of a secret.
-        scrub(&mut self.request);
-        if self.request.chars().count() > MAX_REQUEST_CHARS {
-            self.request = self.request.chars().take(MAX_REQUEST_CHARS).collect();
-        }
-        scrub(&mut self.topic);
-        scrub(&mut self.action);
-        for field in [
-            &mut self.queue,
-            &mut self.agent,
-            &mut self.extension,
-            &mut self.error,
-            &mut self.transaction,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            scrub(field);
-        }
-        self
+/// The request as stored: cut to [`MAX_REQUEST_CHARS`] characters.
+fn stored_request(request: &str) -> Cow<'_, str> {
+    match request.char_indices().nth(MAX_REQUEST_CHARS) {
+        Some((cut, _)) => Cow::Owned(request[..cut].to_owned()),
+        None => Cow::Borrowed(request),
     }
 }
 
@@ -122,15 +101,16 @@ const SELECT_COLUMNS: &str =
     "SELECT id, received_at, topic, request, action, queue, agent, extension, \
      outcome, error_code, error, upstream_latency_ms, \"transaction\" FROM command_audit";
 
-/// Inserts one entry (call [`AuditEntry::redacted`] first).
+/// Inserts one entry, the request cut to [`MAX_REQUEST_CHARS`].
 pub async fn record(store: &Store, entry: &AuditEntry) -> Result<(), StoreError> {
     let received_at = entry.received_at.timestamp_millis();
+    let request = stored_request(&entry.request);
     match store {
         Store::Sqlite(pool) => {
             sqlx::query(INSERT_SQLITE)
                 .bind(received_at)
                 .bind(&entry.topic)
-                .bind(&entry.request)
+                .bind(request.as_ref())
                 .bind(&entry.action)
                 .bind(&entry.queue)
                 .bind(&entry.agent)
@@ -148,7 +128,7 @@ pub async fn record(store: &Store, entry: &AuditEntry) -> Result<(), StoreError>
             sqlx::query(INSERT_POSTGRES)
                 .bind(received_at)
                 .bind(&entry.topic)
-                .bind(&entry.request)
+                .bind(request.as_ref())
                 .bind(&entry.action)
                 .bind(&entry.queue)
                 .bind(&entry.agent)
@@ -363,15 +343,27 @@ mod tests {
         check_round_trip(&store).await;
     }
 
-    #[test]
-    fn redaction_and_truncation() {
-        let secret = Secret::new("s3cr3t");
-        let mut raw = entry(Utc::now(), "\"s3cr3t\"", AuditOutcome::Error);
-        raw.request = format!("s3cr3t{}", "x".repeat(10_000));
-        raw.error = Some("key=s3cr3t".into());
-        let clean = raw.redacted(std::slice::from_ref(&secret));
-        let text = serde_json::to_string(&clean).unwrap();
-        assert!(!text.contains("s3cr3t"), "{text}");
-        assert!(clean.request.chars().count() <= MAX_REQUEST_CHARS + 10);
+    #[tokio::test]
+    async fn long_requests_are_cut_and_nothing_else_is_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+        let store = Store::open(&url).await.unwrap();
+        let at = Utc.timestamp_millis_opt(1_800_000_000_000).unwrap();
+        let mut long = entry(at, "\"1234\"", AuditOutcome::Ok);
+        long.request = format!("é{}", "x".repeat(10_000));
+        long.topic = "pbx2mqtt/request/queue/1234/add".into();
+        long.queue = Some("1234".into());
+        long.extension = Some("201234".into());
+        record(&store, &long).await.unwrap();
+        let stored = since(&store, at, 1).await.unwrap().remove(0).entry;
+        assert_eq!(stored.request.chars().count(), MAX_REQUEST_CHARS);
+        assert!(long.request.starts_with(&stored.request));
+        assert_eq!(
+            AuditEntry {
+                request: long.request.clone(),
+                ..stored
+            },
+            long
+        );
     }
 }

@@ -242,6 +242,7 @@ async fn run_request(config: &Config, topic: RequestTopic, payload: Vec<u8>) -> 
         }
         Err(error) => (Err(error.clone()), None),
     };
+    let outcome = outcome.map_err(|error| error.without_key(&config.tring_key()));
     let response = Response::new(&outcome, parsed.transaction.clone());
     println!("{}", serde_json::to_string_pretty(&response)?);
 
@@ -274,8 +275,7 @@ async fn run_request(config: &Config, topic: RequestTopic, payload: Vec<u8>) -> 
         error: error.map(|e| e.message.clone()),
         upstream_latency_ms: latency_ms,
         transaction: None,
-    }
-    .redacted(&config.secrets());
+    };
     // The audit row is best effort here: the operator has the answer already.
     match Store::open(&config.database.url).await {
         Ok(store) => {

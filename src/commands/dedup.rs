@@ -126,20 +126,32 @@ impl DedupCache {
     /// Forgets a key whatever its state (a failed command: a retry with the
     /// same transaction runs again).
     pub fn forget(&mut self, key: &DedupKey) {
-        self.entries.remove(key);
+        self.remove(key);
     }
 
     /// Forgets an in-flight key whose command never completed (its task
     /// failed); returns how many duplicates were waiting for it.
     pub fn abandon(&mut self, key: &DedupKey) -> usize {
         match self.entries.get(key) {
-            Some(entry) if entry.response.is_none() => {
-                let waiting = entry.waiting;
-                self.entries.remove(key);
-                waiting
-            }
+            Some(entry) if entry.response.is_none() => self.remove(key).map_or(0, |e| e.waiting),
             _ => 0,
         }
+    }
+
+    /// Removes a key and its place in `order` (so `order` never holds more
+    /// than `entries`); returns the entry.
+    fn remove(&mut self, key: &DedupKey) -> Option<Entry> {
+        let entry = self.entries.remove(key)?;
+        // A linear search, but only on the rare forget/abandon path and
+        // over at most `capacity` items; usually the key is among the newest.
+        if let Some(index) = self
+            .order
+            .iter()
+            .rposition(|(first_seen, queued)| *first_seen == entry.first_seen && queued == key)
+        {
+            self.order.remove(index);
+        }
+        Some(entry)
     }
 
     /// Forgets keys first seen a full window before `now`.
@@ -234,9 +246,46 @@ mod tests {
         cache.complete(&key("x"), b"error".to_vec());
         cache.forget(&key("x"));
         assert_eq!(cache.check(&key("x"), now), Seen::New);
+        assert_eq!(cache.order.len(), cache.len());
         let mut disabled = DedupCache::new(Duration::ZERO, 10);
         assert_eq!(disabled.check(&key("x"), now), Seen::New);
         assert_eq!(disabled.check(&key("x"), now), Seen::New);
         assert!(disabled.is_empty());
+    }
+
+    #[test]
+    fn forgotten_keys_leave_no_trace_in_the_order() {
+        // Failed commands are forgotten (and abandoned ones too): thousands of
+        // them within one window must not grow the eviction order.
+        let start = Instant::now();
+        let mut cache = DedupCache::new(Duration::from_secs(600), 8);
+        for i in 0..10_000u64 {
+            let now = start + Duration::from_millis(i);
+            let failed = key(&format!("failed-{i}"));
+            assert_eq!(cache.check(&failed, now), Seen::New);
+            if i % 2 == 0 {
+                cache.complete(&failed, b"error".to_vec());
+                cache.forget(&failed);
+            } else {
+                cache.abandon(&failed);
+            }
+            if i % 100 == 0 {
+                let kept = key(&format!("ok-{i}"));
+                cache.check(&kept, now);
+                cache.complete(&kept, b"ok".to_vec());
+            }
+            assert!(
+                cache.order.len() <= 8,
+                "order grew to {}",
+                cache.order.len()
+            );
+        }
+        assert_eq!(cache.order.len(), cache.len());
+        // The successes are still remembered.
+        let later = start + Duration::from_secs(11);
+        assert_eq!(
+            cache.check(&key("ok-9900"), later),
+            Seen::Answered(b"ok".to_vec())
+        );
     }
 }

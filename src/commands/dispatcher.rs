@@ -4,21 +4,28 @@
 //! against TRiNG, publishes each response, writes the audit row and counts
 //! the outcome.
 //!
-//! It owns its state (the dedup memory, the retained topics it cleared) in
-//! one task loop; each command runs in its own task so a slow TRiNG call
-//! never blocks the others, and nothing here runs inside the MQTT event loop.
-//! It does not talk to the broker: it receives [`Incoming`] and sends
-//! [`Outgoing`] on channels.
+//! It owns its state (the dedup memory, the retained topics it cleared, the
+//! commands waiting for a slot) in one task loop that never waits for TRiNG:
+//! it reads every request as it comes, parses, validates and deduplicates it
+//! at once (pure and fast), and answers a refusal at once. Only the TRiNG
+//! calls are bounded: each runs in its own task, at most
+//! `commands.concurrency` at a time, the others wait in a bounded backlog;
+//! a request that finds the backlog full is answered `busy`. Nothing here
+//! runs inside the MQTT event loop. It does not talk to the broker: it
+//! receives [`Incoming`] and sends [`Outgoing`] on channels.
 //!
 //! Retained requests are answered `retained_request`, not executed, and
 //! cleared by publishing an empty retained message to the request topic. The
 //! empty message that comes back (retained or not) is ignored once; any other
 //! empty retained message is ignored too.
 //!
-//! On shutdown it stops taking requests, finishes the commands in flight
-//! (publishing their responses), then returns.
+//! On shutdown it closes the request channel (nothing more enters it), then
+//! answers every request already in it (valid ones are executed, with the same
+//! bound), finishes the commands in flight and waiting, and returns. The MQTT
+//! connection already acknowledged those requests to the broker, so dropping
+//! them would leave their requesters without an answer.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,13 +39,14 @@ use tracing::Instrument;
 use super::audit::{self, AuditEntry, AuditOutcome};
 use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
 use super::parse::{parse_request, CommandRules, ParsedRequest};
-use super::{execute, CommandError, Response};
+use super::{execute, Command, CommandError, Response};
 use crate::config::Config;
 use crate::history::Store;
 use crate::metrics::Metrics;
 use crate::mqtt::topics::{RequestTopic, Topics};
 use crate::mqtt::{Incoming, Outgoing};
 use crate::secret::Secret;
+use crate::text::shorten;
 use crate::tring::TringClient;
 
 /// How long the empty message echoing our own clear of a retained request
@@ -48,17 +56,32 @@ const CLEAR_ECHO_WINDOW: Duration = Duration::from_secs(60);
 /// The longest topic segment kept in the audit table.
 const MAX_SEGMENT_CHARS: usize = 64;
 
+/// Valid requests that may wait for an execution slot, per slot
+/// (`commands.concurrency`). A command holds its slot for one or two TRiNG
+/// requests (`add` and `remove` list first), each bounded by `tring.timeout`,
+/// so with four waiting per slot the last one starts within about four such
+/// rounds. A requester kept waiting longer has most likely given up or will
+/// retry; it is better told `busy` at once. This also bounds the memory
+/// waiting requests hold.
+pub const BACKLOG_PER_SLOT: usize = 4;
+
+/// Refusals being audited and answered at once. Each is one audit insert
+/// (no TRiNG call); beyond this the loop waits for one to finish, so a flood
+/// of bad requests cannot pile up tasks behind a slow database.
+const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+
 /// What every command task shares.
 struct Context {
     /// The TRiNG client.
     client: TringClient,
     /// The audit table's database.
     store: Store,
-    /// Every configured secret, redacted from audit rows and responses.
-    secrets: Vec<Secret>,
+    /// The TRiNG key, the only secret TRiNG's answers can carry: redacted
+    /// from upstream error messages ([`CommandError::without_key`]).
+    tring_key: Secret,
 }
 
-/// One request, parsed, handed to a command task.
+/// One request, parsed.
 struct Job {
     /// When it was received.
     received_at: DateTime<Utc>,
@@ -72,6 +95,18 @@ struct Job {
     payload: Vec<u8>,
     /// The parse result.
     parsed: ParsedRequest,
+}
+
+/// A valid request waiting for an execution slot.
+struct Waiting {
+    /// The request.
+    job: Job,
+    /// Its validated command.
+    command: Command,
+    /// Its dedup key, when it has a transaction.
+    dedup_key: Option<DedupKey>,
+    /// Its `command` span.
+    span: tracing::Span,
 }
 
 /// What a command task hands back to the loop.
@@ -95,71 +130,96 @@ pub struct Dispatcher {
     metrics: Arc<Metrics>,
     /// At most this many command tasks at once (`commands.concurrency`).
     concurrency: usize,
+    /// At most this many valid requests wait for a slot
+    /// ([`BACKLOG_PER_SLOT`] × `concurrency`); beyond, `busy`.
+    max_backlog: usize,
     /// Recently seen transactions.
     dedup: DedupCache,
     /// Request topics whose retained message we cleared, and when.
     cleared: HashMap<String, Instant>,
-    /// The dedup key of each running task.
+    /// The running command tasks (TRiNG calls), at most `concurrency`.
+    commands: JoinSet<Finished>,
+    /// The dedup key of each running command task.
     running: HashMap<tokio::task::Id, Option<DedupKey>>,
+    /// Valid requests waiting for a slot, oldest first. Not empty only while
+    /// every slot is taken.
+    backlog: VecDeque<Waiting>,
+    /// Refusals being audited and answered, at most
+    /// [`MAX_REFUSALS_IN_PROGRESS`].
+    refusals: JoinSet<()>,
 }
 
 impl Dispatcher {
     /// A dispatcher for `config`'s rules, calling `client` and auditing to
     /// `store`.
     pub fn new(config: &Config, client: TringClient, store: Store, metrics: Arc<Metrics>) -> Self {
+        let concurrency = config.commands.concurrency.max(1);
         Self {
             topics: Topics::new(config.mqtt.base_topic.clone()),
             rules: CommandRules::from_config(config),
             context: Arc::new(Context {
                 client,
                 store,
-                secrets: config.secrets(),
+                tring_key: config.tring_key(),
             }),
             metrics,
-            concurrency: config.commands.concurrency.max(1),
+            concurrency,
+            max_backlog: BACKLOG_PER_SLOT * concurrency,
             dedup: DedupCache::new(config.commands.dedup_window, DEFAULT_CAPACITY),
             cleared: HashMap::new(),
+            commands: JoinSet::new(),
             running: HashMap::new(),
+            backlog: VecDeque::new(),
+            refusals: JoinSet::new(),
         }
     }
 
-    /// Serves requests until `shutdown` is cancelled or `requests` closes,
-    /// then finishes the commands in flight and returns.
+    /// Serves requests until `requests` closes. When `shutdown` is
+    /// cancelled it closes `requests` itself, answers what is still in it,
+    /// finishes every accepted command and returns.
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Incoming>,
         responses: mpsc::Sender<Outgoing>,
         shutdown: CancellationToken,
     ) {
-        let mut tasks: JoinSet<Finished> = JoinSet::new();
+        let mut stopping = false;
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => break,
-                Some(joined) = tasks.join_next_with_id(), if !tasks.is_empty() => {
+                () = shutdown.cancelled(), if !stopping => {
+                    // Nothing more can be sent; what is buffered is still read.
+                    requests.close();
+                    stopping = true;
+                    tracing::debug!(
+                        buffered = requests.len(),
+                        in_flight = self.commands.len(),
+                        waiting = self.backlog.len(),
+                        "command dispatcher stopping: answering the requests already received"
+                    );
+                }
+                Some(joined) = self.commands.join_next_with_id() => {
                     self.finish(joined, &responses).await;
                 }
-                incoming = requests.recv(), if tasks.len() < self.concurrency => match incoming {
-                    Some(incoming) => self.accept(incoming, &mut tasks, &responses).await,
+                Some(joined) = self.refusals.join_next() => refusal_done(joined),
+                incoming = requests.recv() => match incoming {
+                    Some(incoming) => self.accept(incoming, &responses).await,
                     None => break,
                 },
             }
         }
-        tracing::debug!(in_flight = tasks.len(), "command dispatcher stopping");
-        while let Some(joined) = tasks.join_next_with_id().await {
+        while let Some(joined) = self.commands.join_next_with_id().await {
             self.finish(joined, &responses).await;
+        }
+        while let Some(joined) = self.refusals.join_next().await {
+            refusal_done(joined);
         }
         tracing::debug!("command dispatcher stopped");
     }
 
-    /// Handles one incoming message: ignore, answer from memory, or start a
-    /// command task.
-    async fn accept(
-        &mut self,
-        incoming: Incoming,
-        tasks: &mut JoinSet<Finished>,
-        responses: &mpsc::Sender<Outgoing>,
-    ) {
+    /// Handles one incoming message: ignore it, answer it from memory,
+    /// refuse it, or run it (now or when a slot frees up).
+    async fn accept(&mut self, incoming: Incoming, responses: &mpsc::Sender<Outgoing>) {
         let now = Instant::now();
         self.cleared
             .retain(|_, at| now.saturating_duration_since(*at) < CLEAR_ECHO_WINDOW);
@@ -222,6 +282,7 @@ impl Dispatcher {
             topic = %incoming.topic,
             transaction = parsed.transaction.as_ref().map(|t| t.json_text()).unwrap_or_default(),
         );
+        let command = parsed.outcome.clone();
         let job = Job {
             received_at: Utc::now(),
             topic: incoming.topic,
@@ -230,17 +291,82 @@ impl Dispatcher {
             payload: incoming.payload,
             parsed,
         };
-        let handle = tasks.spawn(run_job(self.context.clone(), job).instrument(span));
+        let waiting = match command {
+            Err(error) => return self.refuse(job, error, span, responses).await,
+            Ok(command) => Waiting {
+                job,
+                command,
+                dedup_key,
+                span,
+            },
+        };
+        if self.commands.len() < self.concurrency {
+            self.start(waiting);
+        } else if self.backlog.len() < self.max_backlog {
+            self.backlog.push_back(waiting);
+        } else {
+            if let Some(key) = &waiting.dedup_key {
+                // Nothing ran: a retry with this transaction must run.
+                self.dedup.forget(key);
+            }
+            tracing::warn!(parent: &waiting.span, waiting = self.backlog.len(),
+                "too many commands in progress; answering busy");
+            self.refuse(waiting.job, CommandError::busy(), waiting.span, responses)
+                .await;
+        }
+    }
+
+    /// Starts a command task for a valid request.
+    fn start(&mut self, waiting: Waiting) {
+        let Waiting {
+            job,
+            command,
+            dedup_key,
+            span,
+        } = waiting;
+        let handle = self
+            .commands
+            .spawn(run_command(self.context.clone(), job, command).instrument(span));
         self.running.insert(handle.id(), dedup_key);
     }
 
+    /// Answers a request that is not executed (invalid, or `busy`): the
+    /// audit row and the response, in a task of their own so the loop does
+    /// not wait for the database.
+    async fn refuse(
+        &mut self,
+        job: Job,
+        error: CommandError,
+        span: tracing::Span,
+        responses: &mpsc::Sender<Outgoing>,
+    ) {
+        Metrics::inc(&self.metrics.commands_failed);
+        while self.refusals.len() >= MAX_REFUSALS_IN_PROGRESS {
+            if let Some(joined) = self.refusals.join_next().await {
+                refusal_done(joined);
+            }
+        }
+        let context = self.context.clone();
+        let responses = responses.clone();
+        self.refusals.spawn(
+            async move {
+                let answer = conclude(&context, &job, Err(error), None).await;
+                send(&responses, answer).await;
+            }
+            .instrument(span),
+        );
+    }
+
     /// Publishes a finished command's response (and again for duplicates
-    /// that waited for it) and counts it.
+    /// that waited for it), counts it, and starts the next waiting command.
     async fn finish(
         &mut self,
         joined: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
         responses: &mpsc::Sender<Outgoing>,
     ) {
+        if let Some(waiting) = self.backlog.pop_front() {
+            self.start(waiting);
+        }
         match joined {
             Ok((id, finished)) => {
                 Metrics::inc(if finished.ok {
@@ -278,6 +404,13 @@ impl Dispatcher {
     }
 }
 
+/// Logs a refusal task that panicked (its requester gets no answer).
+fn refusal_done(joined: Result<(), tokio::task::JoinError>) {
+    if let Err(error) = joined {
+        tracing::error!(%error, "a refusal task failed");
+    }
+}
+
 /// Hands a message to the MQTT connection task.
 async fn send(responses: &mpsc::Sender<Outgoing>, message: Outgoing) {
     if responses.send(message).await.is_err() {
@@ -295,20 +428,31 @@ fn response(topic: String, payload: Vec<u8>) -> Outgoing {
     }
 }
 
-/// Runs one command (or answers its refusal), writes its audit row and
-/// returns its response.
-async fn run_job(context: Arc<Context>, job: Job) -> Finished {
-    let (outcome, latency) = match &job.parsed.outcome {
-        Ok(command) => {
-            let execution = execute(&context.client, command).await;
-            (execution.outcome, Some(execution.upstream_latency))
-        }
-        Err(error) => (Err(error.clone()), None),
-    };
-    let outcome = outcome.map_err(|error| CommandError {
-        message: redact(&context.secrets, &error.message),
-        ..error
-    });
+/// Runs one valid command against TRiNG, writes its audit row and returns
+/// its response.
+async fn run_command(context: Arc<Context>, job: Job, command: Command) -> Finished {
+    let execution = execute(&context.client, &command).await;
+    let ok = execution.outcome.is_ok();
+    let response = conclude(
+        &context,
+        &job,
+        execution.outcome,
+        Some(execution.upstream_latency),
+    )
+    .await;
+    Finished { response, ok }
+}
+
+/// The end of every request that was not ignored or answered from memory:
+/// the key redacted from an upstream error, the outcome logged, the audit row
+/// written, the response built.
+async fn conclude(
+    context: &Context,
+    job: &Job,
+    outcome: Result<super::CommandData, CommandError>,
+    latency: Option<Duration>,
+) -> Outgoing {
+    let outcome = outcome.map_err(|error| error.without_key(&context.tring_key));
     let latency_ms = latency.map(|latency| i64::try_from(latency.as_millis()).unwrap_or(i64::MAX));
     match &outcome {
         Ok(_) => tracing::info!(latency_ms, "command ok"),
@@ -316,16 +460,12 @@ async fn run_job(context: Arc<Context>, job: Job) -> Finished {
             tracing::warn!(code = %error.code, error = %error.message, latency_ms, "command failed")
         }
     }
-    let transaction = job.parsed.transaction.clone();
-    let payload = Response::new(&outcome, transaction.clone()).to_json();
-    let entry = audit_entry(&job, &outcome, latency_ms).redacted(&context.secrets);
+    let payload = Response::new(&outcome, job.parsed.transaction.clone()).to_json();
+    let entry = audit_entry(job, &outcome, latency_ms);
     if let Err(error) = audit::record(&context.store, &entry).await {
         tracing::error!(%error, "cannot write the command audit row");
     }
-    Finished {
-        response: response(job.response_topic, payload),
-        ok: outcome.is_ok(),
-    }
+    response(job.response_topic.clone(), payload)
 }
 
 /// The audit row of one command.
@@ -341,7 +481,10 @@ fn audit_entry(
             command.queue().map(str::to_owned),
         ),
         None => match &job.request_topic {
-            RequestTopic::Queue { queue, action } => (shorten(action), Some(shorten(queue))),
+            RequestTopic::Queue { queue, action } => (
+                shorten(action, MAX_SEGMENT_CHARS),
+                Some(shorten(queue, MAX_SEGMENT_CHARS)),
+            ),
             RequestTopic::AgentQueues { .. } => ("queues".to_owned(), None),
         },
     };
@@ -367,14 +510,4 @@ fn audit_entry(
         upstream_latency_ms,
         transaction: job.parsed.transaction.as_ref().map(|t| t.json_text()),
     }
-}
-
-fn shorten(segment: &str) -> String {
-    segment.chars().take(MAX_SEGMENT_CHARS).collect()
-}
-
-fn redact(secrets: &[Secret], text: &str) -> String {
-    secrets
-        .iter()
-        .fold(text.to_owned(), |text, secret| secret.redact_in(&text))
 }

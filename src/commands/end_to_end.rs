@@ -35,38 +35,81 @@ struct Harness {
     metrics: Arc<Metrics>,
     requests: mpsc::Sender<Incoming>,
     responses: mpsc::Receiver<Outgoing>,
+    /// The dispatcher's shutdown.
     shutdown: CancellationToken,
-    dispatcher: JoinHandle<()>,
+    /// The simulator's shutdown (separate: the dispatcher's shutdown must
+    /// not take TRiNG away from the commands it still runs).
+    simulator_stop: CancellationToken,
+    /// The dispatcher and its channel ends, until [`Harness::spawn`].
+    idle: Option<(Dispatcher, mpsc::Receiver<Incoming>, mpsc::Sender<Outgoing>)>,
+    /// The running dispatcher.
+    dispatcher: Option<JoinHandle<()>>,
     /// Every message the dispatcher published, in order.
     published: Vec<Outgoing>,
     _dir: tempfile::TempDir,
 }
 
+/// What a harness is built from.
+struct Setup<'a> {
+    /// TOML lines for `[commands]`.
+    commands_toml: &'a str,
+    /// `tring.timeout`.
+    tring_timeout: &'a str,
+    /// The TRiNG key (the simulator's and the bridge's).
+    key: &'a str,
+    /// The Belfabriek PIN, when configured.
+    pin: Option<&'a str>,
+}
+
 impl Harness {
     /// Starts with the agents `alice` (201) and `bob` (no extension), and
-    /// `extra` TOML appended (which may override `[commands]`/`[tring]`).
+    /// `commands_toml` in `[commands]`, the key [`KEY`].
     async fn start(commands_toml: &str, tring_timeout: &str) -> Self {
-        let shutdown = CancellationToken::new();
+        let mut harness = Self::prepare(Setup {
+            commands_toml,
+            tring_timeout,
+            key: KEY,
+            pin: None,
+        })
+        .await;
+        harness.spawn();
+        harness
+    }
+
+    /// Builds everything but does not run the dispatcher yet.
+    async fn prepare(setup: Setup<'_>) -> Self {
+        let Setup {
+            commands_toml,
+            tring_timeout,
+            key,
+            pin,
+        } = setup;
+        let simulator_stop = CancellationToken::new();
         let simulator = Simulator::start(
             SimulatorConfig {
                 listen: "127.0.0.1:0".parse().unwrap(),
                 agents: 4,
-                tring_key: KEY.into(),
+                tring_key: key.into(),
                 tenant: "SIM".into(),
                 auto: false,
                 ..SimulatorConfig::default()
             },
-            shutdown.child_token(),
+            simulator_stop.clone(),
         )
         .await
         .unwrap();
         let dir = tempfile::tempdir().unwrap();
         let database = format!("sqlite://{}", dir.path().join("bridge.db").display());
+        let belfabriek = match pin {
+            Some(pin) => format!("[belfabriek]\naccount_pin = {pin:?}"),
+            None => String::new(),
+        };
         let config = Config::from_toml_str(&format!(
             r#"
+            {belfabriek}
             [tring]
             url = "{url}"
-            key = {KEY:?}
+            key = {key:?}
             tenant = "SIM"
             timeout = "{tring_timeout}"
             [database]
@@ -90,18 +133,30 @@ impl Harness {
         let (requests, request_rx) = mpsc::channel(16);
         let (response_tx, responses) = mpsc::channel(64);
         let dispatcher = Dispatcher::new(&config, client, store.clone(), metrics.clone());
-        let dispatcher = tokio::spawn(dispatcher.run(request_rx, response_tx, shutdown.clone()));
         Self {
             simulator,
             store,
             metrics,
             requests,
             responses,
-            shutdown,
-            dispatcher,
+            shutdown: CancellationToken::new(),
+            simulator_stop,
+            idle: Some((dispatcher, request_rx, response_tx)),
+            dispatcher: None,
             published: Vec::new(),
             _dir: dir,
         }
+    }
+
+    /// Runs the dispatcher.
+    fn spawn(&mut self) {
+        let (dispatcher, request_rx, response_tx) =
+            self.idle.take().expect("the dispatcher runs already");
+        self.dispatcher = Some(tokio::spawn(dispatcher.run(
+            request_rx,
+            response_tx,
+            self.shutdown.clone(),
+        )));
     }
 
     /// Sends a request on `pbx2mqtt/request/<suffix>`.
@@ -124,6 +179,23 @@ impl Harness {
             .expect("the dispatcher closed its channel");
         self.published.push(message.clone());
         message
+    }
+
+    /// The next published message's JSON payload, whatever its topic.
+    async fn next_json(&mut self) -> Value {
+        let message = self.next().await;
+        serde_json::from_slice(&message.payload).unwrap()
+    }
+
+    /// The commands counted so far: (ok, failed).
+    fn counted(&self) -> (u64, u64) {
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        (
+            load(&self.metrics.commands_ok),
+            load(&self.metrics.commands_failed),
+        )
     }
 
     /// The next message, which must be a response on `response/<suffix>`
@@ -150,12 +222,14 @@ impl Harness {
     }
 
     /// Stops the dispatcher (waiting for it) and the simulator.
-    async fn stop(self) -> Vec<Outgoing> {
+    async fn stop(mut self) -> Vec<Outgoing> {
         self.shutdown.cancel();
-        tokio::time::timeout(WAIT, self.dispatcher)
+        let dispatcher = self.dispatcher.take().expect("the dispatcher runs");
+        tokio::time::timeout(WAIT, dispatcher)
             .await
             .expect("the dispatcher did not stop")
             .unwrap();
+        self.simulator_stop.cancel();
         self.published
     }
 }
@@ -286,12 +360,7 @@ async fn each_action_end_to_end() {
         ),
         ("add", Some("alice"), Some("201"))
     );
-    assert_eq!(
-        h.metrics
-            .commands_ok
-            .load(std::sync::atomic::Ordering::Relaxed),
-        10
-    );
+    assert_eq!(h.counted().0, 10);
     h.stop().await;
 }
 
@@ -403,12 +472,7 @@ async fn rejections_never_reach_upstream() {
         assert_eq!(row.entry.error_code.as_deref(), Some(*code));
         assert_eq!(row.entry.upstream_latency_ms, None);
     }
-    assert_eq!(
-        h.metrics
-            .commands_failed
-            .load(std::sync::atomic::Ordering::Relaxed),
-        cases.len() as u64
-    );
+    assert_eq!(h.counted().1, cases.len() as u64);
     h.stop().await;
 }
 
@@ -621,18 +685,186 @@ async fn shutdown_finishes_commands_in_flight() {
     assert_eq!(response["transaction"], "in-flight");
     assert_eq!(response["status"], "ok");
     // After shutdown no new request is taken.
-    let _ = h
-        .requests
-        .send(Incoming {
-            topic: "pbx2mqtt/request/queue/500/list".into(),
-            payload: Vec::new(),
-            retain: false,
-        })
-        .await;
+    assert!(h.requests.is_closed(), "the request channel is still open");
     let requests_before = h.simulator.counts().tring;
     let published = h.stop().await;
     assert_eq!(published.len(), 1);
     assert_eq!(requests_before, 1);
+}
+
+#[tokio::test]
+async fn invalid_requests_are_answered_at_once_and_a_full_backlog_is_busy() {
+    let mut h = Harness::start("concurrency = 1\nallowed_queues = [500]", "10s").await;
+    assert_eq!(super::dispatcher::BACKLOG_PER_SLOT, 4, "the counts below");
+    // The first TRiNG request is slow and holds the only slot; four more
+    // valid requests fill the backlog (4 × concurrency).
+    h.simulator
+        .inject(Fault::always(Api::Tring, FaultKind::Latency(Duration::from_secs(3))).times(1));
+    for i in 0..5 {
+        let payload = format!(r#"{{"transaction":"v{i}"}}"#);
+        h.send("queue/500/list", &payload, false).await;
+    }
+    h.send("queue/500/list", r#"{"transaction":"over"}"#, false)
+        .await;
+    h.send("queue/600/list", r#"{"transaction":"bad"}"#, false)
+        .await;
+    // Both are answered before any of the waiting valid ones.
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        let json = h.next_json().await;
+        refused.push((json["transaction"].clone(), json["code"].clone()));
+    }
+    refused.sort_by_key(|(transaction, _)| transaction.to_string());
+    assert_eq!(
+        refused,
+        [
+            (json!("bad"), json!("queue_not_allowed")),
+            (json!("over"), json!("busy")),
+        ]
+    );
+    // Then the valid ones, in order.
+    for i in 0..5 {
+        let response = h.response("queue/500/list").await;
+        assert_eq!(response["status"], "ok", "{response}");
+        assert_eq!(response["transaction"], format!("v{i}"));
+    }
+    assert_eq!(h.simulator.counts().tring, 5, "busy must not reach TRiNG");
+    // `busy` is not remembered: a retry with the same transaction runs.
+    let retry = h
+        .request("queue/500/list", r#"{"transaction":"over"}"#)
+        .await;
+    assert_eq!(retry["status"], "ok", "{retry}");
+
+    let rows = h.audit().await;
+    assert_eq!(rows.len(), 8);
+    let busy: Vec<_> = rows
+        .iter()
+        .filter(|row| row.entry.error_code.as_deref() == Some("busy"))
+        .collect();
+    assert_eq!(busy.len(), 1);
+    assert_eq!(busy[0].entry.upstream_latency_ms, None);
+    assert_eq!(busy[0].entry.transaction.as_deref(), Some("\"over\""));
+    assert_eq!(h.counted().1, 2);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_every_request_already_received() {
+    let mut h = Harness::prepare(Setup {
+        commands_toml: "concurrency = 2",
+        tring_timeout: "10s",
+        key: KEY,
+        pin: None,
+    })
+    .await;
+    h.simulator.set_queue_members("500", ["202"]);
+    // Requests the MQTT connection handed over (and acknowledged to the
+    // broker) just before the shutdown began.
+    for i in 0..6 {
+        h.send(
+            "queue/500/list",
+            &format!(r#"{{"transaction":{i}}}"#),
+            false,
+        )
+        .await;
+    }
+    h.send(
+        "queue/500/add",
+        r#"{"extension":"201","transaction":"add"}"#,
+        false,
+    )
+    .await;
+    h.send(
+        "queue/500/add",
+        r#"{"extension":"../","transaction":"bad"}"#,
+        false,
+    )
+    .await;
+    h.shutdown.cancel();
+    h.spawn();
+    let mut answers = Vec::new();
+    for _ in 0..8 {
+        let json = h.next_json().await;
+        answers.push((json["transaction"].to_string(), json["status"].to_string()));
+    }
+    answers.sort();
+    let mut expected: Vec<(String, String)> = (0..6)
+        .map(|i| (i.to_string(), "\"ok\"".to_owned()))
+        .chain([
+            ("\"add\"".to_owned(), "\"ok\"".to_owned()),
+            ("\"bad\"".to_owned(), "\"error\"".to_owned()),
+        ])
+        .collect();
+    expected.sort();
+    assert_eq!(answers, expected);
+    assert_eq!(h.simulator.queue_members("500"), ["202", "201"]);
+    // Nothing more is taken after the shutdown.
+    assert!(h.requests.is_closed(), "the request channel is still open");
+    assert_eq!(h.audit().await.len(), 8);
+    let published = h.stop().await;
+    assert_eq!(published.len(), 8);
+}
+
+#[tokio::test]
+async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
+    // The PIN never goes to TRiNG; the key does, and may come back in its
+    // text, but only there.
+    let mut h = Harness::prepare(Setup {
+        commands_toml: "",
+        tring_timeout: "10s",
+        key: "5678",
+        pin: Some("1234"),
+    })
+    .await;
+    h.spawn();
+    let add_pin_like = r#"{"extension":"201234","transaction":"t1234"}"#;
+    let response = h.request("queue/1234/add", add_pin_like).await;
+    assert_eq!(
+        response,
+        ok(
+            json!({"queue":"1234","extension":"201234","custom":false,"already_member":false}),
+            json!("t1234")
+        )
+    );
+    let add_key_like = r#"{"extension":"205678","transaction":5678}"#;
+    let response = h.request("queue/5678/add", add_key_like).await;
+    assert_eq!(response["data"]["extension"], "205678", "{response}");
+    assert_eq!(response["data"]["queue"], "5678", "{response}");
+    let response = h.request("queue/5678/list", "").await;
+    assert_eq!(response["data"]["members"], json!(["205678"]), "{response}");
+
+    // TRiNG quoting the key: that text loses it.
+    h.simulator.inject(
+        Fault::always(
+            Api::Tring,
+            FaultKind::PlainTextError("ERROR: key 5678 not valid".into()),
+        )
+        .times(1),
+    );
+    let response = h.request("queue/1234/list", "").await;
+    assert_eq!(response["code"], "upstream_rejected", "{response}");
+    let error = response["error"].as_str().unwrap();
+    assert!(
+        !error.contains("5678") && error.contains("[redacted]"),
+        "{error}"
+    );
+
+    let rows = h.audit().await;
+    let entries: Vec<_> = rows.iter().rev().map(|row| &row.entry).collect();
+    assert_eq!(entries.len(), 4);
+    assert_eq!(entries[0].topic, "pbx2mqtt/request/queue/1234/add");
+    assert_eq!(entries[0].queue.as_deref(), Some("1234"));
+    assert_eq!(entries[0].extension.as_deref(), Some("201234"));
+    assert_eq!(entries[0].request, add_pin_like);
+    assert_eq!(entries[0].transaction.as_deref(), Some("\"t1234\""));
+    assert_eq!(entries[1].topic, "pbx2mqtt/request/queue/5678/add");
+    assert_eq!(entries[1].queue.as_deref(), Some("5678"));
+    assert_eq!(entries[1].extension.as_deref(), Some("205678"));
+    assert_eq!(entries[1].request, add_key_like);
+    assert_eq!(entries[1].transaction.as_deref(), Some("5678"));
+    let audited_error = entries[3].error.as_deref().unwrap();
+    assert!(!audited_error.contains("5678"), "{audited_error}");
+    h.stop().await;
 }
 
 /// A `MakeWriter` appending to a shared buffer.

@@ -33,8 +33,16 @@
 //! | `payload_too_large` | the payload is larger than `commands.max_payload_bytes` |
 //! | `retained_request` | the request was published retained (it is cleared, not executed) |
 //! | `upstream_rejected` | TRiNG answered with an error text |
-//! | `upstream_error` | TRiNG answered an HTTP error, could not be reached, or sent something unexpected |
+//! | `upstream_error` | TRiNG answered an HTTP error or a redirect (never followed), could not be reached, or sent something unexpected |
 //! | `upstream_timeout` | TRiNG did not answer within `tring.timeout` |
+//! | `busy` | too many commands are waiting for TRiNG already; nothing was sent, retry later |
+//!
+//! Redaction: only the TRiNG key can reach TRiNG, so only the key can come
+//! back in TRiNG's text, and only in text derived from TRiNG's answers (error
+//! bodies, URLs, transport errors). [`CommandError::without_key`] is the one
+//! pass that removes it, from upstream errors only; fields validated as
+//! plain numbers, the topic and the request are never rewritten (a short
+//! numeric secret would otherwise corrupt extension `201234` or queue `1234`).
 
 pub mod audit;
 pub mod cli;
@@ -51,6 +59,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::model::AgentId;
+use crate::secret::Secret;
 use crate::tring::{TringClient, TringError};
 
 pub use dispatcher::Dispatcher;
@@ -88,11 +97,13 @@ pub enum ErrorCode {
     UpstreamError,
     /// TRiNG did not answer in time.
     UpstreamTimeout,
+    /// Too many commands are waiting already; nothing was sent.
+    Busy,
 }
 
 impl ErrorCode {
     /// Every code, for documentation and tests.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidJson,
         ErrorCode::InvalidRequest,
         ErrorCode::UnknownAction,
@@ -107,6 +118,7 @@ impl ErrorCode {
         ErrorCode::UpstreamRejected,
         ErrorCode::UpstreamError,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::Busy,
     ];
 
     /// The wire name, e.g. `invalid_queue`.
@@ -126,7 +138,16 @@ impl ErrorCode {
             ErrorCode::UpstreamRejected => "upstream_rejected",
             ErrorCode::UpstreamError => "upstream_error",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::Busy => "busy",
         }
+    }
+
+    /// True for the codes whose message quotes TRiNG's answers.
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            ErrorCode::UpstreamRejected | ErrorCode::UpstreamError | ErrorCode::UpstreamTimeout
+        )
     }
 }
 
@@ -155,6 +176,31 @@ impl CommandError {
             message: message.into(),
         }
     }
+
+    /// The `busy` refusal: too many commands wait for TRiNG already.
+    pub fn busy() -> Self {
+        Self::new(
+            ErrorCode::Busy,
+            "too many commands in progress; retry later",
+        )
+    }
+
+    /// The error with the TRiNG key redacted from its message when the
+    /// message quotes TRiNG ([`ErrorCode::is_upstream`]); other messages
+    /// quote only the request and are returned unchanged. The one redaction
+    /// pass of this module (see the module doc), applied before an error is
+    /// answered, logged or audited; the client redacts its texts already, this
+    /// is the second line.
+    pub fn without_key(self, key: &Secret) -> Self {
+        if self.code.is_upstream() {
+            Self {
+                message: key.redact_in(&self.message),
+                ..self
+            }
+        } else {
+            self
+        }
+    }
 }
 
 impl From<TringError> for CommandError {
@@ -166,6 +212,7 @@ impl From<TringError> for CommandError {
             TringError::InvalidInput { .. } => ErrorCode::InvalidExtension,
             TringError::Config(_)
             | TringError::Http { .. }
+            | TringError::Redirect { .. }
             | TringError::Connect(_)
             | TringError::Malformed(_) => ErrorCode::UpstreamError,
         };
@@ -526,6 +573,39 @@ mod tests {
             Some(json!(12345678901234u64)),
             json!({"status":"error","error":"bad queue","code":"invalid_queue",
                    "transaction":12345678901234u64}),
+        );
+    }
+
+    #[test]
+    fn only_upstream_messages_lose_the_key() {
+        // A short numeric key, as some tenants have.
+        let key = Secret::new("1234");
+        let check = |code: ErrorCode, message: &str, expected: &str| {
+            assert_eq!(
+                CommandError::new(code, message).without_key(&key).message,
+                expected,
+                "{code}"
+            );
+        };
+        check(
+            ErrorCode::UpstreamRejected,
+            "tring rejected the request: bad key 1234",
+            "tring rejected the request: bad key [redacted]",
+        );
+        check(
+            ErrorCode::UpstreamError,
+            "tring answered HTTP 500: key=1234",
+            "tring answered HTTP 500: key=[redacted]",
+        );
+        check(
+            ErrorCode::InvalidExtension,
+            "extension \"201234x\" is not a plain number",
+            "extension \"201234x\" is not a plain number",
+        );
+        check(
+            ErrorCode::QueueNotAllowed,
+            "queue 1234 is not in commands.allowed_queues",
+            "queue 1234 is not in commands.allowed_queues",
         );
     }
 

@@ -12,7 +12,8 @@ use base64::Engine as _;
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
-use super::{shorten, DecodeError, Response, Value, MAX_DEPTH};
+use super::{DecodeError, Response, Value, MAX_DEPTH};
+use crate::text::shorten;
 
 /// How many characters of hostile text an error message may quote.
 const QUOTE_CHARS: usize = 40;

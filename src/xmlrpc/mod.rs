@@ -277,11 +277,3 @@ pub enum DecodeError {
     #[error("ill-formed xml: {0}")]
     IllFormed(String),
 }
-
-/// Cuts `text` to at most `max_chars` characters for an error message.
-pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
-    }
-}

@@ -1,0 +1,74 @@
+//! Small text helpers shared by the upstream clients: cutting a quoted text
+//! short for an error message, and writing an error with its causes.
+//!
+//! Pure; it knows nothing of secrets. Callers redact before they cut, so a
+//! cut cannot leave half a secret behind.
+
+/// Cuts `text` to at most `max_chars` characters for an error message,
+/// marking a cut with `...`.
+pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// The error and its causes, `: `-separated; a cause whose text the message
+/// already contains is not repeated.
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shorten_cuts_on_characters() {
+        let check = |text: &str, max: usize, expected: &str| {
+            assert_eq!(shorten(text, max), expected, "{text:?} {max}");
+        };
+        check("abc", 3, "abc");
+        check("abcd", 3, "abc...");
+        check("ééééé", 2, "éé...");
+        check("", 0, "");
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{message}")]
+    struct Layer {
+        message: &'static str,
+        #[source]
+        cause: Option<Box<Layer>>,
+    }
+
+    #[test]
+    fn error_chain_names_every_new_cause_once() {
+        let inner = Layer {
+            message: "connection refused",
+            cause: None,
+        };
+        let middle = Layer {
+            message: "tcp connect error: connection refused",
+            cause: Some(Box::new(inner)),
+        };
+        let outer = Layer {
+            message: "error sending request",
+            cause: Some(Box::new(middle)),
+        };
+        assert_eq!(
+            error_chain(&outer),
+            "error sending request: tcp connect error: connection refused"
+        );
+    }
+}
