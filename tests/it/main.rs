@@ -6,6 +6,7 @@ mod helpers;
 mod mqtt_client;
 
 mod broker_restart;
+mod cli;
 mod commands;
 mod faults;
 mod pipeline;

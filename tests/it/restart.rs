@@ -186,7 +186,11 @@ async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
     let broker = crate::helpers::broker_url();
     let (_, broker_port) = pbx2mqtt::mqtt::options::parse_broker_url(&broker).unwrap();
     let (gate, gate_port) = crate::broker_restart::Gate::start(broker_port).await;
-    let mut app = prepare_app(Options { broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")), ..Options::default() }).await;
+    let mut app = prepare_app(Options {
+        broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")),
+        ..Options::default()
+    })
+    .await;
     let mut sub = TestClient::connect(&broker, &[format!("{}/#", app.base)]).await;
     app.set(1, true, "-", "idle");
     let config = app.dir.path().join("pbx2mqtt.toml");
@@ -197,7 +201,10 @@ async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the pbx2mqtt binary");
-    sub.wait_for(SOON, "available", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "available").await;
+    sub.wait_for(SOON, "available", |m| {
+        m.topic == app.topic(1, "/event") && m.json()["to"] == "available"
+    })
+    .await;
 
     // The broker becomes unreachable; a transition is committed but its
     // event cannot be delivered; then the bridge is killed.
@@ -207,7 +214,10 @@ async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
     app.set(1, true, "-", "calling");
     let deadline = tokio::time::Instant::now() + SOON;
     while store.last_seq().await.unwrap() <= before {
-        assert!(tokio::time::Instant::now() < deadline, "ringing never committed");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ringing never committed"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     child.kill().expect("kill -9");
@@ -216,14 +226,30 @@ async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
     gate.open();
     app.start_bridge().await;
     let resent = sub
-        .wait_for(SOON, "the undelivered event", |m| m.topic == app.topic(1, "/event") && m.json()["to"] == "ringing")
+        .wait_for(SOON, "the undelivered event", |m| {
+            m.topic == app.topic(1, "/event") && m.json()["to"] == "ringing"
+        })
         .await
         .json();
     assert_eq!(resent["from"], "available");
     let agent = AgentId::parse(&app.agent(1)).unwrap();
-    let intervals = store.intervals(Some(&agent), Utc::now() - Span::hours(1), Utc::now() + Span::hours(1)).await.unwrap();
-    let ringing = intervals.iter().find(|i| i.status == Status::Ringing).expect("ringing in history");
-    assert_eq!(resent["seq"].as_u64(), ringing.seq, "the same seq as in history: {resent}");
+    let intervals = store
+        .intervals(
+            Some(&agent),
+            Utc::now() - Span::hours(1),
+            Utc::now() + Span::hours(1),
+        )
+        .await
+        .unwrap();
+    let ringing = intervals
+        .iter()
+        .find(|i| i.status == Status::Ringing)
+        .expect("ringing in history");
+    assert_eq!(
+        resent["seq"].as_u64(),
+        ringing.seq,
+        "the same seq as in history: {resent}"
+    );
     assert!(ringing.seq.unwrap() > before);
     app.stop_bridge().await;
     sub.clear_retained().await;

@@ -91,7 +91,9 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
             }
             // SQLite removes its -wal/-shm files as the last connection
             // closes; a file that is gone holds no secret.
-            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
             assert!(
                 !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
                 "secret in {}",
