@@ -288,7 +288,7 @@ impl HistoryWriter {
     async fn heartbeat_if_due(&mut self) {
         let due = self
             .last_heartbeat
-            .map_or(true, |at| at.elapsed() >= HEARTBEAT_EVERY);
+            .is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
         if !due {
             return;
         }

@@ -273,11 +273,11 @@ fn align(header: &[&str], rows: &[Vec<String>], right_aligned: &[usize]) -> Stri
             }
             let pad = width.saturating_sub(cell.chars().count());
             if right_aligned.contains(&column) {
-                out.extend(std::iter::repeat(' ').take(pad));
+                out.extend(std::iter::repeat_n(' ', pad));
                 out.push_str(cell);
             } else {
                 out.push_str(cell);
-                out.extend(std::iter::repeat(' ').take(pad));
+                out.extend(std::iter::repeat_n(' ', pad));
             }
         }
         out.truncate(out.trim_end().len());

@@ -381,7 +381,7 @@ pub fn build_timeline_rows(
                 &interval.agent == agent
                     && interval.started_at_ms < to_ms
                     && (interval.started_at_ms >= from_ms
-                        || interval.ended_at_ms.map_or(true, |end| end > from_ms))
+                        || interval.ended_at_ms.is_none_or(|end| end > from_ms))
             })
             .collect();
         selected.sort_by_key(|interval| interval.started_at_ms);

@@ -721,7 +721,7 @@ fn as_the_database_would(
                 .filter(|i| &i.agent == agent && i.started_at_ms < boundary)
                 .max_by_key(|i| i.started_at_ms); // ties: the later one
             if let Some(last) = last {
-                if last.ended_at_ms.map_or(true, |end| end > boundary) {
+                if last.ended_at_ms.is_none_or(|end| end > boundary) {
                     crossing.push(last.clone());
                 }
             }

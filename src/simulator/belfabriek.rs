@@ -167,7 +167,7 @@ fn indent_like_real_service(compact: &[u8]) -> Vec<u8> {
     let mut index = 0;
     let newline_and_indent = |out: &mut Vec<u8>, depth: usize| {
         out.extend_from_slice(b"\r\n");
-        out.extend(std::iter::repeat(b' ').take(depth * 2));
+        out.extend(std::iter::repeat_n(b' ', depth * 2));
     };
     let mut first_line = true;
     while index < tokens.len() {
