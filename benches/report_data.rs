@@ -549,9 +549,15 @@ where
 }
 
 async fn measure(store: &Store, params: &Params) -> Result<(), BoxError> {
+    // Every agent configured, with a display name, as at a real site.
     let settings = ReportSettings {
         tz: TZ,
-        agents: Vec::new(),
+        agents: (0..params.agents)
+            .map(|agent| {
+                let id = AgentId::parse(&agent_name(agent))?;
+                Ok((id, format!("Agent {agent}")))
+            })
+            .collect::<Result<_, BoxError>>()?,
     };
     let now = params.now();
     let day = RangeBound::Date(params.report_day());

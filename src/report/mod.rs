@@ -77,14 +77,6 @@ impl ReportSettings {
                 .collect(),
         }
     }
-
-    fn display_name(&self, agent: &AgentId) -> String {
-        self.agents
-            .iter()
-            .find(|(id, _)| id == agent)
-            .map(|(_, name)| name.clone())
-            .unwrap_or_else(|| agent.to_string())
-    }
 }
 
 /// A summary request.
@@ -262,10 +254,17 @@ fn assemble_summary(
     };
     agents.sort();
     agents.dedup();
+    let names: std::collections::HashMap<&AgentId, &str> = settings
+        .agents
+        .iter()
+        .map(|(id, name)| (id, name.as_str()))
+        .collect();
     let named: Vec<(AgentId, String)> = agents
         .into_iter()
         .map(|agent| {
-            let name = settings.display_name(&agent);
+            let name = names
+                .get(&agent)
+                .map_or_else(|| agent.to_string(), |n| (*n).to_owned());
             (agent, name)
         })
         .collect();
@@ -274,7 +273,7 @@ fn assemble_summary(
         from: period::in_zone(request.range.from, settings.tz),
         to: period::in_zone(request.range.to, settings.tz),
         by: request.by,
-        generated_at: period::in_zone(now, settings.tz),
+        generated_at: period::in_zone(period::from_millis(now.timestamp_millis()), settings.tz),
         rows: summary::build_summary_rows(&named, totals, periods, settings.tz),
     }
 }
@@ -289,7 +288,7 @@ fn assemble_timeline(
         timezone: settings.tz.name().to_owned(),
         from: period::in_zone(request.range.from, settings.tz),
         to: period::in_zone(request.range.to, settings.tz),
-        generated_at: period::in_zone(now, settings.tz),
+        generated_at: period::in_zone(period::from_millis(now.timestamp_millis()), settings.tz),
         intervals,
     }
 }
