@@ -161,11 +161,15 @@ async fn poll_agent<S: AgentSource>(
         }
         let outcome = tokio::select! {
             _ = shutdown.cancelled() => return,
-            outcome = async {
+            // Boxed: a task's size is that of its largest await point, and
+            // the HTTP future is large. Inline, each of thousands of mostly
+            // sleeping agent tasks would reserve it; boxed, only the polls in
+            // flight (at most `poll.concurrency`) hold one.
+            outcome = Box::pin(async {
                 // The semaphore is never closed, so acquire cannot fail.
                 let _permit = limit.acquire().await;
                 source.poll(&agent).await
-            } => outcome,
+            }) => outcome,
         };
         let observation = match outcome {
             Ok(reading) => {
