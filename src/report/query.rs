@@ -43,12 +43,12 @@ enum Dialect {
 }
 
 impl Dialect {
-    /// The agent list condition: SQLite reads a JSON array, PostgreSQL a
-    /// `text[]`; both take the list as parameter 1.
-    fn agent_in_list(self, column: &str) -> String {
+    /// The agent list condition on parameter `n`: SQLite reads a JSON array,
+    /// PostgreSQL a `text[]`.
+    fn agent_in_list(self, column: &str, n: usize) -> String {
         match self {
-            Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?1))"),
-            Dialect::Postgres => format!("{column} = ANY($1)"),
+            Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(?{n}))"),
+            Dialect::Postgres => format!("{column} = ANY(${n})"),
         }
     }
 
@@ -100,63 +100,77 @@ fn all_agents_sql(dialect: Dialect) -> String {
 }
 
 /// Per agent and status, the summed durations of the closed intervals that
-/// start in `[$2, $3)`. Columns: agent, status, ms.
-fn started_sql(dialect: Dialect) -> String {
+/// start in `[$1, $2)`, of the agents in `$3` when `filtered`.
+/// Columns: agent, status, ms.
+///
+/// SQLite must always be `filtered`: the agent list is what lets it read
+/// `intervals_report` in (agent, status) order. PostgreSQL groups by hash
+/// and needs no list for every agent.
+fn started_sql(dialect: Dialect, filtered: bool) -> String {
+    let agents = if filtered {
+        format!("{} AND ", dialect.agent_in_list("agent", 3))
+    } else {
+        String::new()
+    };
     let query = format!(
         "SELECT agent, status, CAST(SUM(ended_at - started_at) AS BIGINT) AS ms \
          FROM intervals \
-         WHERE {} AND status IN ({}) AND started_at >= {} AND started_at < {} \
+         WHERE {agents}status IN ({}) AND started_at >= {} AND started_at < {} \
          GROUP BY agent, status",
-        dialect.agent_in_list("agent"),
         status_list(),
+        dialect.param(1),
         dialect.param(2),
-        dialect.param(3),
     );
     dialect.packed(query, "agent, status, ms")
 }
 
-/// Per agent, the calls starting in `[$2, $3)`: `on_call` intervals opened
-/// by a transition (a `seq`; resumed ones have none). An open call adds 0
-/// here; `combine` completes it. Columns: agent, calls, call_ms, longest_ms.
-fn calls_sql(dialect: Dialect) -> String {
+/// Per agent, the calls starting in `[$1, $2)` (of the agents in `$3` when
+/// `filtered`): `on_call` intervals opened by a transition (a `seq`; resumed
+/// ones have none). An open call adds 0 here; `combine` completes it.
+/// Columns: agent, calls, call_ms, longest_ms.
+fn calls_sql(dialect: Dialect, filtered: bool) -> String {
+    let agents = if filtered {
+        format!("{} AND ", dialect.agent_in_list("agent", 3))
+    } else {
+        String::new()
+    };
     let query = format!(
         "SELECT agent, CAST(COUNT(*) AS BIGINT) AS calls, \
            CAST(SUM(ended_at - started_at) AS BIGINT) AS call_ms, \
            CAST(MAX(ended_at - started_at) AS BIGINT) AS longest_ms \
          FROM intervals \
-         WHERE {} AND status = 'on_call' AND started_at >= {} AND started_at < {} \
+         WHERE {agents}status = 'on_call' AND started_at >= {} AND started_at < {} \
            AND seq IS NOT NULL \
          GROUP BY agent",
-        dialect.agent_in_list("agent"),
+        dialect.param(1),
         dialect.param(2),
-        dialect.param(3),
     );
     dialect.packed(query, "agent, calls, call_ms, longest_ms")
 }
 
-/// Per agent, the interval in progress at the boundary `$2`: the last one
-/// that started before it (ties: the later row), if it had not ended.
-/// Columns: agent, status, started_at, ended_at, seq.
+/// Per agent in `$2`, the interval in progress at the boundary `$1`: the
+/// last one that started before it (ties: the later row), if it had not
+/// ended. Columns: agent, status, started_at, ended_at, seq.
 fn crossing_sql(dialect: Dialect) -> String {
     match dialect {
         Dialect::Sqlite => dialect.packed(
             "SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
-             FROM json_each(?1) AS a \
+             FROM json_each(?2) AS a \
              JOIN intervals i ON i.id = ( \
-               SELECT b.id FROM intervals b WHERE b.agent = a.value AND b.started_at < ?2 \
+               SELECT b.id FROM intervals b WHERE b.agent = a.value AND b.started_at < ?1 \
                ORDER BY b.started_at DESC, b.id DESC LIMIT 1) \
-             WHERE i.ended_at IS NULL OR i.ended_at > ?2"
+             WHERE i.ended_at IS NULL OR i.ended_at > ?1"
                 .to_owned(),
             "agent, status, started_at, ended_at, seq",
         ),
         Dialect::Postgres => "\
             SELECT i.agent, i.status, i.started_at, i.ended_at, i.seq \
-            FROM unnest($1::text[]) AS a(agent) \
+            FROM unnest($2::text[]) AS a(agent) \
             CROSS JOIN LATERAL ( \
               SELECT b.agent, b.status, b.started_at, b.ended_at, b.seq FROM intervals b \
-              WHERE b.agent = a.agent AND b.started_at < $2 \
+              WHERE b.agent = a.agent AND b.started_at < $1 \
               ORDER BY b.started_at DESC, b.id DESC LIMIT 1) i \
-            WHERE i.ended_at IS NULL OR i.ended_at > $2"
+            WHERE i.ended_at IS NULL OR i.ended_at > $1"
             .to_owned(),
     }
 }
@@ -180,28 +194,29 @@ fn timeline_sql(dialect: Dialect) -> String {
 }
 
 /// At most this many queries of one summary run at once, each on its own
-/// connection (and so, for SQLite, its own thread): the work is split by
-/// agent. The SQLite pool has 4 connections and PostgreSQL 5, one of which
-/// the history writer may be using; 2 uses both cores of a small machine.
+/// connection (and so, for SQLite, its own thread). The SQLite pool has 4
+/// connections and PostgreSQL 5, one of which the history writer may be
+/// using; 2 uses both cores of a small machine.
 const PARALLEL_QUERIES: usize = 2;
-
-/// A slice of the agent list, in both parameter forms.
-struct AgentChunk {
-    /// The ids, for PostgreSQL's `text[]`.
-    ids: Vec<String>,
-    /// The ids as a JSON array, for SQLite's `json_each`.
-    json: String,
-}
 
 /// One query of a summary.
 #[derive(Debug, Clone, Copy)]
 enum Job {
-    /// Sums of the intervals starting in period `period` = `[from, to)`.
+    /// Sums of the intervals of period `period` starting in `[from, to)`.
     Started { period: usize, from: i64, to: i64 },
-    /// Calls starting in period `period` = `[from, to)`.
+    /// Calls of period `period` starting in `[from, to)`.
     Calls { period: usize, from: i64, to: i64 },
     /// Intervals in progress at `boundary`.
     Crossing { boundary: i64 },
+}
+
+/// Which agents a query covers.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    /// Every agent (no list; PostgreSQL sums only).
+    Every,
+    /// The agents of one chunk of the list.
+    Chunk(usize),
 }
 
 /// What a [`Job`] found.
@@ -211,8 +226,21 @@ enum Found {
     Crossing(Vec<ReportInterval>),
 }
 
+/// A slice of the agent list, in both parameter forms.
+struct AgentChunk {
+    /// The ids, for PostgreSQL's `text[]`.
+    ids: Vec<String>,
+    /// The ids as a JSON array, for SQLite's `json_each`.
+    json: String,
+}
+
 /// The summary totals per agent and period for `agents` (empty: every
 /// agent with history).
+///
+/// The work is split in [`PARALLEL_QUERIES`] parts that run at once: by
+/// agent for the boundary seeks (and for SQLite's sums, which seek per
+/// agent anyway), by time for PostgreSQL's sums (each part hashes half the
+/// rows; the sums of the parts add up).
 pub async fn summary_totals(
     store: &Store,
     agents: &[AgentId],
@@ -224,7 +252,8 @@ pub async fn summary_totals(
     let Some(range_end) = periods.last().map(Period::end_ms) else {
         return Ok(TotalsByAgent::new());
     };
-    let agents: Vec<String> = if agents.is_empty() {
+    let every_agent = agents.is_empty();
+    let agents: Vec<String> = if every_agent {
         all_agents(store).await?
     } else {
         agents
@@ -243,23 +272,59 @@ pub async fn summary_totals(
             json: serde_json::Value::from(ids.to_vec()).to_string(),
         })
         .collect();
-    let mut jobs = Vec::new();
+    let by_agent = || (0..chunks.len()).map(Scope::Chunk);
+    let mut tasks: Vec<(Job, Scope)> = Vec::new();
     for (period, bounds) in periods.iter().enumerate() {
         let (from, to) = (bounds.start_ms(), bounds.end_ms());
-        jobs.push(Job::Started { period, from, to });
-        jobs.push(Job::Calls { period, from, to });
-        jobs.push(Job::Crossing { boundary: from });
+        match store {
+            Store::Sqlite(_) => {
+                for scope in by_agent() {
+                    tasks.push((Job::Started { period, from, to }, scope));
+                    tasks.push((Job::Calls { period, from, to }, scope));
+                }
+            }
+            Store::Postgres(_) => {
+                let scope = if every_agent {
+                    Scope::Every
+                } else {
+                    Scope::Chunk(0)
+                };
+                for (from, to) in split_time(from, to, PARALLEL_QUERIES) {
+                    tasks.push((Job::Started { period, from, to }, scope));
+                    tasks.push((Job::Calls { period, from, to }, scope));
+                }
+            }
+        }
+        tasks.extend(by_agent().map(|scope| (Job::Crossing { boundary: from }, scope)));
     }
-    jobs.push(Job::Crossing {
-        boundary: range_end,
-    });
-    let tasks: Vec<(Job, usize)> = jobs
-        .into_iter()
-        .flat_map(|job| (0..chunks.len()).map(move |chunk| (job, chunk)))
-        .collect();
+    tasks.extend(by_agent().map(|scope| {
+        (
+            Job::Crossing {
+                boundary: range_end,
+            },
+            scope,
+        )
+    }));
+    // PostgreSQL takes the whole list in one chunk when it filters its sums.
+    let whole = AgentChunk {
+        json: String::new(),
+        ids: if every_agent {
+            Vec::new()
+        } else {
+            agents.clone()
+        },
+    };
     let chunks = &chunks;
+    let whole = &whole;
     let found: Vec<Found> = stream::iter(tasks)
-        .map(|(job, chunk)| run_job(store, &chunks[chunk], job))
+        .map(|(job, scope)| {
+            let chunk = match (store, job, scope) {
+                (_, _, Scope::Every) => None,
+                (Store::Postgres(_), Job::Started { .. } | Job::Calls { .. }, _) => Some(whole),
+                (_, _, Scope::Chunk(index)) => chunks.get(index),
+            };
+            run_job(store, chunk, job)
+        })
         .buffer_unordered(PARALLEL_QUERIES)
         .try_collect()
         .await?;
@@ -277,26 +342,55 @@ pub async fn summary_totals(
     Ok(combine(&started, &calls, &crossing, periods, now_ms))
 }
 
-async fn run_job(store: &Store, chunk: &AgentChunk, job: Job) -> Result<Found, ReportError> {
+/// `[from, to)` cut into `parts` contiguous pieces (fewer when it is short).
+fn split_time(from: i64, to: i64, parts: usize) -> Vec<(i64, i64)> {
+    let parts = i64::try_from(parts.max(1))
+        .unwrap_or(1)
+        .min((to - from).max(1));
+    let step = (to - from) / parts;
+    (0..parts)
+        .map(|part| {
+            let start = from + part * step;
+            let end = if part + 1 == parts { to } else { start + step };
+            (start, end)
+        })
+        .collect()
+}
+
+/// Runs one query; `chunk` is `None` for every agent (PostgreSQL sums only).
+async fn run_job(
+    store: &Store,
+    chunk: Option<&AgentChunk>,
+    job: Job,
+) -> Result<Found, ReportError> {
+    let filtered = chunk.is_some();
+    let empty = AgentChunk {
+        ids: Vec::new(),
+        json: "[]".to_owned(),
+    };
+    let chunk = chunk.unwrap_or(&empty);
     match job {
         Job::Started { period, from, to } => {
             let rows: Vec<(String, String, Option<i64>)> = match store {
                 Store::Sqlite(pool) => {
-                    let packed: String = sqlx::query_scalar(&started_sql(Dialect::Sqlite))
-                        .bind(&chunk.json)
-                        .bind(from)
-                        .bind(to)
-                        .fetch_one(pool)
-                        .await?;
+                    let packed: String =
+                        sqlx::query_scalar(&started_sql(Dialect::Sqlite, filtered))
+                            .bind(from)
+                            .bind(to)
+                            .bind(&chunk.json)
+                            .fetch_one(pool)
+                            .await?;
                     unpack(&packed)?
                 }
                 Store::Postgres(pool) => {
-                    sqlx::query_as(&started_sql(Dialect::Postgres))
-                        .bind(&chunk.ids)
-                        .bind(from)
-                        .bind(to)
-                        .fetch_all(pool)
-                        .await?
+                    let sql = started_sql(Dialect::Postgres, filtered);
+                    let query = sqlx::query_as(&sql).bind(from).bind(to);
+                    let query = if filtered {
+                        query.bind(&chunk.ids)
+                    } else {
+                        query
+                    };
+                    query.fetch_all(pool).await?
                 }
             };
             let found = rows.into_iter().map(|(agent, status, ms)| {
@@ -313,21 +407,23 @@ async fn run_job(store: &Store, chunk: &AgentChunk, job: Job) -> Result<Found, R
             type CallsRow = (String, i64, Option<i64>, Option<i64>);
             let rows: Vec<CallsRow> = match store {
                 Store::Sqlite(pool) => {
-                    let packed: String = sqlx::query_scalar(&calls_sql(Dialect::Sqlite))
-                        .bind(&chunk.json)
+                    let packed: String = sqlx::query_scalar(&calls_sql(Dialect::Sqlite, filtered))
                         .bind(from)
                         .bind(to)
+                        .bind(&chunk.json)
                         .fetch_one(pool)
                         .await?;
                     unpack(&packed)?
                 }
                 Store::Postgres(pool) => {
-                    sqlx::query_as(&calls_sql(Dialect::Postgres))
-                        .bind(&chunk.ids)
-                        .bind(from)
-                        .bind(to)
-                        .fetch_all(pool)
-                        .await?
+                    let sql = calls_sql(Dialect::Postgres, filtered);
+                    let query = sqlx::query_as(&sql).bind(from).bind(to);
+                    let query = if filtered {
+                        query.bind(&chunk.ids)
+                    } else {
+                        query
+                    };
+                    query.fetch_all(pool).await?
                 }
             };
             let found = rows.into_iter().map(|(agent, calls, call_ms, longest)| {
@@ -346,16 +442,16 @@ async fn run_job(store: &Store, chunk: &AgentChunk, job: Job) -> Result<Found, R
             let rows: Vec<CrossingRow> = match store {
                 Store::Sqlite(pool) => {
                     let packed: String = sqlx::query_scalar(&crossing_sql(Dialect::Sqlite))
-                        .bind(&chunk.json)
                         .bind(boundary)
+                        .bind(&chunk.json)
                         .fetch_one(pool)
                         .await?;
                     unpack(&packed)?
                 }
                 Store::Postgres(pool) => {
                     sqlx::query_as(&crossing_sql(Dialect::Postgres))
-                        .bind(&chunk.ids)
                         .bind(boundary)
+                        .bind(&chunk.ids)
                         .fetch_all(pool)
                         .await?
                 }
@@ -464,4 +560,17 @@ where
         started_at_ms: row.try_get("started_at")?,
         ended_at_ms: row.try_get("ended_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_time;
+
+    #[test]
+    fn time_is_split_into_contiguous_parts() {
+        assert_eq!(split_time(0, 10, 2), [(0, 5), (5, 10)]);
+        assert_eq!(split_time(0, 11, 3), [(0, 3), (3, 6), (6, 11)]);
+        assert_eq!(split_time(5, 6, 2), [(5, 6)]);
+        assert_eq!(split_time(5, 7, 1), [(5, 7)]);
+    }
 }
