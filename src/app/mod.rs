@@ -29,7 +29,9 @@ use crate::config::Config;
 use crate::history::{outbox, HistoryWriter, Store};
 use crate::http::{HttpServer, HttpState};
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, Resumed, OUTBOX_LIMIT};
+use crate::mqtt::connection::{
+    BridgeInfo, ConnectionChannels, MqttConnection, Resumed, OUTBOX_LIMIT,
+};
 use crate::mqtt::options::mqtt_options;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;

@@ -106,7 +106,9 @@ fn event_from_row(
 ) -> Result<TransitionEvent, StoreError> {
     let invalid = |detail: String| StoreError::InvalidRow { detail };
     let agent = AgentId::parse(&agent).map_err(|e| invalid(e.to_string()))?;
-    let to: Status = status.parse().map_err(|e: crate::model::UnknownStatus| invalid(e.to_string()))?;
+    let to: Status = status
+        .parse()
+        .map_err(|e: crate::model::UnknownStatus| invalid(e.to_string()))?;
     let from = match previous_status {
         Some(status) => status
             .parse()

@@ -284,7 +284,10 @@ impl MqttConnection {
             connection.highest_seq = connection.highest_seq.max(event.seq);
         }
         if !resumed.events.is_empty() {
-            info!(events = resumed.events.len(), "events not acknowledged before the last stop will be resent");
+            info!(
+                events = resumed.events.len(),
+                "events not acknowledged before the last stop will be resent"
+            );
         }
         connection
     }
