@@ -783,7 +783,14 @@ async fn sqlite_uses_wal_and_full_sync() {
         .fetch_one(pool)
         .await
         .unwrap();
-    assert_eq!((journal.as_str(), synchronous, foreign_keys), ("wal", 2, 1));
+    let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        (journal.as_str(), synchronous, foreign_keys, cache_size),
+        ("wal", 2, 1, -4096)
+    );
     store.close().await;
 }
 

@@ -118,7 +118,9 @@ impl HistoryWriter {
             || self
                 .last_acked_store
                 .is_none_or(|at| at.elapsed() >= HEARTBEAT_EVERY);
-        let Some(acked) = self.acked.as_mut() else { return };
+        let Some(acked) = self.acked.as_mut() else {
+            return;
+        };
         if !due || !acked.has_changed().unwrap_or(false) {
             return;
         }
