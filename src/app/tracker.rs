@@ -82,8 +82,8 @@ impl TrackerTask {
         else {
             return;
         };
+        // Transitions are counted by the history writer, once committed.
         if change.previous.is_some() {
-            Metrics::inc(&self.metrics.transitions);
             tracing::debug!(
                 agent = %change.state.agent,
                 to = %change.state.status,
