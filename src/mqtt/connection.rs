@@ -316,6 +316,11 @@ impl MqttConnection {
     pub async fn run(mut self, shutdown: CancellationToken) {
         let (client, mut eventloop) =
             AsyncClient::new(self.options.clone(), CLIENT_CHANNEL_CAPACITY);
+        // Small packets must leave at once: with Nagle's algorithm (rumqttc's
+        // default) a publish waits for the broker's delayed ACK, about 40 ms.
+        let mut network = eventloop.network_options();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let mut delay = MIN_RECONNECT_DELAY;
         let mut connected_at: Option<Instant> = None;
         let mut retry_at: Option<Instant> = None;
