@@ -10,7 +10,9 @@
 //! Options (or environment): `--intervals` (`REPORT_BENCH_INTERVALS`,
 //! default 10,000,000), `--agents` (`REPORT_BENCH_AGENTS`, 5,000), `--days`
 //! (`REPORT_BENCH_DAYS`, 28), `--runs` (`REPORT_BENCH_RUNS`, 9), `--dir`
-//! (`REPORT_BENCH_DIR`, `target/report-bench`), `--no-postgres`.
+//! (`REPORT_BENCH_DIR`, `target/report-bench`), `--no-postgres`;
+//! `REPORT_BENCH_SQLITE_PRAGMA="mmap_size = 268435456"` measures SQLite a
+//! second time with that setting on every connection.
 //!
 //! Each agent works one shift a day (start 07:00-10:00 local, about eight
 //! hours) cycling through available, ringing, on_call and wrapup with
@@ -523,29 +525,63 @@ async fn postgres_store(params: &Params, server_url: &str) -> Result<Store, BoxE
     Ok(store)
 }
 
+/// What [`time`] measured.
+struct Timing {
+    median: Duration,
+    min: Duration,
+    max: Duration,
+    /// This process's CPU time per run (all threads; for SQLite that is all
+    /// the work, for PostgreSQL only the client side).
+    cpu: Duration,
+    /// Rows in the last result.
+    rows: usize,
+}
+
 /// Median, min and max of `runs` timed runs after one warm-up.
-async fn time<F, Fut>(
-    runs: usize,
-    mut run: F,
-) -> Result<(Duration, Duration, Duration, usize), BoxError>
+async fn time<F, Fut>(runs: usize, mut run: F) -> Result<Timing, BoxError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<usize, BoxError>>,
 {
-    let size = run().await?;
+    let mut rows = run().await?;
     let mut times = Vec::with_capacity(runs);
+    let cpu_before = process_cpu();
     for _ in 0..runs {
         let started = Instant::now();
-        run().await?;
+        rows = run().await?;
         times.push(started.elapsed());
     }
+    let cpu = process_cpu().saturating_sub(cpu_before) / u32::try_from(runs).unwrap_or(1);
     times.sort();
-    Ok((
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1],
-        size,
-    ))
+    Ok(Timing {
+        median: times[times.len() / 2],
+        min: times[0],
+        max: times[times.len() - 1],
+        cpu,
+        rows,
+    })
+}
+
+/// User plus system CPU time of this process so far (Linux; zero elsewhere).
+fn process_cpu() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which ends with ')'): utime is the
+    // 12th, stime the 13th, in clock ticks (100 per second on Linux).
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    Duration::from_millis((ticks(11) + ticks(12)) * 10)
 }
 
 async fn measure(store: &Store, params: &Params) -> Result<(), BoxError> {
@@ -603,48 +639,50 @@ async fn measure(store: &Store, params: &Params) -> Result<(), BoxError> {
             params.runs.div_ceil(3),
         ),
     ];
+    // Other work on the machine inflates the times; the load says how much.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "{}: reports for {} (Europe/Amsterdam), {} intervals stored",
+        "{}: reports for {} (Europe/Amsterdam), {} intervals stored; load average {}",
         store.backend(),
         params.report_day(),
-        params.intervals
+        params.intervals,
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     for (name, request, runs) in cases {
-        let (median, min, max, rows) = time(runs, || async {
+        let timing = time(runs, || async {
             Ok(summary(store, &request, &settings, now).await?.rows.len())
         })
         .await?;
-        report_line(name, median, min, max, rows, runs);
+        report_line(name, &timing, runs);
     }
     let request = TimelineRequest {
         range: day_range,
         agents: one_agent,
     };
     let runs = params.runs * 5;
-    let (median, min, max, rows) = time(runs, || async {
+    let timing = time(runs, || async {
         Ok(timeline(store, &request, &settings, now)
             .await?
             .intervals
             .len())
     })
     .await?;
-    report_line("timeline, one agent, one day", median, min, max, rows, runs);
+    report_line("timeline, one agent, one day", &timing, runs);
     Ok(())
 }
 
-fn report_line(
-    name: &str,
-    median: Duration,
-    min: Duration,
-    max: Duration,
-    rows: usize,
-    runs: usize,
-) {
+fn report_line(name: &str, timing: &Timing, runs: usize) {
+    let ms = |duration: Duration| duration.as_secs_f64() * 1e3;
     println!(
-        "  {name:<38} median {:>9.2} ms  (min {:.2}, max {:.2}, {runs} runs, {rows} rows)",
-        median.as_secs_f64() * 1e3,
-        min.as_secs_f64() * 1e3,
-        max.as_secs_f64() * 1e3,
+        "  {name:<38} median {:>8.2} ms  (min {:.2}, max {:.2}; cpu {:.0} ms/run; {runs} runs, {} rows)",
+        ms(timing.median),
+        ms(timing.min),
+        ms(timing.max),
+        ms(timing.cpu),
+        timing.rows,
     );
 }
 
@@ -653,6 +691,22 @@ async fn main() -> Result<(), BoxError> {
     let params = Params::from_args_and_env()?;
     let (store, _path) = sqlite_store(&params).await?;
     measure(&store, &params).await?;
+    if let Ok(pragma) = std::env::var("REPORT_BENCH_SQLITE_PRAGMA") {
+        // To see what a connection setting would change, e.g.
+        // `mmap_size = 268435456`: set it on every pooled connection.
+        if let Store::Sqlite(pool) = &store {
+            let mut connections = Vec::new();
+            for _ in 0..pool.options().get_max_connections() {
+                let mut connection = pool.acquire().await?;
+                sqlx::query(&format!("PRAGMA {pragma}"))
+                    .execute(&mut *connection)
+                    .await?;
+                connections.push(connection);
+            }
+        }
+        println!("sqlite: again with PRAGMA {pragma} on every connection");
+        measure(&store, &params).await?;
+    }
     store.close().await;
     match std::env::var("PBX2MQTT_TEST_POSTGRES_URL") {
         Ok(url) if !params.no_postgres => {
