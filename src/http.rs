@@ -409,9 +409,10 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
+    use crate::history::test_database::TestDatabase;
     use crate::model::Status;
     use crate::report::format::from_csv;
-    use crate::report::sql_tests::{insert, TestDatabase};
+    use crate::report::sql_tests::insert;
     use crate::report::tests::{agent, at, intervals, settings, SPRING_FORWARD};
     use crate::report::{summarize, SummaryReport, SummaryRow, TimelineReport, TimelineRow};
 

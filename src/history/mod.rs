@@ -18,6 +18,8 @@ mod store;
 mod writer;
 
 #[cfg(test)]
+pub(crate) mod test_database;
+#[cfg(test)]
 mod tests;
 
 pub use store::{bench_record, redact_url, Interval, Resume, Store, StoreError};

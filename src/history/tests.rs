@@ -18,79 +18,10 @@ use crate::metrics::Metrics;
 use crate::model::{AgentId, AgentReading, AgentState, Change, Committed, Previous, Status};
 use crate::status::{unknown_state, Observation, Tracker};
 
-/// The environment variable naming a PostgreSQL server for tests.
-const POSTGRES_URL_VARIABLE: &str = "PBX2MQTT_TEST_POSTGRES_URL";
+use super::test_database::{backend_tests, Backend, TestDatabase};
 
 /// How long a test waits for something that should happen at once.
 const WAIT: Duration = Duration::from_secs(20);
-
-/// Which database a test runs against.
-#[derive(Debug, Clone, Copy)]
-enum Backend {
-    Sqlite,
-    Postgres,
-}
-
-/// A fresh, empty database for one test.
-struct TestDatabase {
-    /// The database URL.
-    url: String,
-    /// Holds the SQLite file's directory.
-    _dir: Option<tempfile::TempDir>,
-    /// For PostgreSQL: the server URL and the database to drop after.
-    postgres: Option<(String, String)>,
-}
-
-impl TestDatabase {
-    /// A new database, or `None` (skip) for PostgreSQL when no server is set.
-    async fn create(backend: Backend) -> Option<Self> {
-        match backend {
-            Backend::Sqlite => {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("history.db").display());
-                Some(Self {
-                    url,
-                    _dir: Some(dir),
-                    postgres: None,
-                })
-            }
-            Backend::Postgres => {
-                let server = std::env::var(POSTGRES_URL_VARIABLE).ok()?;
-                let name = format!("pbx2mqtt_test_{:016x}", rand::random::<u64>());
-                let admin = sqlx::PgPool::connect(&server).await.unwrap();
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&admin)
-                    .await
-                    .unwrap();
-                admin.close().await;
-                let mut url = url::Url::parse(&server).unwrap();
-                url.set_path(&format!("/{name}"));
-                Some(Self {
-                    url: url.to_string(),
-                    _dir: None,
-                    postgres: Some((server, name)),
-                })
-            }
-        }
-    }
-
-    /// Opens (and migrates) the store.
-    async fn open(&self) -> Store {
-        Store::open(&self.url).await.unwrap()
-    }
-
-    /// Drops a PostgreSQL test database (the SQLite tempdir goes by itself).
-    async fn finish(self) {
-        if let Some((server, name)) = &self.postgres {
-            let admin = sqlx::PgPool::connect(server).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-        }
-    }
-}
 
 /// Runs one SQL statement directly, bypassing the store's API.
 async fn raw(store: &Store, sql: &str) -> Result<u64, sqlx::Error> {
@@ -683,35 +614,6 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
         .unwrap()
         .unwrap();
     store.close().await;
-}
-
-/// Generates one `#[tokio::test]` per backend for each test function.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let database = super::TestDatabase::create(super::Backend::Sqlite).await.unwrap();
-                    super::$name(&database).await;
-                    database.finish().await;
-                }
-            )*
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(database) = super::TestDatabase::create(super::Backend::Postgres).await else {
-                        eprintln!("skipped: {} is not set", super::POSTGRES_URL_VARIABLE);
-                        return;
-                    };
-                    super::$name(&database).await;
-                    database.finish().await;
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(

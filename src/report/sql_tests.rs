@@ -11,68 +11,11 @@ use super::tests::{
     OPEN_CALL, RESUMED_CALL, SPRING_FORWARD, WEEKS_AND_MONTHS,
 };
 use super::*;
+use crate::history::test_database::{backend_tests, TestDatabase};
 use crate::history::Store;
-use crate::model::Status;
-
-/// The environment variable naming a PostgreSQL server for tests.
-const POSTGRES_URL_VARIABLE: &str = "PBX2MQTT_TEST_POSTGRES_URL";
 
 const AMSTERDAM: chrono_tz::Tz = chrono_tz::Europe::Amsterdam;
-
-/// A fresh, migrated database for one test.
-pub(crate) struct TestDatabase {
-    /// The opened store.
-    pub(crate) store: Store,
-    /// Holds the SQLite file's directory.
-    _dir: Option<tempfile::TempDir>,
-    /// For PostgreSQL: the server URL and the database to drop after.
-    postgres: Option<(String, String)>,
-}
-
-impl TestDatabase {
-    /// A new SQLite file in a temporary directory.
-    pub(crate) async fn sqlite() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}", dir.path().join("history.db").display());
-        Self {
-            store: Store::open(&url).await.unwrap(),
-            _dir: Some(dir),
-            postgres: None,
-        }
-    }
-
-    /// A new PostgreSQL database, or `None` when no server is configured.
-    pub(crate) async fn postgres() -> Option<Self> {
-        let server = std::env::var(POSTGRES_URL_VARIABLE).ok()?;
-        let name = format!("pbx2mqtt_report_test_{:016x}", rand::random::<u64>());
-        let admin = sqlx::PgPool::connect(&server).await.unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        admin.close().await;
-        let mut url = url::Url::parse(&server).unwrap();
-        url.set_path(&format!("/{name}"));
-        Some(Self {
-            store: Store::open(url.as_str()).await.unwrap(),
-            _dir: None,
-            postgres: Some((server, name)),
-        })
-    }
-
-    /// Closes the store and drops a PostgreSQL database.
-    pub(crate) async fn finish(self) {
-        self.store.close().await;
-        if let Some((server, name)) = &self.postgres {
-            let admin = sqlx::PgPool::connect(server).await.unwrap();
-            sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(&admin)
-                .await
-                .unwrap();
-            admin.close().await;
-        }
-    }
-}
+use crate::model::Status;
 
 /// Stores intervals as the history writer would (a resumed one without
 /// `seq`), with a reason, extension status and destination for the timeline.
@@ -325,35 +268,6 @@ async fn an_empty_history_lists_configured_and_named_agents(database: &TestDatab
         .await
         .unwrap();
     assert!(report.intervals.is_empty());
-}
-
-/// Generates one `#[tokio::test]` per backend for each test function.
-macro_rules! backend_tests {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let database = super::TestDatabase::sqlite().await;
-                    super::$name(&database).await;
-                    database.finish().await;
-                }
-            )*
-        }
-        mod postgres_backend {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    let Some(database) = super::TestDatabase::postgres().await else {
-                        eprintln!("skipped: {} is not set", super::POSTGRES_URL_VARIABLE);
-                        return;
-                    };
-                    super::$name(&database).await;
-                    database.finish().await;
-                }
-            )*
-        }
-    };
 }
 
 backend_tests!(
