@@ -160,6 +160,21 @@ impl TestApp {
         sub
     }
 
+    /// The n-th agent's history intervals of the last hour.
+    pub async fn history(&self, n: u32) -> Vec<pbx2mqtt::history::Interval> {
+        let agent = pbx2mqtt::model::AgentId::parse(&self.agent(n)).unwrap();
+        let now = chrono::Utc::now();
+        self.store()
+            .await
+            .intervals(
+                Some(&agent),
+                now - chrono::Duration::hours(1),
+                now + chrono::Duration::hours(1),
+            )
+            .await
+            .unwrap()
+    }
+
     /// Opens the history database (a second connection).
     pub async fn store(&self) -> Store {
         Store::open(&self.database_url).await.unwrap()

@@ -1,8 +1,7 @@
 //! The status pipeline end to end: simulator → poller → tracker → history →
 //! MQTT, checked on the broker and in the database.
 
-use chrono::{Duration as Span, Utc};
-use pbx2mqtt::model::{AgentId, Status};
+use pbx2mqtt::model::Status;
 use pbx2mqtt::simulator::{Api, Fault, FaultKind};
 
 use crate::helpers::{spawn_app, Options, SOON};
@@ -132,16 +131,7 @@ async fn every_status_arrives_as_retained_state_bare_status_and_event_and_matche
 
     // History: one interval per event, same status and seq, chained in time.
     app.stop_bridge().await;
-    let store = app.store().await;
-    let agent = AgentId::parse(&app.agent(1)).unwrap();
-    let intervals = store
-        .intervals(
-            Some(&agent),
-            Utc::now() - Span::hours(1),
-            Utc::now() + Span::hours(1),
-        )
-        .await
-        .unwrap();
+    let intervals = app.history(1).await;
     assert_eq!(intervals.len(), events.len(), "{intervals:#?}");
     for (interval, event) in intervals.iter().zip(&events) {
         assert_eq!(interval.status.as_str(), event["to"].as_str().unwrap());

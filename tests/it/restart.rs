@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 
 use chrono::{Duration as Span, Utc};
-use pbx2mqtt::model::{AgentId, Status};
+use pbx2mqtt::model::Status;
 
 use crate::helpers::{prepare_app, Options, TestApp, SOON};
 use crate::mqtt_client::TestClient;
@@ -38,16 +38,7 @@ async fn assert_no_false_transition(app: &TestApp, sub: &mut TestClient, last_se
 }
 
 async fn assert_history_resumed(app: &TestApp) {
-    let store = app.store().await;
-    let agent = AgentId::parse(&app.agent(1)).unwrap();
-    let intervals = store
-        .intervals(
-            Some(&agent),
-            Utc::now() - Span::hours(1),
-            Utc::now() + Span::hours(1),
-        )
-        .await
-        .unwrap();
+    let intervals = app.history(1).await;
     let statuses: Vec<Status> = intervals.iter().map(|i| i.status).collect();
     // unknown (never polled) → available, then the gap while down, then available again.
     assert_eq!(
@@ -232,15 +223,7 @@ async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
         .await
         .json();
     assert_eq!(resent["from"], "available");
-    let agent = AgentId::parse(&app.agent(1)).unwrap();
-    let intervals = store
-        .intervals(
-            Some(&agent),
-            Utc::now() - Span::hours(1),
-            Utc::now() + Span::hours(1),
-        )
-        .await
-        .unwrap();
+    let intervals = app.history(1).await;
     let ringing = intervals
         .iter()
         .find(|i| i.status == Status::Ringing)
