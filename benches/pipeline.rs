@@ -45,9 +45,12 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{oneshot, watch};
 
 use pbx2mqtt::broker::EmbeddedBroker;
-use pbx2mqtt::history::{bench_record, Store};
+use pbx2mqtt::history::BATCH_MAX;
+use pbx2mqtt::model::{AgentId, Status};
 use pbx2mqtt::mqtt::options::parse_broker_url;
 use pbx2mqtt::simulator::RequestCounts;
+use pbx2mqtt::status::unknown_state;
+use pbx2mqtt::store::{Store, StoreError};
 
 /// The release binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_pbx2mqtt");
@@ -2230,4 +2233,39 @@ async fn clear_retained(broker: &str, base: &str, agents: u32) -> anyhow::Result
         Ok(result) => result.map(|_| ()),
         Err(_) => bail!("not every clearing publish was acknowledged within 60 s"),
     }
+}
+
+/// Records `count` synthetic transitions for `agents` agents in batches of
+/// the history writer's size, as the writer would, and returns how long the
+/// commits took. Seqs continue from the stored `last_seq`.
+async fn bench_record(store: &Store, agents: usize, count: usize) -> Result<Duration, StoreError> {
+    let cycle = [
+        Status::Available,
+        Status::Ringing,
+        Status::OnCall,
+        Status::Wrapup,
+    ];
+    let agents = agents.max(1);
+    let ids: Vec<AgentId> = (0..agents)
+        .map(|index| AgentId::parse(&format!("bench-{index}")).expect("a valid agent id"))
+        .collect();
+    let start_seq = store.last_seq().await?;
+    let base = chrono::Utc::now();
+    let mut states = Vec::with_capacity(count);
+    for index in 0..count {
+        let id = &ids[index % agents];
+        let at = base + chrono::Duration::milliseconds(index as i64);
+        let mut state = unknown_state(id.clone(), id.to_string(), at);
+        state.status = cycle[(index / agents) % cycle.len()];
+        state.on_a_call = state.status.on_a_call();
+        state.available = Some(true);
+        state.destination = Some("31201234567".into());
+        state.seq = start_seq + index as u64 + 1;
+        states.push(state);
+    }
+    let started = std::time::Instant::now();
+    for batch in states.chunks(BATCH_MAX) {
+        store.record(batch).await?;
+    }
+    Ok(started.elapsed())
 }

@@ -10,9 +10,7 @@
 //! Options (or environment): `--intervals` (`REPORT_BENCH_INTERVALS`,
 //! default 10,000,000), `--agents` (`REPORT_BENCH_AGENTS`, 5,000), `--days`
 //! (`REPORT_BENCH_DAYS`, 28), `--runs` (`REPORT_BENCH_RUNS`, 9), `--dir`
-//! (`REPORT_BENCH_DIR`, `target/report-bench`), `--no-postgres`;
-//! `REPORT_BENCH_SQLITE_PRAGMA="mmap_size = 268435456"` measures SQLite a
-//! second time with that setting on every connection.
+//! (`REPORT_BENCH_DIR`, `target/report-bench`), `--no-postgres`.
 //!
 //! Each agent works one shift a day (start 07:00-10:00 local, about eight
 //! hours) cycling through available, ringing, on_call and wrapup with
@@ -34,12 +32,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, NaiveDate, Utc};
-use pbx2mqtt::history::Store;
 use pbx2mqtt::model::{AgentId, Status};
 use pbx2mqtt::report::period::{start_of_local_day, RangeBound, ReportRange};
 use pbx2mqtt::report::{
     summary, timeline, Granularity, ReportSettings, SummaryRequest, TimelineRequest,
 };
+use pbx2mqtt::store::Store;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sqlx::Connection;
@@ -298,10 +296,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn count(store: &Store) -> Result<i64, BoxError> {
     let sql = "SELECT COUNT(*) FROM intervals";
-    Ok(match store {
-        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await?,
-    })
+    Ok(store.scalar_unchecked(sql).await?.unwrap_or(0))
 }
 
 fn sqlite_insert_sql(rows: usize) -> String {
@@ -368,9 +363,7 @@ async fn sqlite_store(params: &Params) -> Result<(Store, PathBuf), BoxError> {
     );
     let started = Instant::now();
     let store = Store::open(&sqlite_url(&partial)).await?;
-    let Store::Sqlite(pool) = &store else {
-        return Err("expected an sqlite store".into());
-    };
+    let pool = store.sqlite_pool().ok_or("expected an sqlite store")?;
     let mut connection = pool.acquire().await?;
     // Generating, not recording: durability does not matter here.
     sqlx::query("PRAGMA synchronous = OFF")
@@ -506,9 +499,7 @@ async fn postgres_store(params: &Params, server_url: &str) -> Result<Store, BoxE
     );
     let started = Instant::now();
     let store = Store::open(url.as_str()).await?;
-    let Store::Postgres(pool) = &store else {
-        return Err("expected a postgres store".into());
-    };
+    let pool = store.postgres_pool().ok_or("expected a postgres store")?;
     let mut generator = Generator::new(params);
     for day in 0..params.days {
         postgres_copy(pool, &generator.day(day)).await?;
@@ -691,22 +682,6 @@ async fn main() -> Result<(), BoxError> {
     let params = Params::from_args_and_env()?;
     let (store, _path) = sqlite_store(&params).await?;
     measure(&store, &params).await?;
-    if let Ok(pragma) = std::env::var("REPORT_BENCH_SQLITE_PRAGMA") {
-        // To see what a connection setting would change, e.g.
-        // `mmap_size = 268435456`: set it on every pooled connection.
-        if let Store::Sqlite(pool) = &store {
-            let mut connections = Vec::new();
-            for _ in 0..pool.options().get_max_connections() {
-                let mut connection = pool.acquire().await?;
-                sqlx::query(&format!("PRAGMA {pragma}"))
-                    .execute(&mut *connection)
-                    .await?;
-                connections.push(connection);
-            }
-        }
-        println!("sqlite: again with PRAGMA {pragma} on every connection");
-        measure(&store, &params).await?;
-    }
     store.close().await;
     match std::env::var("PBX2MQTT_TEST_POSTGRES_URL") {
         Ok(url) if !params.no_postgres => {

@@ -10,8 +10,8 @@ use rumqttc::{AsyncClient, Event, Packet};
 
 use crate::belfabriek::BelfabriekClient;
 use crate::config::Config;
-use crate::history::{redact_url, Store};
 use crate::mqtt::options::client_options;
+use crate::store::{redact_url, Store};
 use crate::tring::TringClient;
 
 /// How long the broker check waits for CONNACK.

@@ -146,13 +146,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Check => crate::check::run(&load()?).await,
         Command::Migrate => {
             let config = load()?;
-            let store = crate::history::Store::open(&config.database.url)
+            let store = crate::store::Store::open(&config.database.url)
                 .await
                 .context("cannot open the history database (database.url)")?;
             store.close().await;
             println!(
                 "migrations applied to {}",
-                crate::history::redact_url(&config.database.url)
+                crate::store::redact_url(&config.database.url)
             );
             Ok(())
         }

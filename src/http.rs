@@ -25,12 +25,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::board::Board;
 use crate::config::{AgentConfig, ReportConfig};
-use crate::history::Store;
 use crate::metrics::Metrics;
 use crate::model::AgentId;
 use crate::report::format::{render_summary, render_timeline, OutputFormat};
 use crate::report::period::{RangeBound, ReportRange};
 use crate::report::{Granularity, ReportError, ReportSettings, SummaryRequest, TimelineRequest};
+use crate::store::Store;
 
 /// How long `/readyz` waits for the database before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -358,7 +358,7 @@ async fn healthz() -> &'static str {
 /// says which check failed and whether MQTT is connected (informational:
 /// polling and history work without the broker).
 async fn readyz(State(state): State<HttpState>) -> Response {
-    let database = tokio::time::timeout(READY_TIMEOUT, ping(&state.store)).await;
+    let database = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
     let mqtt_connected = state
         .metrics
@@ -382,13 +382,6 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn ping(store: &Store) -> Result<(), sqlx::Error> {
-    match store {
-        Store::Sqlite(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-        Store::Postgres(pool) => sqlx::query("SELECT 1").execute(pool).await.map(drop),
-    }
-}
-
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<HttpState>) -> Response {
     (
@@ -409,12 +402,12 @@ mod tests {
     use serde_json::Value;
 
     use super::*;
-    use crate::history::test_database::TestDatabase;
     use crate::model::Status;
     use crate::report::format::from_csv;
     use crate::report::sql_tests::insert;
     use crate::report::tests::{agent, at, intervals, settings, SPRING_FORWARD};
     use crate::report::{summarize, SummaryReport, SummaryRow, TimelineReport, TimelineRow};
+    use crate::store::test_database::TestDatabase;
 
     /// How long a test waits for the server to stop.
     const WAIT: Duration = Duration::from_secs(10);

@@ -22,6 +22,7 @@ pub mod report;
 pub mod secret;
 pub mod simulator;
 pub mod status;
+pub mod store;
 pub mod text;
 pub mod tring;
 pub mod xmlrpc;

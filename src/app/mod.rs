@@ -26,7 +26,7 @@ use crate::belfabriek::BelfabriekClient;
 use crate::board::Board;
 use crate::commands::Dispatcher;
 use crate::config::Config;
-use crate::history::{outbox, HistoryWriter, Store};
+use crate::history::HistoryWriter;
 use crate::http::{HttpServer, HttpState};
 use crate::metrics::Metrics;
 use crate::mqtt::connection::{
@@ -36,6 +36,7 @@ use crate::mqtt::options::mqtt_options;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
+use crate::store::Store;
 use crate::tring::TringClient;
 
 use self::tracker::TrackerTask;
@@ -97,11 +98,13 @@ impl Application {
             .await
             .context("cannot resume from history")?;
         // Before the first mark was stored, assume everything was delivered.
-        let acked_seq = outbox::acked_seq(&store)
+        let acked_seq = store
+            .acked_seq()
             .await
             .context("cannot read the acknowledged event mark")?
             .unwrap_or(resume.last_seq);
-        let unacknowledged = outbox::unacknowledged(&store, acked_seq, OUTBOX_LIMIT)
+        let unacknowledged = store
+            .events_after(acked_seq, OUTBOX_LIMIT)
             .await
             .context("cannot read unacknowledged events")?;
         let board = Board::default();
@@ -243,7 +246,7 @@ impl Application {
         // The connection flushed after the writer stopped: store its final
         // mark (the writer is gone, so this is still the only writer).
         let acked = *acked_rx.borrow();
-        if let Err(error) = outbox::store_acked_seq(&self.store, acked).await {
+        if let Err(error) = self.store.store_acked_seq(acked).await {
             tracing::warn!(%error, "cannot store the acknowledged event mark");
         }
         if let Some(http) = http {

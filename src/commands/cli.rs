@@ -13,12 +13,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 
-use super::audit::{self, AuditEntry, AuditOutcome, AuditRecord};
+use super::audit::{self, Audited};
 use super::parse::{parse_request, CommandRules};
 use super::{execute, CommandData, CommandError, Response};
 use crate::config::Config;
-use crate::history::Store;
 use crate::mqtt::topics::RequestTopic;
+#[cfg(test)]
+use crate::store::AuditOutcome;
+use crate::store::{AuditEntry, AuditRecord, Store};
 use crate::tring::TringClient;
 
 /// Who to add or remove: a configured agent or a raw extension.
@@ -188,11 +190,12 @@ impl AgentCommand {
 impl AuditArgs {
     /// Prints the audit rows since `--since`, newest first.
     pub async fn run(self, config: &Config) -> anyhow::Result<()> {
-        let store = Store::open(&config.database.url)
+        let store = Store::open_existing(&config.database.url)
             .await
             .context("cannot open the database for the audit log")?;
         let since = self.since.resolve(Utc::now());
-        let rows = audit::since(&store, since, self.limit)
+        let rows = store
+            .audit_since(since, self.limit)
             .await
             .context("cannot read the audit log")?;
         match self.format {
@@ -230,56 +233,34 @@ fn cli_topic(topic: &RequestTopic) -> String {
 async fn run_request(config: &Config, topic: RequestTopic, payload: Vec<u8>) -> anyhow::Result<()> {
     let received_at = Utc::now();
     let parsed = parse_request(&topic, &payload, false, &CommandRules::from_config(config));
-    let (outcome, latency_ms): (Result<CommandData, CommandError>, Option<i64>) = match &parsed
-        .outcome
-    {
-        Ok(command) => {
-            let client = TringClient::new(&config.tring, config.tring_key())
-                .context("cannot create the TRiNG client")?;
-            let execution = execute(&client, command).await;
-            let latency = i64::try_from(execution.upstream_latency.as_millis()).unwrap_or(i64::MAX);
-            (execution.outcome, Some(latency))
-        }
-        Err(error) => (Err(error.clone()), None),
-    };
+    let (outcome, upstream_latency): (Result<CommandData, CommandError>, Option<Duration>) =
+        match &parsed.outcome {
+            Ok(command) => {
+                let client = TringClient::new(&config.tring, config.tring_key())
+                    .context("cannot create the TRiNG client")?;
+                let execution = execute(&client, command).await;
+                (execution.outcome, Some(execution.upstream_latency))
+            }
+            Err(error) => (Err(error.clone()), None),
+        };
     let outcome = outcome.map_err(|error| error.without_key(&config.tring_key()));
     let response = Response::new(&outcome, parsed.transaction.clone());
     println!("{}", serde_json::to_string_pretty(&response)?);
 
-    let command = parsed.outcome.as_ref().ok();
-    let member = command.and_then(|c| c.member());
     let error = outcome.as_ref().err();
-    let entry = AuditEntry {
+    let entry = audit::entry(&Audited {
         received_at,
-        topic: cli_topic(&topic),
-        request: String::from_utf8_lossy(&payload).into_owned(),
-        action: command.map_or_else(
-            || match &topic {
-                RequestTopic::Queue { action, .. } => action.clone(),
-                RequestTopic::AgentQueues { .. } => "queues".into(),
-            },
-            |c| c.action().to_owned(),
-        ),
-        queue: match &topic {
-            RequestTopic::Queue { queue, .. } => Some(queue.clone()),
-            RequestTopic::AgentQueues { .. } => None,
-        },
-        agent: member.and_then(|m| m.agent.as_ref()).map(|a| a.to_string()),
-        extension: member.map(|m| m.extension.clone()),
-        outcome: if error.is_some() {
-            AuditOutcome::Error
-        } else {
-            AuditOutcome::Ok
-        },
-        error_code: error.map(|e| e.code.as_str().to_owned()),
-        error: error.map(|e| e.message.clone()),
-        upstream_latency_ms: latency_ms,
-        transaction: None,
-    };
+        topic: &cli_topic(&topic),
+        request_topic: &topic,
+        payload: &payload,
+        parsed: &parsed,
+        outcome: &outcome,
+        upstream_latency,
+    });
     // The audit row is best effort here: the operator has the answer already.
     match Store::open(&config.database.url).await {
         Ok(store) => {
-            if let Err(error) = audit::record(&store, &entry).await {
+            if let Err(error) = store.record_audit(&entry).await {
                 tracing::warn!(%error, "cannot write the command audit row");
             }
         }

@@ -36,25 +36,21 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::audit::{self, AuditEntry, AuditOutcome};
+use super::audit::{self, Audited};
 use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
 use super::parse::{parse_request, CommandRules, ParsedRequest};
 use super::{execute, Command, CommandError, Response};
 use crate::config::Config;
-use crate::history::Store;
 use crate::metrics::Metrics;
 use crate::mqtt::topics::{RequestTopic, Topics};
 use crate::mqtt::{Incoming, Outgoing};
 use crate::secret::Secret;
-use crate::text::shorten;
+use crate::store::Store;
 use crate::tring::TringClient;
 
 /// How long the empty message echoing our own clear of a retained request
 /// is expected back; after that an empty message is a request again.
 const CLEAR_ECHO_WINDOW: Duration = Duration::from_secs(60);
-
-/// The longest topic segment kept in the audit table.
-const MAX_SEGMENT_CHARS: usize = 64;
 
 /// Valid requests that may wait for an execution slot, per slot
 /// (`commands.concurrency`). A command holds its slot for one or two TRiNG
@@ -461,53 +457,17 @@ async fn conclude(
         }
     }
     let payload = Response::new(&outcome, job.parsed.transaction.clone()).to_json();
-    let entry = audit_entry(job, &outcome, latency_ms);
-    if let Err(error) = audit::record(&context.store, &entry).await {
+    let entry = audit::entry(&Audited {
+        received_at: job.received_at,
+        topic: &job.topic,
+        request_topic: &job.request_topic,
+        payload: &job.payload,
+        parsed: &job.parsed,
+        outcome: &outcome,
+        upstream_latency: latency,
+    });
+    if let Err(error) = context.store.record_audit(&entry).await {
         tracing::error!(%error, "cannot write the command audit row");
     }
     response(job.response_topic.clone(), payload)
-}
-
-/// The audit row of one command.
-fn audit_entry(
-    job: &Job,
-    outcome: &Result<super::CommandData, CommandError>,
-    upstream_latency_ms: Option<i64>,
-) -> AuditEntry {
-    let command = job.parsed.outcome.as_ref().ok();
-    let (action, queue) = match command {
-        Some(command) => (
-            command.action().to_owned(),
-            command.queue().map(str::to_owned),
-        ),
-        None => match &job.request_topic {
-            RequestTopic::Queue { queue, action } => (
-                shorten(action, MAX_SEGMENT_CHARS),
-                Some(shorten(queue, MAX_SEGMENT_CHARS)),
-            ),
-            RequestTopic::AgentQueues { .. } => ("queues".to_owned(), None),
-        },
-    };
-    let member = command.and_then(|command| command.member());
-    let error = outcome.as_ref().err();
-    AuditEntry {
-        received_at: job.received_at,
-        topic: job.topic.clone(),
-        request: String::from_utf8_lossy(&job.payload).into_owned(),
-        action,
-        queue,
-        agent: member
-            .and_then(|m| m.agent.as_ref())
-            .map(|a| a.as_str().to_owned()),
-        extension: member.map(|m| m.extension.clone()),
-        outcome: if error.is_none() {
-            AuditOutcome::Ok
-        } else {
-            AuditOutcome::Error
-        },
-        error_code: error.map(|e| e.code.as_str().to_owned()),
-        error: error.map(|e| e.message.clone()),
-        upstream_latency_ms,
-        transaction: job.parsed.transaction.as_ref().map(|t| t.json_text()),
-    }
 }

@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::audit::{self, AuditOutcome, AuditRecord};
 use super::Dispatcher;
 use crate::config::Config;
-use crate::history::Store;
 use crate::metrics::Metrics;
 use crate::mqtt::{Incoming, Outgoing};
 use crate::simulator::{Api, Fault, FaultKind, Simulator, SimulatorConfig};
+use crate::store::Store;
+use crate::store::{AuditOutcome, AuditRecord};
 use crate::tring::TringClient;
 
 /// A key with characters that need URL encoding, easy to search for.
@@ -216,7 +216,8 @@ impl Harness {
 
     /// Every audit row, newest first.
     async fn audit(&self) -> Vec<AuditRecord> {
-        audit::since(&self.store, DateTime::<Utc>::UNIX_EPOCH, 10_000)
+        self.store
+            .audit_since(DateTime::<Utc>::UNIX_EPOCH, 10_000)
             .await
             .unwrap()
     }

@@ -23,7 +23,7 @@ use crate::board::Board;
 use crate::metrics::Metrics;
 use crate::model::{AgentId, Change, Committed};
 
-use super::store::Store;
+use crate::store::Store;
 
 /// The most changes committed in one transaction. A commit costs one fsync
 /// (synchronous=FULL) whatever its size, so bursts are written in large
@@ -72,7 +72,7 @@ pub struct HistoryWriter {
     /// True once the publisher's channel was found closed (logged once).
     publisher_gone: bool,
     /// The MQTT connection's acknowledged-up-to mark, stored at most once
-    /// per [`HEARTBEAT_EVERY`] (see `history::outbox`).
+    /// per [`HEARTBEAT_EVERY`] (see `store::delivery`).
     acked: Option<watch::Receiver<u64>>,
     /// When the mark was last stored.
     last_acked_store: Option<Instant>,
@@ -126,7 +126,7 @@ impl HistoryWriter {
         }
         let mark = *acked.borrow_and_update();
         self.last_acked_store = Some(Instant::now());
-        if let Err(error) = super::outbox::store_acked_seq(&self.store, mark).await {
+        if let Err(error) = self.store.store_acked_seq(mark).await {
             tracing::warn!(%error, "cannot store the acknowledged event mark");
         }
     }

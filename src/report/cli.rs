@@ -10,8 +10,8 @@ use super::format::{render_summary, render_timeline, OutputFormat};
 use super::period::{Granularity, RangeBound, ReportRange};
 use super::{ReportError, ReportSettings, SummaryRequest, TimelineRequest};
 use crate::config::Config;
-use crate::history::Store;
 use crate::model::AgentId;
+use crate::store::Store;
 
 /// `pbx2mqtt report ...`
 #[derive(Debug, Clone, Subcommand)]

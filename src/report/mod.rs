@@ -11,7 +11,6 @@
 pub mod cli;
 pub mod format;
 pub mod period;
-pub mod query;
 pub mod summary;
 
 use chrono::{DateTime, FixedOffset, Utc};
@@ -19,8 +18,8 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, ReportConfig};
-use crate::history::Store;
 use crate::model::AgentId;
+use crate::store::{Store, StoreError};
 
 pub use cli::ReportCommand;
 pub use format::OutputFormat;
@@ -39,8 +38,8 @@ pub enum ReportError {
         message: String,
     },
     /// The history database failed.
-    #[error("report query failed: {0}; check `database.url` and that the database is reachable")]
-    Database(#[from] sqlx::Error),
+    #[error("{0}")]
+    Store(#[from] StoreError),
     /// The history holds a value the report does not understand.
     #[error("history holds an unexpected value: {0}")]
     Corrupt(String),
@@ -147,7 +146,18 @@ pub async fn summary(
     agents.sort();
     agents.dedup();
     let now_ms = now.timestamp_millis();
-    let totals = query::summary_totals(store, &agents, &periods, now_ms).await?;
+    let bounds: Vec<(i64, i64)> = periods
+        .iter()
+        .map(|period| (period.start_ms(), period.end_ms()))
+        .collect();
+    let parts = store.summary_parts(&agents, &bounds).await?;
+    let totals = summary::combine(
+        &parts.started,
+        &parts.calls,
+        &parts.crossing,
+        &periods,
+        now_ms,
+    );
     Ok(assemble_summary(request, settings, &periods, &totals, now))
 }
 
@@ -166,7 +176,7 @@ pub async fn timeline(
     );
     let mut rows = Vec::new();
     for agent in &agents {
-        let intervals = query::timeline_intervals(store, agent, from_ms, to_ms).await?;
+        let intervals = store.timeline_intervals(agent, from_ms, to_ms).await?;
         rows.extend(
             intervals.iter().map(|interval| {
                 summary::timeline_row(interval, now.timestamp_millis(), settings.tz)

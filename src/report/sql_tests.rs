@@ -11,8 +11,8 @@ use super::tests::{
     OPEN_CALL, RESUMED_CALL, SPRING_FORWARD, WEEKS_AND_MONTHS,
 };
 use super::*;
-use crate::history::test_database::{backend_tests, TestDatabase};
-use crate::history::Store;
+use crate::store::test_database::{backend_tests, TestDatabase};
+use crate::store::{Interval, Store};
 
 const AMSTERDAM: chrono_tz::Tz = chrono_tz::Europe::Amsterdam;
 use crate::model::Status;
@@ -20,41 +20,27 @@ use crate::model::Status;
 /// Stores intervals as the history writer would (a resumed one without
 /// `seq`), with a reason, extension status and destination for the timeline.
 pub(crate) async fn insert(store: &Store, history: &[ReportInterval]) {
-    const SQL_SQLITE: &str = "INSERT INTO intervals (agent, status, reason, extension_status, \
-        destination, started_at, ended_at, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
-    const SQL_POSTGRES: &str = "INSERT INTO intervals (agent, status, reason, extension_status, \
-        destination, started_at, ended_at, seq) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
-    for (index, interval) in history.iter().enumerate() {
-        let row = timeline_interval(interval);
-        let seq = (!interval.resumed).then_some(index as i64 + 1);
-        match store {
-            Store::Sqlite(pool) => sqlx::query(SQL_SQLITE)
-                .bind(row.agent.as_str())
-                .bind(row.status.as_str())
-                .bind(row.reason)
-                .bind(row.extension_status)
-                .bind(row.destination)
-                .bind(row.started_at_ms)
-                .bind(row.ended_at_ms)
-                .bind(seq)
-                .execute(pool)
-                .await
-                .map(drop),
-            Store::Postgres(pool) => sqlx::query(SQL_POSTGRES)
-                .bind(row.agent.as_str())
-                .bind(row.status.as_str())
-                .bind(row.reason)
-                .bind(row.extension_status)
-                .bind(row.destination)
-                .bind(row.started_at_ms)
-                .bind(row.ended_at_ms)
-                .bind(seq)
-                .execute(pool)
-                .await
-                .map(drop),
-        }
-        .unwrap_or_else(|e| panic!("inserting {interval:?}: {e}"));
-    }
+    let rows: Vec<Interval> = history
+        .iter()
+        .enumerate()
+        .map(|(index, interval)| {
+            let row = timeline_interval(interval);
+            Interval {
+                agent: row.agent,
+                status: row.status,
+                reason: row.reason,
+                extension_status: row.extension_status,
+                destination: row.destination,
+                started_at: from_millis(row.started_at_ms),
+                ended_at: row.ended_at_ms.map(from_millis),
+                seq: (!interval.resumed).then_some(index as u64 + 1),
+            }
+        })
+        .collect();
+    store
+        .import_intervals(&rows)
+        .await
+        .unwrap_or_else(|e| panic!("inserting {history:?}: {e}"));
 }
 
 /// The timeline view of a report interval (details derived from the status).

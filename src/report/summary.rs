@@ -13,24 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::period::{from_millis, in_zone, Period};
 use crate::model::{AgentId, Status};
-
-/// One stored status interval, as much of it as the summary needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReportInterval {
-    /// The agent.
-    pub agent: AgentId,
-    /// The status during the interval.
-    pub status: Status,
-    /// Start, milliseconds since the epoch (UTC).
-    pub started_at_ms: i64,
-    /// End, milliseconds since the epoch; `None` while the interval is open
-    /// (the agent's current status), which counts up to `now`.
-    pub ended_at_ms: Option<i64>,
-    /// True when the bridge synthesised the interval on restart (stored
-    /// without a `seq`): a resumed `on_call` continues a call already
-    /// counted, so it is not a new call.
-    pub resumed: bool,
-}
+pub use crate::store::{ReportInterval, StartedCalls, StartedSum, TimelineInterval};
 
 /// The raw sums for one agent and one period, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -109,37 +92,6 @@ pub fn accumulate(intervals: &[ReportInterval], periods: &[Period], now_ms: i64)
         }
     }
     totals
-}
-
-/// What the database sums for one agent, period and status: the durations
-/// of the closed intervals that start in the period (an open one adds 0).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartedSum {
-    /// The agent.
-    pub agent: AgentId,
-    /// Index into the periods.
-    pub period: usize,
-    /// The status.
-    pub status: Status,
-    /// Summed `ended_at - started_at` of the closed intervals.
-    pub ms: i64,
-}
-
-/// What the database counts for one agent and period: the calls (`on_call`
-/// intervals with a `seq`) that start in the period, an open one with
-/// duration 0.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StartedCalls {
-    /// The agent.
-    pub agent: AgentId,
-    /// Index into the periods.
-    pub period: usize,
-    /// How many.
-    pub calls: u64,
-    /// Their summed durations (closed ones).
-    pub call_ms: i64,
-    /// The longest of them (closed ones).
-    pub longest_call_ms: i64,
 }
 
 /// Exact totals from the database's plain sums plus the intervals in
@@ -319,25 +271,6 @@ fn summary_row(
         longest_call_s: (calls > 0).then(|| seconds(totals.longest_call_ms)),
         occupancy,
     }
-}
-
-/// One stored interval with everything the timeline shows.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TimelineInterval {
-    /// The agent.
-    pub agent: AgentId,
-    /// The status.
-    pub status: Status,
-    /// The raw upstream reason, when not available.
-    pub reason: Option<String>,
-    /// The extension status, when available.
-    pub extension_status: Option<String>,
-    /// The number the agent was reached at.
-    pub destination: Option<String>,
-    /// Start, milliseconds since the epoch.
-    pub started_at_ms: i64,
-    /// End, milliseconds since the epoch; `None` while open.
-    pub ended_at_ms: Option<i64>,
 }
 
 /// One row of the timeline. The field names are the JSON keys and CSV

@@ -9,8 +9,8 @@ use std::time::Duration;
 use pbx2mqtt::app::Application;
 use pbx2mqtt::broker::EmbeddedBroker;
 use pbx2mqtt::config::Config;
-use pbx2mqtt::history::Store;
 use pbx2mqtt::simulator::{Simulator, SimulatorConfig, VirtualState};
+use pbx2mqtt::store::Store;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +161,7 @@ impl TestApp {
     }
 
     /// The n-th agent's history intervals of the last hour.
-    pub async fn history(&self, n: u32) -> Vec<pbx2mqtt::history::Interval> {
+    pub async fn history(&self, n: u32) -> Vec<pbx2mqtt::store::Interval> {
         let agent = pbx2mqtt::model::AgentId::parse(&self.agent(n)).unwrap();
         let now = chrono::Utc::now();
         self.store()

@@ -3,7 +3,7 @@
 //! database on the server at `PBX2MQTT_TEST_POSTGRES_URL`, dropped after),
 //! and `backend_tests!`, which runs each test function on both backends.
 
-use crate::history::Store;
+use crate::store::Store;
 
 /// The environment variable naming a PostgreSQL server for tests.
 pub(crate) const POSTGRES_URL_VARIABLE: &str = "PBX2MQTT_TEST_POSTGRES_URL";
@@ -17,6 +17,8 @@ pub(crate) enum Backend {
 
 /// A fresh, empty database for one test.
 pub(crate) struct TestDatabase {
+    /// Which backend it is.
+    pub(crate) backend: Backend,
     /// The database URL.
     url: String,
     /// A store opened on it (migrated).
@@ -35,6 +37,7 @@ impl TestDatabase {
                 let dir = tempfile::tempdir().unwrap();
                 let url = format!("sqlite://{}", dir.path().join("history.db").display());
                 Some(Self {
+                    backend,
                     store: Store::open(&url).await.unwrap(),
                     url,
                     _dir: Some(dir),
@@ -53,6 +56,7 @@ impl TestDatabase {
                 let mut url = url::Url::parse(&server).unwrap();
                 url.set_path(&format!("/{name}"));
                 Some(Self {
+                    backend,
                     store: Store::open(url.as_str()).await.unwrap(),
                     url: url.to_string(),
                     _dir: None,
@@ -95,7 +99,7 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let database = $crate::history::test_database::TestDatabase::create($crate::history::test_database::Backend::Sqlite).await.unwrap();
+                    let database = $crate::store::test_database::TestDatabase::create($crate::store::test_database::Backend::Sqlite).await.unwrap();
                     super::$name(&database).await;
                     database.finish().await;
                 }
@@ -105,8 +109,8 @@ macro_rules! backend_tests {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    let Some(database) = $crate::history::test_database::TestDatabase::create($crate::history::test_database::Backend::Postgres).await else {
-                        eprintln!("skipped: {} is not set", $crate::history::test_database::POSTGRES_URL_VARIABLE);
+                    let Some(database) = $crate::store::test_database::TestDatabase::create($crate::store::test_database::Backend::Postgres).await else {
+                        eprintln!("skipped: {} is not set", $crate::store::test_database::POSTGRES_URL_VARIABLE);
                         return;
                     };
                     super::$name(&database).await;

@@ -1,9 +1,10 @@
-//! Pure planning for the history store: turns a batch of committed changes
-//! into the stored rows to close, update and insert, and a restart into the
-//! rows that resume it.
+//! Pure: the rows the store writes and reads. A batch of the tracker's
+//! changes becomes the stored rows to update, close and insert
+//! ([`batch_rows`]); a restart becomes the rows that resume it
+//! ([`resume_rows`]); stored rows are decoded back into values.
 //!
-//! No IO and no clock: the backends (`sqlite`, `postgres`) execute the plans
-//! inside one transaction, so both backends store exactly the same rows.
+//! No IO and no clock: `intervals.rs` executes these rows inside one
+//! transaction, so both backends store exactly the same rows.
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
@@ -13,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::model::{AgentId, AgentState, Status};
 use crate::status::unknown_state;
 
-use super::store::StoreError;
+use super::error::StoreError;
 
 /// Milliseconds since the Unix epoch, as stored.
 pub(crate) fn to_millis(at: DateTime<Utc>) -> i64 {
@@ -97,7 +98,7 @@ pub(crate) struct DetailUpdate<'a> {
 /// The statements one batch needs, in execution order: detail updates, then
 /// closes, then inserts, then `last_seq`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct BatchPlan<'a> {
+pub(crate) struct BatchRows<'a> {
     /// Details of stored open intervals that changed without a transition.
     pub detail_updates: Vec<DetailUpdate<'a>>,
     /// Stored open intervals that end (one per agent at most).
@@ -115,10 +116,10 @@ pub(crate) struct BatchPlan<'a> {
 /// (reason, destination or extension status only) updates the current
 /// interval's details in place, so there is exactly one row per status
 /// interval.
-pub(crate) fn plan_batch<'a>(
+pub(crate) fn batch_rows<'a>(
     items: impl IntoIterator<Item = (&'a AgentState, bool)>,
-) -> BatchPlan<'a> {
-    let mut plan = BatchPlan::default();
+) -> BatchRows<'a> {
+    let mut plan = BatchRows::default();
     // Index in `plan.inserts` of each agent's interval opened in this batch.
     let mut open_in_batch: HashMap<&'a str, usize> = HashMap::new();
     // Index in `plan.detail_updates` of each agent's stored interval update.
@@ -208,7 +209,7 @@ pub(crate) struct CloseById {
 
 /// What resuming after a restart writes and returns.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ResumePlan<'a> {
+pub(crate) struct ResumeRows<'a> {
     /// Open intervals to end (at the last heartbeat).
     pub closes: Vec<CloseById>,
     /// The `unknown` gaps and the resumed open intervals.
@@ -219,12 +220,12 @@ pub(crate) struct ResumePlan<'a> {
 
 /// Plans the resume (see [`super::Store::resume`]). `heartbeat` is the last
 /// stored heartbeat in ms, `now` the restart time.
-pub(crate) fn plan_resume<'a>(
+pub(crate) fn resume_rows<'a>(
     open: &'a [OpenInterval],
     configured: &[(AgentId, String)],
     heartbeat: Option<i64>,
     now: DateTime<Utc>,
-) -> Result<ResumePlan<'a>, StoreError> {
+) -> Result<ResumeRows<'a>, StoreError> {
     let now_ms = to_millis(now);
     let last_alive = heartbeat
         .or_else(|| open.iter().map(|interval| interval.started_at).max())
@@ -233,7 +234,7 @@ pub(crate) fn plan_resume<'a>(
         .iter()
         .map(|interval| (&interval.agent, interval))
         .collect();
-    let mut plan = ResumePlan {
+    let mut plan = ResumeRows {
         closes: Vec::new(),
         inserts: Vec::new(),
         states: Vec::new(),
@@ -312,6 +313,104 @@ pub(crate) fn plan_resume<'a>(
     Ok(plan)
 }
 
+/// One stored status interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interval {
+    /// The agent.
+    pub agent: AgentId,
+    /// The status during the interval.
+    pub status: Status,
+    /// The raw reason when not available.
+    pub reason: Option<String>,
+    /// The extension status when available.
+    pub extension_status: Option<String>,
+    /// The number the agent was reached at.
+    pub destination: Option<String>,
+    /// When the interval began.
+    pub started_at: DateTime<Utc>,
+    /// When it ended; `None` while it is the agent's current status.
+    pub ended_at: Option<DateTime<Utc>>,
+    /// The seq of the transition that began it; `None` when the bridge
+    /// synthesised it on restart (the `unknown` gap and the resumed interval).
+    pub seq: Option<u64>,
+}
+
+/// A stored interval row: agent, status, reason, extension status,
+/// destination, started_at, ended_at, seq.
+pub(crate) type IntervalRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+);
+
+/// An open interval row: id, then the columns of [`IntervalRow`] but
+/// `ended_at`.
+pub(crate) type OpenRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    i64,
+    Option<i64>,
+);
+
+/// A stored agent id back as an [`AgentId`].
+pub(crate) fn agent_from_db(agent: &str) -> Result<AgentId, StoreError> {
+    AgentId::parse(agent).map_err(StoreError::invalid_row)
+}
+
+/// A stored status back as a [`Status`].
+pub(crate) fn status_from_db(status: &str) -> Result<Status, StoreError> {
+    status.parse().map_err(StoreError::invalid_row)
+}
+
+/// Decodes a stored interval row.
+pub(crate) fn interval_from_row(
+    (agent, status, reason, extension_status, destination, started_at, ended_at, seq): IntervalRow,
+) -> Result<Interval, StoreError> {
+    Ok(Interval {
+        agent: agent_from_db(&agent)?,
+        status: status_from_db(&status)?,
+        reason,
+        extension_status,
+        destination,
+        started_at: from_millis(started_at)?,
+        ended_at: ended_at.map(from_millis).transpose()?,
+        seq: seq.map(seq_from_db),
+    })
+}
+
+/// Decodes an open interval row; `latest_seq` is the agent's latest seq
+/// (the row's own, or of an earlier interval when the row has none).
+pub(crate) fn open_interval_from_row(
+    (id, agent, status, reason, extension_status, destination, started_at, _seq): OpenRow,
+    latest_seq: Option<i64>,
+) -> Result<OpenInterval, StoreError> {
+    let context =
+        |error: StoreError| StoreError::invalid_row(format!("open interval {id}: {error}"));
+    let agent = agent_from_db(&agent).map_err(context)?;
+    let status = status_from_db(&status).map_err(context)?;
+    // Validates the stored time once, here, rather than in every use.
+    from_millis(started_at)?;
+    Ok(OpenInterval {
+        id,
+        agent,
+        status,
+        reason,
+        extension_status,
+        destination,
+        started_at,
+        last_seq: latest_seq.map_or(0, seq_from_db),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,7 +433,7 @@ mod tests {
         let b1 = state("b", Status::Paused, 1_500, 2);
         let a2 = state("a", Status::OnCall, 2_000, 3);
         let a3 = state("a", Status::Wrapup, 3_000, 4);
-        let plan = plan_batch([(&a1, true), (&b1, true), (&a2, true), (&a3, true)]);
+        let plan = batch_rows([(&a1, true), (&b1, true), (&a2, true), (&a3, true)]);
         assert_eq!(
             plan.closes,
             [
@@ -375,7 +474,7 @@ mod tests {
         let b1 = state("b", Status::Available, 2_000, 8);
         let mut b_detail = b1.clone();
         b_detail.extension_status = Some("idle".into());
-        let plan = plan_batch([
+        let plan = batch_rows([
             (&stored_update, false),
             (&later_update, false),
             (&b1, true),
@@ -399,7 +498,7 @@ mod tests {
     fn a_clock_stepping_back_never_ends_an_interval_before_it_began() {
         let a1 = state("a", Status::Available, 5_000, 1);
         let a2 = state("a", Status::OnCall, 4_000, 2);
-        let plan = plan_batch([(&a1, true), (&a2, true)]);
+        let plan = batch_rows([(&a1, true), (&a2, true)]);
         assert_eq!(plan.inserts[0].ended_at, Some(5_000));
     }
 
@@ -430,7 +529,7 @@ mod tests {
             open(2, "gone", Status::Available, 1_500, 6),
         ];
         let plan =
-            plan_resume(&stored, &configured(&["a", "new"]), Some(3_000), at(10_000)).unwrap();
+            resume_rows(&stored, &configured(&["a", "new"]), Some(3_000), at(10_000)).unwrap();
         assert_eq!(
             plan.closes,
             [
@@ -485,7 +584,7 @@ mod tests {
             open(1, "a", Status::OnCall, 1_000, 1),
             open(2, "b", Status::Available, 4_000, 2),
         ];
-        let plan = plan_resume(&stored, &configured(&["a", "b"]), None, at(9_000)).unwrap();
+        let plan = resume_rows(&stored, &configured(&["a", "b"]), None, at(9_000)).unwrap();
         assert_eq!(
             plan.closes,
             [
@@ -515,7 +614,7 @@ mod tests {
             open(1, "a", Status::Available, 1_000, 3),
             open(2, "b", Status::Unknown, 500, 4),
         ];
-        let plan = plan_resume(&stored, &configured(&["a", "b"]), Some(2_000), at(2_000)).unwrap();
+        let plan = resume_rows(&stored, &configured(&["a", "b"]), Some(2_000), at(2_000)).unwrap();
         assert_eq!(
             plan.closes,
             [CloseById {

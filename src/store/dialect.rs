@@ -1,0 +1,112 @@
+//! The one place the two SQL dialects differ.
+//!
+//! Most statements are written once: both backends take `$1`-style
+//! placeholders (sqlx binds SQLite's `$N` by number), portable `CASE`
+//! instead of `max()`/`GREATEST()`, and `ON CONFLICT ... DO UPDATE`. The
+//! [`with_pool!`] macro runs such a body once per backend, with the pool of
+//! that backend bound, so one body serves both pool types.
+//!
+//! What is left differs in algorithm, not spelling, and is written twice, in
+//! `sqlite.rs` and `postgres.rs`, behind the traits below:
+//! - [`BulkWrites`]: many rows in one statement: SQLite binds chunks of
+//!   `VALUES` (or one JSON array read with `json_each`), PostgreSQL binds one
+//!   array per column and reads them with `UNNEST`.
+//! - [`WritePool::begin_write`]: SQLite takes the write lock up front
+//!   (`BEGIN IMMEDIATE`), PostgreSQL starts a plain transaction.
+//! - report queries (`reports.rs`): SQLite packs rows into one JSON value,
+//!   PostgreSQL streams them in binary.
+//!
+//! Small spelling differences are [`Dialect`] methods.
+
+use std::future::Future;
+
+use super::rows::{Close, CloseById, DetailUpdate, NewInterval};
+
+/// Which SQL dialect a statement is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    /// SQLite 3.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+impl Dialect {
+    /// `sqlite` or `postgres`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "sqlite",
+            Dialect::Postgres => "postgres",
+        }
+    }
+
+    /// One of two spellings of a statement.
+    pub(crate) fn pick(self, sqlite: &'static str, postgres: &'static str) -> &'static str {
+        match self {
+            Dialect::Sqlite => sqlite,
+            Dialect::Postgres => postgres,
+        }
+    }
+}
+
+/// Runs `$body` with `$pool` bound to the store's pool and `$dialect` to its
+/// [`Dialect`]. The body is compiled once per backend, so it may use
+/// anything both pool types offer (sqlx queries with `$N` placeholders,
+/// [`WritePool`], [`BulkWrites`] on a connection).
+macro_rules! with_pool {
+    ($backend:expr, |$pool:ident, $dialect:ident| $body:expr) => {
+        match $backend {
+            $crate::store::Backend::Sqlite($pool) => {
+                #[allow(unused_variables)]
+                let $dialect = $crate::store::dialect::Dialect::Sqlite;
+                $body
+            }
+            $crate::store::Backend::Postgres($pool) => {
+                #[allow(unused_variables)]
+                let $dialect = $crate::store::dialect::Dialect::Postgres;
+                $body
+            }
+        }
+    };
+}
+
+pub(crate) use with_pool;
+
+/// A pool that can start a write transaction.
+pub(crate) trait WritePool {
+    /// The sqlx database.
+    type Database: sqlx::Database;
+
+    /// Starts a transaction that will write.
+    fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+}
+
+/// Statements over many rows, bound as a whole (one round trip per batch,
+/// not per row). Implemented on each backend's connection.
+pub(crate) trait BulkWrites {
+    /// New details for agents' open intervals.
+    fn update_details(
+        &mut self,
+        rows: &[DetailUpdate<'_>],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Ends agents' open intervals (never before their start).
+    fn close_open(
+        &mut self,
+        rows: &[Close<'_>],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Ends intervals by row id.
+    fn close_by_id(
+        &mut self,
+        rows: &[CloseById],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Inserts intervals.
+    fn insert_intervals(
+        &mut self,
+        rows: &[NewInterval<'_>],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+}

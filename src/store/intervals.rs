@@ -1,0 +1,297 @@
+//! Status history in the store: recording batches of changes, the
+//! heartbeat and `last_seq` in `bridge_meta`, resuming after a restart, and
+//! reading intervals back. Executes the rows planned in `rows.rs`; one body
+//! per operation serves both backends.
+
+use chrono::{DateTime, Utc};
+
+use crate::model::{AgentId, AgentState, Change};
+
+use super::dialect::{with_pool, BulkWrites, WritePool};
+use super::rows::{
+    batch_rows, interval_from_row, open_interval_from_row, resume_rows, seq_from_db, seq_to_db,
+    to_millis, BatchRows, Interval, IntervalRow, NewInterval, OpenRow,
+};
+use super::{Store, StoreError};
+
+/// Raises a `bridge_meta` value (`$1` the key, `$2` the value); it never
+/// goes down.
+pub(crate) const RAISE_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
+     ON CONFLICT (key) DO UPDATE SET value = CASE WHEN excluded.value > bridge_meta.value \
+     THEN excluded.value ELSE bridge_meta.value END";
+
+/// Sets a `bridge_meta` value (`$1` the key, `$2` the value).
+const SET_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Reads one `bridge_meta` value.
+pub(crate) const READ_META: &str = "SELECT value FROM bridge_meta WHERE key = $1";
+
+/// Every open interval; on PostgreSQL locked against a second bridge
+/// resuming at the same time.
+const SELECT_OPEN_SQLITE: &str =
+    "SELECT id, agent, status, reason, extension_status, destination, started_at, seq \
+     FROM intervals WHERE ended_at IS NULL ORDER BY agent";
+const SELECT_OPEN_POSTGRES: &str =
+    "SELECT id, agent, status, reason, extension_status, destination, started_at, seq \
+     FROM intervals WHERE ended_at IS NULL ORDER BY agent FOR UPDATE";
+
+/// The seq of an agent's most recent interval that has one.
+const LATEST_SEQ_OF_AGENT: &str = "SELECT seq FROM intervals \
+     WHERE agent = $1 AND seq IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1";
+
+/// Intervals of everyone overlapping `[$2, $1)`, agents in byte order.
+const SELECT_RANGE_SQLITE: &str =
+    "SELECT agent, status, reason, extension_status, destination, started_at, ended_at, seq \
+     FROM intervals WHERE started_at < $1 AND (ended_at IS NULL OR ended_at > $2) \
+     ORDER BY agent, started_at, id";
+const SELECT_RANGE_POSTGRES: &str =
+    "SELECT agent, status, reason, extension_status, destination, started_at, ended_at, seq \
+     FROM intervals WHERE started_at < $1 AND (ended_at IS NULL OR ended_at > $2) \
+     ORDER BY agent COLLATE \"C\", started_at, id";
+
+/// Intervals of agent `$3` overlapping `[$2, $1)`.
+const SELECT_RANGE_OF_AGENT: &str =
+    "SELECT agent, status, reason, extension_status, destination, started_at, ended_at, seq \
+     FROM intervals WHERE agent = $3 AND started_at < $1 AND (ended_at IS NULL OR ended_at > $2) \
+     ORDER BY started_at, id";
+
+/// The state every configured agent resumes with after a restart.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResumedAgents {
+    /// One state per configured agent, in configuration order.
+    pub states: Vec<AgentState>,
+    /// The highest transition seq ever committed (0 for a new database).
+    pub last_seq: u64,
+}
+
+impl Store {
+    /// Records transitions (each state a new status interval with its `seq`
+    /// already assigned, in order) in one transaction: each ends the agent's
+    /// open interval at `state.since` and opens a new one there; `last_seq`
+    /// becomes the batch's highest seq if that is higher.
+    pub async fn record(&self, transitions: &[AgentState]) -> Result<(), StoreError> {
+        let rows = batch_rows(transitions.iter().map(|state| (state, true)));
+        self.write_batch(&rows, None).await
+    }
+
+    /// Records a batch of the tracker's changes, seqs assigned, in one
+    /// transaction, as the history writer does: transitions as in
+    /// [`Store::record`]; other changes (reason, destination or extension
+    /// status only) update the agent's open interval in place, so there is
+    /// exactly one row per status interval. With `heartbeat_at`, the
+    /// heartbeat is written in the same transaction.
+    pub async fn record_changes(
+        &self,
+        changes: &[Change],
+        heartbeat_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        let rows = batch_rows(
+            changes
+                .iter()
+                .map(|change| (&change.state, change.previous.is_some())),
+        );
+        self.write_batch(&rows, heartbeat_at).await
+    }
+
+    /// Writes a batch's rows in one transaction: detail updates, closes,
+    /// inserts, then `last_seq` and the heartbeat.
+    async fn write_batch(
+        &self,
+        rows: &BatchRows<'_>,
+        heartbeat_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        with_pool!(&self.writer, |pool, _d| {
+            let mut transaction = pool
+                .begin_write()
+                .await
+                .map_err(StoreError::query("starting a history transaction"))?;
+            transaction
+                .update_details(&rows.detail_updates)
+                .await
+                .map_err(StoreError::query("updating open intervals"))?;
+            transaction
+                .close_open(&rows.closes)
+                .await
+                .map_err(StoreError::query("closing open intervals"))?;
+            transaction
+                .insert_intervals(&rows.inserts)
+                .await
+                .map_err(StoreError::query("inserting intervals"))?;
+            if let Some(max_seq) = rows.max_seq {
+                sqlx::query(RAISE_META)
+                    .bind("last_seq")
+                    .bind(seq_to_db(max_seq))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("storing last_seq"))?;
+            }
+            if let Some(at) = heartbeat_at {
+                sqlx::query(SET_META)
+                    .bind("heartbeat_at")
+                    .bind(to_millis(at))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("storing the heartbeat"))?;
+            }
+            transaction
+                .commit()
+                .await
+                .map_err(StoreError::query("committing a history batch"))
+        })
+    }
+
+    /// Stores the time the bridge was last known to be running; resume ends
+    /// open intervals there after a crash.
+    pub async fn heartbeat(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        with_pool!(&self.writer, |pool, _d| {
+            sqlx::query(SET_META)
+                .bind("heartbeat_at")
+                .bind(to_millis(at))
+                .execute(pool)
+                .await
+                .map(drop)
+        })
+        .map_err(StoreError::query("storing the heartbeat"))
+    }
+
+    /// The highest transition seq committed (0 for a new database).
+    pub async fn last_seq(&self) -> Result<u64, StoreError> {
+        let value: Option<i64> = with_pool!(&self.writer, |pool, _d| {
+            sqlx::query_scalar(READ_META)
+                .bind("last_seq")
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(StoreError::query("reading last_seq"))?;
+        Ok(value.map_or(0, seq_from_db))
+    }
+
+    /// Resumes after a restart, in one transaction. Every open interval is
+    /// ended at the last heartbeat (or at its start, if later). For an agent
+    /// still configured, the time the bridge was down is recorded as an
+    /// `unknown` interval and the same status reopens from `now`, so the
+    /// first poll after a restart causes no false transition; an agent that
+    /// was already `unknown` simply stays in its open `unknown` interval.
+    /// Agents no longer configured are only closed. Configured agents never
+    /// stored get a fresh `unknown` state (not stored). Synthesised
+    /// intervals have no seq; each returned state carries the seq of the
+    /// agent's last recorded transition.
+    pub async fn resume(
+        &self,
+        agents: &[(AgentId, String)],
+        now: DateTime<Utc>,
+    ) -> Result<ResumedAgents, StoreError> {
+        with_pool!(&self.writer, |pool, dialect| {
+            let mut transaction = pool
+                .begin_write()
+                .await
+                .map_err(StoreError::query("starting the resume transaction"))?;
+            let open_rows: Vec<OpenRow> =
+                sqlx::query_as(dialect.pick(SELECT_OPEN_SQLITE, SELECT_OPEN_POSTGRES))
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("reading open intervals"))?;
+            let mut meta = Vec::with_capacity(2);
+            for key in ["heartbeat_at", "last_seq"] {
+                let value: Option<i64> = sqlx::query_scalar(READ_META)
+                    .bind(key)
+                    .fetch_optional(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("reading bridge_meta"))?;
+                meta.push(value);
+            }
+            let (heartbeat, last_seq) = (meta[0], meta[1].map_or(0, seq_from_db));
+            let mut open = Vec::with_capacity(open_rows.len());
+            for row in open_rows {
+                let latest_seq = match row.7 {
+                    Some(seq) => Some(seq),
+                    None => sqlx::query_scalar(LATEST_SEQ_OF_AGENT)
+                        .bind(&row.1)
+                        .fetch_optional(&mut *transaction)
+                        .await
+                        .map_err(StoreError::query("reading an agent's last seq"))?,
+                };
+                open.push(open_interval_from_row(row, latest_seq)?);
+            }
+            let rows = resume_rows(&open, agents, heartbeat, now)?;
+            transaction
+                .close_by_id(&rows.closes)
+                .await
+                .map_err(StoreError::query("closing open intervals"))?;
+            transaction
+                .insert_intervals(&rows.inserts)
+                .await
+                .map_err(StoreError::query("inserting intervals"))?;
+            sqlx::query(SET_META)
+                .bind("heartbeat_at")
+                .bind(to_millis(now))
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::query("storing the heartbeat"))?;
+            transaction
+                .commit()
+                .await
+                .map_err(StoreError::query("committing the resume"))?;
+            Ok(ResumedAgents {
+                states: rows.states,
+                last_seq,
+            })
+        })
+    }
+
+    /// Inserts intervals exactly as given (seq included), in one
+    /// transaction, without touching `bridge_meta`: for tests and
+    /// benchmarks that set up a history. The bridge never calls it.
+    #[doc(hidden)]
+    pub async fn import_intervals(&self, intervals: &[Interval]) -> Result<(), StoreError> {
+        let rows: Vec<NewInterval<'_>> = intervals
+            .iter()
+            .map(|interval| NewInterval {
+                agent: interval.agent.as_str(),
+                status: interval.status.as_str(),
+                reason: interval.reason.as_deref(),
+                extension_status: interval.extension_status.as_deref(),
+                destination: interval.destination.as_deref(),
+                started_at: to_millis(interval.started_at),
+                ended_at: interval.ended_at.map(to_millis),
+                seq: interval.seq.map(seq_to_db),
+            })
+            .collect();
+        with_pool!(&self.writer, |pool, _d| {
+            match pool.begin_write().await {
+                Ok(mut transaction) => match transaction.insert_intervals(&rows).await {
+                    Ok(()) => transaction.commit().await,
+                    Err(error) => Err(error),
+                },
+                Err(error) => Err(error),
+            }
+        })
+        .map_err(StoreError::query("importing intervals"))
+    }
+
+    /// The intervals overlapping `[from, to)`, of one agent or of all,
+    /// ordered by agent and start. Open intervals are included with
+    /// `ended_at = None`.
+    pub async fn intervals(
+        &self,
+        agent: Option<&AgentId>,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Interval>, StoreError> {
+        let rows: Vec<IntervalRow> = with_pool!(&self.reader, |pool, dialect| {
+            let query = match agent {
+                Some(agent) => sqlx::query_as(SELECT_RANGE_OF_AGENT)
+                    .bind(to_millis(to))
+                    .bind(to_millis(from))
+                    .bind(agent.as_str()),
+                None => sqlx::query_as(dialect.pick(SELECT_RANGE_SQLITE, SELECT_RANGE_POSTGRES))
+                    .bind(to_millis(to))
+                    .bind(to_millis(from)),
+            };
+            query.fetch_all(pool).await
+        })
+        .map_err(StoreError::query("reading intervals"))?;
+        rows.into_iter().map(interval_from_row).collect()
+    }
+}

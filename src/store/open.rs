@@ -1,0 +1,285 @@
+//! Opening a [`Store`]: the URL, the pools, the migrations.
+//!
+//! A store has two pools on the same database: one for the bridge's writes
+//! (history batches, heartbeats, audit rows) and one for reads (reports,
+//! the HTTP API), so a long report never holds a connection the history
+//! writer is waiting for. [`Store::open`] creates and migrates the database;
+//! [`Store::open_existing`] (reports, `audit`) never creates, migrates or
+//! writes anything.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{ConnectOptions, Connection};
+
+use super::url::{redact_text, redact_url};
+use super::{Backend, Store, StoreError};
+
+/// How long an SQLite connection waits for a lock before failing with
+/// "database is locked". The writer's transactions take milliseconds; this
+/// only matters for a checkpoint or an outside tool holding the file.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SQLite page cache per writing connection, in KiB (SQLite's default is
+/// 2 MiB). A burst batch touches thousands of index pages; with the default
+/// cache SQLite spills them to the WAL mid-transaction and reads them back.
+/// The cache fills only as pages are used, so this bounds memory rather than
+/// reserving it.
+const SQLITE_WRITER_CACHE_KIB: u32 = 4096;
+
+/// SQLite page cache per reading connection, in KiB. Reports read with
+/// index seeks and the OS page cache holds the file; a small cache keeps
+/// resident memory low.
+const SQLITE_READER_CACHE_KIB: u32 = 1024;
+
+/// WAL pages after which a commit checkpoints (SQLite's default is 1000,
+/// 4 MiB). A 4096-interval batch writes over a thousand pages, so the default
+/// checkpoints after nearly every commit; 4000 (16 MiB of WAL on disk)
+/// checkpoints each page once for several batches.
+const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
+
+/// Writing connections: the history writer, plus one for heartbeats, audit
+/// batches and readiness checks, which then never queue behind a batch.
+/// SQLite lets one transaction write at a time anyway.
+const WRITER_CONNECTIONS: u32 = 2;
+
+/// Reading connections (reports, HTTP API): two queries of one report run
+/// at once, and a second request can start beside them.
+const READER_CONNECTIONS: u32 = 3;
+
+/// How long to wait for a connection from a pool (or for PostgreSQL to
+/// accept one) before an operation fails.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Migrations for SQLite, embedded at build time (`migrations/sqlite`).
+static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Migrations for PostgreSQL, embedded at build time (`migrations/postgres`).
+static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The backends a URL can name.
+enum Scheme {
+    Sqlite,
+    Postgres,
+}
+
+fn scheme(url: &str) -> Result<Scheme, StoreError> {
+    let scheme = url
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    match scheme.as_str() {
+        "sqlite" => Ok(Scheme::Sqlite),
+        "postgres" | "postgresql" => Ok(Scheme::Postgres),
+        _ => Err(StoreError::UnsupportedScheme {
+            url: redact_url(url),
+        }),
+    }
+}
+
+impl Store {
+    /// Opens (creating an SQLite file and its directory if missing) and
+    /// migrates the database at a sqlx URL: `sqlite://data/pbx2mqtt.db`
+    /// (relative to the working directory), `sqlite:///var/lib/x.db`
+    /// (absolute) or `postgres://user@host/db`.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        match scheme(url)? {
+            Scheme::Sqlite => open_sqlite(url).await,
+            Scheme::Postgres => open_postgres(url).await,
+        }
+    }
+
+    /// Opens a database that must already hold pbx2mqtt history, for
+    /// reading only: never creates a file, never migrates, never writes. A
+    /// missing file or an empty database is a [`StoreError::Missing`] naming
+    /// the URL.
+    pub async fn open_existing(url: &str) -> Result<Store, StoreError> {
+        let store = match scheme(url)? {
+            Scheme::Sqlite => open_sqlite_existing(url).await?,
+            Scheme::Postgres => {
+                let options = pg_options(url)?;
+                let pool = PgPoolOptions::new()
+                    .max_connections(READER_CONNECTIONS)
+                    .acquire_timeout(ACQUIRE_TIMEOUT)
+                    .connect_with(options)
+                    .await
+                    .map_err(|error| connect_error(url, &error))?;
+                let backend = Backend::Postgres(pool);
+                Store {
+                    writer: backend.clone(),
+                    reader: backend,
+                }
+            }
+        };
+        if store
+            .scalar_unchecked("SELECT COUNT(*) FROM _sqlx_migrations")
+            .await
+            .is_err()
+        {
+            store.clone().close().await;
+            return Err(StoreError::Missing {
+                url: redact_url(url),
+                detail: "it holds no pbx2mqtt history (it was never migrated); point --database (or database.url) at the bridge's database".into(),
+            });
+        }
+        Ok(store)
+    }
+}
+
+/// The options every SQLite connection shares.
+fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
+    Ok(SqliteConnectOptions::from_str(url)
+        .map_err(|error| StoreError::InvalidUrl {
+            url: redact_url(url),
+            detail: redact_text(&error.to_string(), url),
+        })?
+        .busy_timeout(SQLITE_BUSY_TIMEOUT)
+        .foreign_keys(true))
+}
+
+/// Opens an SQLite file in WAL mode with `synchronous=FULL`: a writer pool
+/// that may create the file, and a read-only reader pool.
+async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
+    let options = sqlite_options(url)?;
+    create_parent_directory(options.get_filename())?;
+    let writer = SqlitePoolOptions::new()
+        .max_connections(WRITER_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(
+            options
+                .clone()
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
+                .pragma(
+                    "wal_autocheckpoint",
+                    SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+                ),
+        )
+        .await
+        .map_err(|error| connect_error(url, &error))?;
+    SQLITE_MIGRATOR
+        .run(&writer)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: redact_url(url),
+            source,
+        })?;
+    let reader = sqlite_reader(options, url).await?;
+    Ok(Store {
+        writer: Backend::Sqlite(writer),
+        reader: Backend::Sqlite(reader),
+    })
+}
+
+/// A read-only pool on an SQLite file that exists.
+async fn sqlite_reader(
+    options: SqliteConnectOptions,
+    url: &str,
+) -> Result<sqlx::SqlitePool, StoreError> {
+    SqlitePoolOptions::new()
+        .max_connections(READER_CONNECTIONS)
+        .acquire_timeout(ACQUIRE_TIMEOUT)
+        .connect_with(
+            options
+                .read_only(true)
+                .create_if_missing(false)
+                .pragma("cache_size", format!("-{SQLITE_READER_CACHE_KIB}")),
+        )
+        .await
+        .map_err(|error| connect_error(url, &error))
+}
+
+/// Opens an existing SQLite file for reading only.
+async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
+    let options = sqlite_options(url)?;
+    let file = options.get_filename();
+    let name = file.to_string_lossy();
+    let in_memory = name.is_empty() || name.starts_with(':') || name.starts_with("file:");
+    if !in_memory && !file.is_file() {
+        return Err(StoreError::Missing {
+            url: redact_url(url),
+            detail: format!(
+                "the file {} does not exist (relative paths are from the working directory {}); point --database (or database.url) at the bridge's database",
+                file.display(),
+                std::env::current_dir()
+                    .map(|dir| dir.display().to_string())
+                    .unwrap_or_else(|_| "?".into())
+            ),
+        });
+    }
+    let reader = Backend::Sqlite(sqlite_reader(options, url).await?);
+    Ok(Store {
+        writer: reader.clone(),
+        reader,
+    })
+}
+
+fn pg_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(url).map_err(|error| StoreError::InvalidUrl {
+        url: redact_url(url),
+        detail: redact_text(&error.to_string(), url),
+    })
+}
+
+/// Connects to PostgreSQL. One connection is made first, so a wrong host or
+/// password fails at once (a pool would retry until its acquire timeout),
+/// and the migrations run on it.
+async fn open_postgres(url: &str) -> Result<Store, StoreError> {
+    let options = pg_options(url)?;
+    let mut first = options
+        .connect()
+        .await
+        .map_err(|error| connect_error(url, &error))?;
+    POSTGRES_MIGRATOR
+        .run(&mut first)
+        .await
+        .map_err(|source| StoreError::Migrate {
+            url: redact_url(url),
+            source,
+        })?;
+    let pool = |connections| {
+        PgPoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options.clone())
+    };
+    let store = Store {
+        writer: Backend::Postgres(pool(WRITER_CONNECTIONS)),
+        reader: Backend::Postgres(pool(READER_CONNECTIONS)),
+    };
+    // Closing only tells the server goodbye; the pools open their own.
+    let _ = first.close().await;
+    Ok(store)
+}
+
+/// Creates the directory an SQLite file goes in, if it has one and it is
+/// missing. In-memory and `file:` URIs are left to SQLite.
+fn create_parent_directory(file: &Path) -> Result<(), StoreError> {
+    let name = file.to_string_lossy();
+    if name.is_empty() || name.starts_with(':') || name.starts_with("file:") {
+        return Ok(());
+    }
+    match file.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() && !parent.exists() => {
+            std::fs::create_dir_all(parent).map_err(|source| StoreError::CreateDirectory {
+                path: parent.to_owned(),
+                source,
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A connection error with the password removed from its text.
+fn connect_error(url: &str, error: &sqlx::Error) -> StoreError {
+    StoreError::Connect {
+        url: redact_url(url),
+        detail: redact_text(&error.to_string(), url),
+    }
+}

@@ -1,0 +1,223 @@
+//! What only SQLite does differently: write transactions take the lock up
+//! front (`BEGIN IMMEDIATE`, waiting up to the busy timeout instead of
+//! failing when a read turns into a write), and many rows travel as chunks
+//! of bound `VALUES` or as one JSON array read with `json_each`, so a batch
+//! of any size is a handful of statements. No business rules here.
+
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::dialect::{BulkWrites, WritePool};
+use super::rows::{Close, CloseById, DetailUpdate, NewInterval};
+
+/// Starts a write transaction.
+const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
+
+/// New details for open intervals: `[[agent, reason, extension_status, destination], ...]`.
+const UPDATE_DETAILS: &str = "UPDATE intervals \
+     SET reason = u.value ->> 1, extension_status = u.value ->> 2, destination = u.value ->> 3 \
+     FROM json_each($1) AS u \
+     WHERE intervals.agent = u.value ->> 0 AND intervals.ended_at IS NULL";
+
+/// Ends intervals by id: `[[id, ended_at], ...]`.
+const CLOSE_BY_ID: &str = "UPDATE intervals SET ended_at = c.value ->> 1 \
+     FROM json_each($1) AS c WHERE intervals.id = c.value ->> 0";
+
+/// The largest number of rows one multi-row statement carries (8 bound
+/// values per interval row, well under SQLite's limit of 32766).
+const CHUNK_ROWS: usize = 256;
+
+/// The row counts multi-row statements are built for: a batch is cut into as
+/// many chunks of the largest size as fit, then of the next, so only three
+/// statements of each kind exist and each stays prepared in sqlx's cache.
+const CHUNK_SIZES: [usize; 3] = [CHUNK_ROWS, 16, 1];
+
+/// `rows` cut into chunks of the sizes in `CHUNK_SIZES`.
+fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    while !rows.is_empty() {
+        // CHUNK_SIZES ends with 1, so a size always fits.
+        let size = CHUNK_SIZES
+            .into_iter()
+            .find(|&size| size <= rows.len())
+            .unwrap_or(1);
+        let (chunk, rest) = rows.split_at(size);
+        out.push(chunk);
+        rows = rest;
+    }
+    out
+}
+
+/// `count` copies of a parenthesised group of `width` placeholders, comma
+/// separated and numbered from 1.
+fn placeholders(width: usize, count: usize) -> String {
+    let mut out = String::with_capacity(count * width * 5);
+    for row in 0..count {
+        if row > 0 {
+            out.push(',');
+        }
+        out.push('(');
+        for column in 0..width {
+            if column > 0 {
+                out.push(',');
+            }
+            out.push('$');
+            out.push_str(&(row * width + column + 1).to_string());
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// Ends the open intervals of `count` agents, each bound as `(agent,
+/// ended_at)`; never before their start. Bound values rather than JSON:
+/// measured about 10% faster on large batches.
+fn close_open_sql(count: usize) -> String {
+    format!(
+        "WITH c (agent, ended_at) AS (VALUES {}) \
+         UPDATE intervals SET ended_at = max(intervals.started_at, c.ended_at) \
+         FROM c WHERE intervals.agent = c.agent AND intervals.ended_at IS NULL",
+        placeholders(2, count)
+    )
+}
+
+/// Inserts `count` rows, each bound as `(agent, status, reason,
+/// extension_status, destination, started_at, ended_at, seq)`.
+fn insert_intervals_sql(count: usize) -> String {
+    format!(
+        "INSERT INTO intervals \
+         (agent, status, reason, extension_status, destination, started_at, ended_at, seq) \
+         VALUES {}",
+        placeholders(8, count)
+    )
+}
+
+/// The JSON parameter for a list of rows.
+fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
+    // Serialising tuples of strings, options and integers cannot fail.
+    serde_json::to_string(rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
+impl WritePool for SqlitePool {
+    type Database = sqlx::Sqlite;
+
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_with(BEGIN_WRITE).await
+    }
+}
+
+impl BulkWrites for SqliteConnection {
+    async fn update_details(&mut self, rows: &[DetailUpdate<'_>]) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = rows
+            .iter()
+            .map(|u| (u.agent, u.reason, u.extension_status, u.destination))
+            .collect();
+        sqlx::query(UPDATE_DETAILS)
+            .bind(json_rows(&rows))
+            .execute(self)
+            .await
+            .map(drop)
+    }
+
+    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<(), sqlx::Error> {
+        for chunk in chunks(rows) {
+            let sql = close_open_sql(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for close in chunk {
+                query = query.bind(close.agent).bind(close.ended_at);
+            }
+            query.execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+
+    async fn close_by_id(&mut self, rows: &[CloseById]) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<_> = rows.iter().map(|c| (c.id, c.ended_at)).collect();
+        sqlx::query(CLOSE_BY_ID)
+            .bind(json_rows(&rows))
+            .execute(self)
+            .await
+            .map(drop)
+    }
+
+    async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
+        for chunk in chunks(rows) {
+            let sql = insert_intervals_sql(chunk.len());
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                query = query
+                    .bind(row.agent)
+                    .bind(row.status)
+                    .bind(row.reason)
+                    .bind(row.extension_status)
+                    .bind(row.destination)
+                    .bind(row.started_at)
+                    .bind(row.ended_at)
+                    .bind(row.seq);
+            }
+            query.execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::test_database::TestDatabase;
+
+    /// The steps of a query plan.
+    fn steps(rows: Vec<(i64, i64, i64, String)>) -> Vec<String> {
+        rows.into_iter().map(|(_, _, _, detail)| detail).collect()
+    }
+
+    /// Checks that a plan looks agents up in the partial index of open
+    /// intervals and never scans the (possibly huge) table.
+    fn check(what: &str, plan: &[String]) {
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("intervals_one_open_per_agent")),
+            "{what}: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN intervals")),
+            "{what}: {plan:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn bulk_updates_use_the_open_interval_index() {
+        let database = TestDatabase::sqlite().await;
+        let pool = database.store.sqlite_pool().unwrap();
+        let close = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", close_open_sql(2)))
+            .bind("alice")
+            .bind(5)
+            .bind("bob")
+            .bind(6)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        check("close", &steps(close));
+        let details = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {UPDATE_DETAILS}"))
+            .bind(r#"[["alice", "why", null, null]]"#)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        check("details", &steps(details));
+        database.finish().await;
+    }
+
+    #[test]
+    fn batches_are_cut_into_few_statement_shapes() {
+        let rows: Vec<usize> = (0..(2 * CHUNK_ROWS + 35)).collect();
+        let sizes: Vec<usize> = chunks(&rows).iter().map(|chunk| chunk.len()).collect();
+        assert_eq!(sizes, [CHUNK_ROWS, CHUNK_ROWS, 16, 16, 1, 1, 1]);
+        assert!(chunks::<usize>(&[]).is_empty());
+        assert_eq!(placeholders(2, 3), "($1,$2),($3,$4),($5,$6)");
+    }
+}
