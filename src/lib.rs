@@ -14,6 +14,7 @@ pub mod config;
 pub mod demo;
 pub mod history;
 pub mod http;
+pub mod localtime;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

@@ -36,7 +36,7 @@ use crate::mqtt::options::mqtt_options;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
-use crate::store::Store;
+use crate::store::{DailyTotals, Store};
 use crate::tring::TringClient;
 
 use self::tracker::TrackerTask;
@@ -85,9 +85,23 @@ pub struct Application {
 impl Application {
     /// Opens the store, resumes from history and binds the HTTP server.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.database.url)
+        let mut store = Store::open(&config.database.url)
             .await
             .context("cannot open the history database (database.url)")?;
+        let started = std::time::Instant::now();
+        match store
+            .keep_daily_totals(config.report.tz())
+            .await
+            .context("cannot prepare the per-day report totals")?
+        {
+            DailyTotals::Current => {}
+            DailyTotals::Rebuilt { intervals } => info!(
+                intervals,
+                timezone = %config.report.timezone,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "per-day report totals rebuilt from history"
+            ),
+        }
         let agents: Vec<_> = config
             .agents
             .iter()

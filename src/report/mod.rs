@@ -18,6 +18,7 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{AgentConfig, ReportConfig};
+use crate::localtime::is_start_of_local_day;
 use crate::model::AgentId;
 use crate::store::{Store, StoreError};
 
@@ -150,14 +151,28 @@ pub async fn summary(
         .iter()
         .map(|period| (period.start_ms(), period.end_ms()))
         .collect();
-    let parts = store.summary_parts(&agents, &bounds).await?;
-    let totals = summary::combine(
-        &parts.started,
-        &parts.calls,
-        &parts.crossing,
-        &periods,
-        now_ms,
-    );
+    let whole_days = periods.iter().all(|period| {
+        is_start_of_local_day(period.start, settings.tz)
+            && is_start_of_local_day(period.end, settings.tz)
+    });
+    let daily = if whole_days {
+        store.daily_parts(settings.tz, &agents, &bounds).await?
+    } else {
+        None
+    };
+    let totals = match daily {
+        Some(parts) => summary::combine_daily(&parts, &periods, now_ms),
+        None => {
+            let parts = store.summary_parts(&agents, &bounds).await?;
+            summary::combine(
+                &parts.started,
+                &parts.calls,
+                &parts.crossing,
+                &periods,
+                now_ms,
+            )
+        }
+    };
     Ok(assemble_summary(request, settings, &periods, &totals, now))
 }
 

@@ -7,9 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{
-    DateTime, Datelike, Days, FixedOffset, LocalResult, Months, NaiveDate, NaiveTime, TimeZone, Utc,
-};
+use chrono::{DateTime, Datelike, Days, FixedOffset, Months, NaiveDate, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
@@ -218,28 +216,7 @@ pub fn periods(range: ReportRange, by: Granularity, tz: Tz) -> Result<Vec<Period
     Ok(periods)
 }
 
-/// The local calendar date of an instant in `tz`.
-pub fn local_date(instant: DateTime<Utc>, tz: Tz) -> NaiveDate {
-    instant.with_timezone(&tz).date_naive()
-}
-
-/// The instant a local calendar day begins in `tz`: local midnight, or in the
-/// few zones whose daylight-saving change skips midnight, the first local
-/// time of that day that exists.
-pub fn start_of_local_day(date: NaiveDate, tz: Tz) -> DateTime<Utc> {
-    let midnight = date.and_time(NaiveTime::MIN);
-    let mut local = midnight;
-    // A gap is at most a few hours; step through it a quarter hour at a time.
-    for _ in 0..=(24 * 4) {
-        match tz.from_local_datetime(&local) {
-            LocalResult::Single(instant) => return instant.with_timezone(&Utc),
-            LocalResult::Ambiguous(earliest, _) => return earliest.with_timezone(&Utc),
-            LocalResult::None => local += chrono::Duration::minutes(15),
-        }
-    }
-    // No zone has a day-long gap; reading midnight as UTC keeps us total.
-    Utc.from_utc_datetime(&midnight)
-}
+pub use crate::localtime::{local_date, start_of_local_day};
 
 /// An instant shown in `tz` with its offset, e.g. `2026-03-29T03:00:00+02:00`.
 pub fn in_zone(instant: DateTime<Utc>, tz: Tz) -> DateTime<FixedOffset> {

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::period::{from_millis, in_zone, Period};
 use crate::model::{AgentId, Status};
-pub use crate::store::{ReportInterval, StartedCalls, StartedSum, TimelineInterval};
+pub use crate::store::{DailyParts, ReportInterval, StartedCalls, StartedSum, TimelineInterval};
 
 /// The raw sums for one agent and one period, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,17 +112,7 @@ pub fn combine(
     now_ms: i64,
 ) -> TotalsByAgent {
     let mut totals = TotalsByAgent::new();
-    let empty = || vec![PeriodTotals::default(); periods.len()];
-    for sum in started.iter().filter(|sum| sum.period < periods.len()) {
-        let entry = totals.entry(sum.agent.clone()).or_insert_with(empty);
-        entry[sum.period].status_ms[status_index(sum.status)] += sum.ms;
-    }
-    for call in calls.iter().filter(|call| call.period < periods.len()) {
-        let entry = &mut totals.entry(call.agent.clone()).or_insert_with(empty)[call.period];
-        entry.calls += call.calls;
-        entry.call_ms += call.call_ms;
-        entry.longest_call_ms = entry.longest_call_ms.max(call.longest_call_ms);
-    }
+    add_sums(&mut totals, started, calls, periods);
     for interval in crossing {
         let start = interval.started_at_ms;
         let Some(index) = periods
@@ -142,8 +132,52 @@ pub fn combine(
             period_totals.call_ms -= counted;
         }
     }
-    for (agent, exact) in accumulate(crossing, periods, now_ms) {
-        let entry = totals.entry(agent).or_insert_with(empty);
+    add_totals(&mut totals, accumulate(crossing, periods, now_ms), periods);
+    totals
+}
+
+/// Exact totals from the per-day totals (`store::DailyParts`: the time of
+/// closed intervals already cut at the period bounds, the closed calls by
+/// the period they start in) plus every open interval. Equals
+/// [`accumulate`] over all intervals when every period is a run of whole
+/// days in the zone the totals were kept in.
+pub fn combine_daily(parts: &DailyParts, periods: &[Period], now_ms: i64) -> TotalsByAgent {
+    let mut totals = TotalsByAgent::new();
+    add_sums(&mut totals, &parts.time, &parts.calls, periods);
+    add_totals(
+        &mut totals,
+        accumulate(&parts.open, periods, now_ms),
+        periods,
+    );
+    totals
+}
+
+/// Adds per-period sums from the database to `totals`.
+fn add_sums(
+    totals: &mut TotalsByAgent,
+    sums: &[StartedSum],
+    calls: &[StartedCalls],
+    periods: &[Period],
+) {
+    let empty = || vec![PeriodTotals::default(); periods.len()];
+    for sum in sums.iter().filter(|sum| sum.period < periods.len()) {
+        let entry = totals.entry(sum.agent.clone()).or_insert_with(empty);
+        entry[sum.period].status_ms[status_index(sum.status)] += sum.ms;
+    }
+    for call in calls.iter().filter(|call| call.period < periods.len()) {
+        let entry = &mut totals.entry(call.agent.clone()).or_insert_with(empty)[call.period];
+        entry.calls += call.calls;
+        entry.call_ms += call.call_ms;
+        entry.longest_call_ms = entry.longest_call_ms.max(call.longest_call_ms);
+    }
+}
+
+/// Adds `more` (totals of the same periods) to `totals`.
+fn add_totals(totals: &mut TotalsByAgent, more: TotalsByAgent, periods: &[Period]) {
+    for (agent, exact) in more {
+        let entry = totals
+            .entry(agent)
+            .or_insert_with(|| vec![PeriodTotals::default(); periods.len()]);
         for (period_totals, add) in entry.iter_mut().zip(exact) {
             for (ms, more) in period_totals.status_ms.iter_mut().zip(add.status_ms) {
                 *ms += more;
@@ -153,7 +187,6 @@ pub fn combine(
             period_totals.longest_call_ms = period_totals.longest_call_ms.max(add.longest_call_ms);
         }
     }
-    totals
 }
 
 /// One row of the summary: one agent in one period. The field names are the

@@ -20,7 +20,7 @@
 
 use std::future::Future;
 
-use super::rows::{Close, CloseById, DetailUpdate, NewInterval};
+use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
 
 /// Which SQL dialect a statement is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,21 +92,36 @@ pub(crate) trait BulkWrites {
         rows: &[DetailUpdate<'_>],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
-    /// Ends agents' open intervals (never before their start).
+    /// Ends agents' open intervals (never before their start); the
+    /// intervals it closed.
     fn close_open(
         &mut self,
         rows: &[Close<'_>],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
-    /// Ends intervals by row id.
+    /// Ends intervals by row id; the intervals it closed.
     fn close_by_id(
         &mut self,
         rows: &[CloseById],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+    ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
     /// Inserts intervals.
     fn insert_intervals(
         &mut self,
         rows: &[NewInterval<'_>],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+
+    /// Up to `limit` closed intervals with a row id above `after`, by id,
+    /// with their ids (for rebuilding the per-day totals page by page).
+    fn closed_intervals_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, ClosedInterval)>, sqlx::Error>> + Send;
+
+    /// Adds to the per-day totals (each key once in `rows`).
+    fn add_daily(
+        &mut self,
+        rows: &DailyRows,
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 }

@@ -10,7 +10,7 @@ use crate::model::{AgentId, AgentState, Change};
 use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::rows::{
     batch_rows, interval_from_row, open_interval_from_row, resume_rows, seq_from_db, seq_to_db,
-    to_millis, BatchRows, Interval, IntervalRow, NewInterval, OpenRow,
+    to_millis, BatchRows, ClosedInterval, Interval, IntervalRow, NewInterval, OpenRow,
 };
 use super::{Store, StoreError};
 
@@ -110,7 +110,7 @@ impl Store {
                 .update_details(&rows.detail_updates)
                 .await
                 .map_err(StoreError::query("updating open intervals"))?;
-            transaction
+            let mut closed = transaction
                 .close_open(&rows.closes)
                 .await
                 .map_err(StoreError::query("closing open intervals"))?;
@@ -118,6 +118,8 @@ impl Store {
                 .insert_intervals(&rows.inserts)
                 .await
                 .map_err(StoreError::query("inserting intervals"))?;
+            closed.extend(ClosedInterval::from_inserts(&rows.inserts));
+            self.add_daily(&mut *transaction, &closed).await?;
             if let Some(max_seq) = rows.max_seq {
                 sqlx::query(RAISE_META)
                     .bind("last_seq")
@@ -215,7 +217,7 @@ impl Store {
                 open.push(open_interval_from_row(row, latest_seq)?);
             }
             let rows = resume_rows(&open, agents, heartbeat, now)?;
-            transaction
+            let mut closed = transaction
                 .close_by_id(&rows.closes)
                 .await
                 .map_err(StoreError::query("closing open intervals"))?;
@@ -223,6 +225,8 @@ impl Store {
                 .insert_intervals(&rows.inserts)
                 .await
                 .map_err(StoreError::query("inserting intervals"))?;
+            closed.extend(ClosedInterval::from_inserts(&rows.inserts));
+            self.add_daily(&mut *transaction, &closed).await?;
             sqlx::query(SET_META)
                 .bind("heartbeat_at")
                 .bind(to_millis(now))
@@ -258,16 +262,20 @@ impl Store {
                 seq: interval.seq.map(seq_to_db),
             })
             .collect();
+        let closed = ClosedInterval::from_inserts(&rows);
+        let failed = StoreError::query("importing intervals");
         with_pool!(&self.writer, |pool, _d| {
-            match pool.begin_write().await {
-                Ok(mut transaction) => match transaction.insert_intervals(&rows).await {
-                    Ok(()) => transaction.commit().await,
-                    Err(error) => Err(error),
-                },
-                Err(error) => Err(error),
-            }
+            let mut transaction = pool.begin_write().await.map_err(failed)?;
+            transaction
+                .insert_intervals(&rows)
+                .await
+                .map_err(StoreError::query("importing intervals"))?;
+            self.add_daily(&mut *transaction, &closed).await?;
+            transaction
+                .commit()
+                .await
+                .map_err(StoreError::query("importing intervals"))
         })
-        .map_err(StoreError::query("importing intervals"))
     }
 
     /// The intervals overlapping `[from, to)`, of one agent or of all,

@@ -12,6 +12,8 @@
 //! - `delivery.rs`: which events the broker has acknowledged, and the
 //!   events after that mark, rebuilt from history;
 //! - `audit.rs`: the queue-command audit table;
+//! - `daily.rs`: per-day totals kept as history is written, for fast
+//!   reports over whole days;
 //! - `reports.rs`: the report queries;
 //! - `sqlite.rs`, `postgres.rs`: only what differs in algorithm.
 //!
@@ -21,6 +23,7 @@
 //! database password in an error or a log line.
 
 mod audit;
+mod daily;
 mod delivery;
 pub(crate) mod dialect;
 mod error;
@@ -38,6 +41,7 @@ pub(crate) mod test_database;
 pub(crate) mod tests;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord, MAX_REQUEST_CHARS};
+pub use daily::{DailyParts, DailyTotals};
 pub use error::StoreError;
 pub use intervals::ResumedAgents;
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
@@ -54,6 +58,9 @@ pub struct Store {
     /// The pool reports and the HTTP API read with (read-only connections
     /// on SQLite), so a long report never delays a history batch.
     reader: Backend,
+    /// The time zone of the per-day totals this store keeps as it writes
+    /// (see `daily.rs`); `None` keeps none.
+    daily: Option<chrono_tz::Tz>,
 }
 
 /// The pool of one backend.

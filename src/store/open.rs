@@ -112,6 +112,7 @@ impl Store {
                 Store {
                     writer: backend.clone(),
                     reader: backend,
+                    daily: None,
                 }
             }
         };
@@ -174,6 +175,7 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     Ok(Store {
         writer: Backend::Sqlite(writer),
         reader: Backend::Sqlite(reader),
+        daily: None,
     })
 }
 
@@ -217,6 +219,7 @@ async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
     Ok(Store {
         writer: reader.clone(),
         reader,
+        daily: None,
     })
 }
 
@@ -252,6 +255,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     let store = Store {
         writer: Backend::Postgres(pool(WRITER_CONNECTIONS)),
         reader: Backend::Postgres(pool(READER_CONNECTIONS)),
+        daily: None,
     };
     // Closing only tells the server goodbye; the pools open their own.
     let _ = first.close().await;

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 use sqlx::{PgConnection, PgPool};
 
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{Close, CloseById, DetailUpdate, NewInterval};
+use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
 
 /// New details for open intervals, one array per column.
 const UPDATE_DETAILS: &str = "UPDATE intervals AS i \
@@ -20,17 +20,36 @@ const UPDATE_DETAILS: &str = "UPDATE intervals AS i \
 const CLOSE_OPEN: &str = "UPDATE intervals AS i \
      SET ended_at = GREATEST(i.started_at, c.ended_at) \
      FROM UNNEST($1::text[], $2::bigint[]) AS c (agent, ended_at) \
-     WHERE i.agent = c.agent AND i.ended_at IS NULL";
+     WHERE i.agent = c.agent AND i.ended_at IS NULL \
+     RETURNING i.agent, i.status, i.started_at, i.ended_at, i.seq";
 
 /// Ends intervals by id, one array per column.
 const CLOSE_BY_ID: &str = "UPDATE intervals AS i SET ended_at = c.ended_at \
-     FROM UNNEST($1::bigint[], $2::bigint[]) AS c (id, ended_at) WHERE i.id = c.id";
+     FROM UNNEST($1::bigint[], $2::bigint[]) AS c (id, ended_at) WHERE i.id = c.id \
+     RETURNING i.agent, i.status, i.started_at, i.ended_at, i.seq";
+
+/// Adds to the time per day, agent and status, one array per column.
+const ADD_DAILY_STATUS: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::bigint[]) \
+     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms";
+
+/// Adds to the calls per day and agent, one array per column.
+const ADD_DAILY_CALLS: &str =
+    "INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[]) \
+     ON CONFLICT (day_start, agent) DO UPDATE SET calls = daily_calls.calls + excluded.calls, \
+       call_ms = daily_calls.call_ms + excluded.call_ms, \
+       longest_ms = GREATEST(daily_calls.longest_ms, excluded.longest_ms)";
 
 /// Inserts rows, one array per column.
 const INSERT_INTERVALS: &str = "INSERT INTO intervals \
      (agent, status, reason, extension_status, destination, started_at, ended_at, seq) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::bigint[], $7::bigint[], $8::bigint[])";
+
+/// Closed intervals after row id `$1`, by id, at most `$2`.
+const CLOSED_AFTER: &str = "SELECT id, agent, status, started_at, ended_at, seq FROM intervals \
+     WHERE id > $1 AND ended_at IS NOT NULL ORDER BY id LIMIT $2";
 
 /// Text as PostgreSQL accepts it: `text` cannot hold NUL, and a value it
 /// rejects would fail the batch on every retry, so NUL becomes U+FFFD.
@@ -75,28 +94,29 @@ impl BulkWrites for PgConnection {
             .map(drop)
     }
 
-    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<(), sqlx::Error> {
+    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        sqlx::query(CLOSE_OPEN)
+        sqlx::query_as(CLOSE_OPEN)
             .bind(rows.iter().map(|c| c.agent).collect::<Vec<_>>())
             .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-            .execute(self)
+            .fetch_all(self)
             .await
-            .map(drop)
     }
 
-    async fn close_by_id(&mut self, rows: &[CloseById]) -> Result<(), sqlx::Error> {
+    async fn close_by_id(
+        &mut self,
+        rows: &[CloseById],
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        sqlx::query(CLOSE_BY_ID)
+        sqlx::query_as(CLOSE_BY_ID)
             .bind(rows.iter().map(|c| c.id).collect::<Vec<_>>())
             .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-            .execute(self)
+            .fetch_all(self)
             .await
-            .map(drop)
     }
 
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
@@ -115,5 +135,57 @@ impl BulkWrites for PgConnection {
             .execute(self)
             .await
             .map(drop)
+    }
+
+    async fn closed_intervals_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ClosedInterval)>, sqlx::Error> {
+        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> = sqlx::query_as(CLOSED_AFTER)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&mut *self)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, agent, status, started_at, ended_at, seq)| {
+                (
+                    id,
+                    ClosedInterval {
+                        agent,
+                        status,
+                        started_at,
+                        ended_at,
+                        seq,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
+        if !rows.status.is_empty() {
+            let status = &rows.status;
+            sqlx::query(ADD_DAILY_STATUS)
+                .bind(status.iter().map(|r| r.day_start).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.ms).collect::<Vec<_>>())
+                .execute(&mut *self)
+                .await?;
+        }
+        if !rows.calls.is_empty() {
+            let calls = &rows.calls;
+            sqlx::query(ADD_DAILY_CALLS)
+                .bind(calls.iter().map(|r| r.day_start).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.calls).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.call_ms).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.longest_ms).collect::<Vec<_>>())
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
     }
 }

@@ -134,7 +134,7 @@ fn status_list() -> String {
 
 /// The agent-list condition on parameter `$n`: SQLite reads a JSON array,
 /// PostgreSQL a `text[]`.
-fn agent_in_list(dialect: Dialect, column: &str, n: usize) -> String {
+pub(crate) fn agent_in_list(dialect: Dialect, column: &str, n: usize) -> String {
     match dialect {
         Dialect::Sqlite => format!("{column} IN (SELECT value FROM json_each(${n}))"),
         Dialect::Postgres => format!("{column} = ANY(${n})"),
@@ -248,7 +248,8 @@ pub(crate) struct AgentList {
 }
 
 impl AgentList {
-    fn new(ids: &[String]) -> Self {
+    /// The list of `ids`.
+    pub(crate) fn new(ids: &[String]) -> Self {
         Self {
             ids: ids.to_vec(),
             json: serde_json::Value::from(ids.to_vec()).to_string(),

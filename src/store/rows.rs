@@ -411,6 +411,137 @@ pub(crate) fn open_interval_from_row(
     })
 }
 
+/// An interval that a write closed (or inserted already closed): what the
+/// per-day totals need of it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Deserialize)]
+pub(crate) struct ClosedInterval {
+    /// The agent's id.
+    pub agent: String,
+    /// The status, by its wire name.
+    pub status: String,
+    /// Start, ms.
+    pub started_at: i64,
+    /// End, ms.
+    pub ended_at: i64,
+    /// The opening transition's seq; `None` when synthesised.
+    pub seq: Option<i64>,
+}
+
+impl ClosedInterval {
+    /// The closed rows among a batch's inserts.
+    pub(crate) fn from_inserts(inserts: &[NewInterval<'_>]) -> Vec<ClosedInterval> {
+        inserts
+            .iter()
+            .filter_map(|row| {
+                Some(ClosedInterval {
+                    agent: row.agent.to_owned(),
+                    status: row.status.to_owned(),
+                    started_at: row.started_at,
+                    ended_at: row.ended_at?,
+                    seq: row.seq,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Time to add to one agent's total in one status on one day.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DailyStatus {
+    /// The day's first instant, ms.
+    pub day_start: i64,
+    /// The agent's id.
+    pub agent: String,
+    /// The status, by its wire name.
+    pub status: String,
+    /// Milliseconds to add.
+    pub ms: i64,
+}
+
+/// Calls to add to one agent's totals on one day.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct DailyCalls {
+    /// The day's first instant, ms.
+    pub day_start: i64,
+    /// The agent's id.
+    pub agent: String,
+    /// Calls to add.
+    pub calls: i64,
+    /// Their summed durations, ms.
+    pub call_ms: i64,
+    /// The longest of them, ms.
+    pub longest_ms: i64,
+}
+
+/// What closed intervals add to the per-day totals, one row per key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct DailyRows {
+    /// Time per day, agent and status.
+    pub status: Vec<DailyStatus>,
+    /// Calls per day and agent.
+    pub calls: Vec<DailyCalls>,
+}
+
+impl DailyRows {
+    /// True when there is nothing to add.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.status.is_empty() && self.calls.is_empty()
+    }
+}
+
+/// The per-day totals of `closed` intervals in `tz`: each interval's time
+/// split at local midnights (a zero-length interval adds 0 to its day, so
+/// the agent is listed there), and each `on_call` interval with a seq a call
+/// of the day it starts, with its full duration. The same rules as the
+/// report's reference (`report::summary::accumulate`).
+pub(crate) fn daily_rows(closed: &[ClosedInterval], tz: chrono_tz::Tz) -> DailyRows {
+    let mut status: HashMap<(i64, &str, &str), i64> = HashMap::new();
+    let mut calls: HashMap<(i64, &str), (i64, i64, i64)> = HashMap::new();
+    for interval in closed {
+        let end = interval.ended_at.max(interval.started_at);
+        let pieces = crate::localtime::split_by_local_day(interval.started_at, end, tz);
+        for &(day_start, ms) in &pieces {
+            *status
+                .entry((day_start, &interval.agent, &interval.status))
+                .or_insert(0) += ms;
+        }
+        if interval.status == Status::OnCall.as_str() && interval.seq.is_some() {
+            if let Some(&(day_start, _)) = pieces.first() {
+                let duration = end - interval.started_at;
+                let entry = calls
+                    .entry((day_start, &interval.agent))
+                    .or_insert((0, 0, 0));
+                entry.0 += 1;
+                entry.1 += duration;
+                entry.2 = entry.2.max(duration);
+            }
+        }
+    }
+    DailyRows {
+        status: status
+            .into_iter()
+            .map(|((day_start, agent, status), ms)| DailyStatus {
+                day_start,
+                agent: agent.to_owned(),
+                status: status.to_owned(),
+                ms,
+            })
+            .collect(),
+        calls: calls
+            .into_iter()
+            .map(
+                |((day_start, agent), (calls, call_ms, longest_ms))| DailyCalls {
+                    day_start,
+                    agent: agent.to_owned(),
+                    calls,
+                    call_ms,
+                    longest_ms,
+                },
+            )
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

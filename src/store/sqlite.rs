@@ -7,7 +7,7 @@
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{Close, CloseById, DetailUpdate, NewInterval};
+use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
 
 /// Starts a write transaction.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -18,9 +18,36 @@ const UPDATE_DETAILS: &str = "UPDATE intervals \
      FROM json_each($1) AS u \
      WHERE intervals.agent = u.value ->> 0 AND intervals.ended_at IS NULL";
 
+/// The columns of an interval a statement closed.
+const RETURNING_CLOSED: &str = "RETURNING intervals.agent, intervals.status, \
+     intervals.started_at, intervals.ended_at, intervals.seq";
+
 /// Ends intervals by id: `[[id, ended_at], ...]`.
 const CLOSE_BY_ID: &str = "UPDATE intervals SET ended_at = c.value ->> 1 \
-     FROM json_each($1) AS c WHERE intervals.id = c.value ->> 0";
+     FROM json_each($1) AS c WHERE intervals.id = c.value ->> 0 \
+     RETURNING intervals.agent, intervals.status, intervals.started_at, intervals.ended_at, \
+     intervals.seq";
+
+/// Adds to the time per day, agent and status: `[[day_start, agent, status, ms], ...]`.
+const ADD_DAILY_STATUS: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1) WHERE true \
+     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms";
+
+/// Adds to the calls per day and agent:
+/// `[[day_start, agent, calls, call_ms, longest_ms], ...]`.
+const ADD_DAILY_CALLS: &str =
+    "INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
+     FROM json_each($1) WHERE true \
+     ON CONFLICT (day_start, agent) DO UPDATE SET calls = daily_calls.calls + excluded.calls, \
+       call_ms = daily_calls.call_ms + excluded.call_ms, \
+       longest_ms = max(daily_calls.longest_ms, excluded.longest_ms)";
+
+/// Closed intervals after row id `$1`, by id, at most `$2`, packed as one
+/// JSON array of `[id, agent, status, started_at, ended_at, seq]`.
+const CLOSED_AFTER: &str = "SELECT json_group_array(json_array(id, agent, status, started_at, \
+     ended_at, seq)) FROM (SELECT id, agent, status, started_at, ended_at, seq FROM intervals \
+     WHERE id > $1 AND ended_at IS NOT NULL ORDER BY id LIMIT $2)";
 
 /// The largest number of rows one multi-row statement carries (8 bound
 /// values per interval row, well under SQLite's limit of 32766).
@@ -75,7 +102,7 @@ fn close_open_sql(count: usize) -> String {
     format!(
         "WITH c (agent, ended_at) AS (VALUES {}) \
          UPDATE intervals SET ended_at = max(intervals.started_at, c.ended_at) \
-         FROM c WHERE intervals.agent = c.agent AND intervals.ended_at IS NULL",
+         FROM c WHERE intervals.agent = c.agent AND intervals.ended_at IS NULL {RETURNING_CLOSED}",
         placeholders(2, count)
     )
 }
@@ -121,28 +148,31 @@ impl BulkWrites for SqliteConnection {
             .map(drop)
     }
 
-    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<(), sqlx::Error> {
+    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+        let mut closed = Vec::with_capacity(rows.len());
         for chunk in chunks(rows) {
             let sql = close_open_sql(chunk.len());
-            let mut query = sqlx::query(&sql);
+            let mut query = sqlx::query_as(&sql);
             for close in chunk {
                 query = query.bind(close.agent).bind(close.ended_at);
             }
-            query.execute(&mut *self).await?;
+            closed.extend(query.fetch_all(&mut *self).await?);
         }
-        Ok(())
+        Ok(closed)
     }
 
-    async fn close_by_id(&mut self, rows: &[CloseById]) -> Result<(), sqlx::Error> {
+    async fn close_by_id(
+        &mut self,
+        rows: &[CloseById],
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let rows: Vec<_> = rows.iter().map(|c| (c.id, c.ended_at)).collect();
-        sqlx::query(CLOSE_BY_ID)
+        sqlx::query_as(CLOSE_BY_ID)
             .bind(json_rows(&rows))
-            .execute(self)
+            .fetch_all(self)
             .await
-            .map(drop)
     }
 
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
@@ -161,6 +191,63 @@ impl BulkWrites for SqliteConnection {
                     .bind(row.seq);
             }
             query.execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+
+    async fn closed_intervals_after(
+        &mut self,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, ClosedInterval)>, sqlx::Error> {
+        // Packed into one JSON value: sqlx hands SQLite rows over one at a
+        // time at several microseconds each.
+        let packed: String = sqlx::query_scalar(CLOSED_AFTER)
+            .bind(after)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&mut *self)
+            .await?;
+        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
+            serde_json::from_str(&packed).map_err(|error| sqlx::Error::Decode(Box::new(error)))?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, agent, status, started_at, ended_at, seq)| {
+                (
+                    id,
+                    ClosedInterval {
+                        agent,
+                        status,
+                        started_at,
+                        ended_at,
+                        seq,
+                    },
+                )
+            })
+            .collect())
+    }
+
+    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
+        if !rows.status.is_empty() {
+            let status: Vec<_> = rows
+                .status
+                .iter()
+                .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
+                .collect();
+            sqlx::query(ADD_DAILY_STATUS)
+                .bind(json_rows(&status))
+                .execute(&mut *self)
+                .await?;
+        }
+        if !rows.calls.is_empty() {
+            let calls: Vec<_> = rows
+                .calls
+                .iter()
+                .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
+                .collect();
+            sqlx::query(ADD_DAILY_CALLS)
+                .bind(json_rows(&calls))
+                .execute(&mut *self)
+                .await?;
         }
         Ok(())
     }

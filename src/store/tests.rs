@@ -389,7 +389,84 @@ async fn readers_run_beside_the_writer(database: &TestDatabase) {
     store.close().await;
 }
 
+/// The per-day totals kept while the store writes (batches that close
+/// intervals across local midnight, a resume that closes and records the
+/// gap) are exactly those a rebuild from the intervals gives.
+async fn daily_totals_follow_every_write_and_match_a_rebuild(database: &TestDatabase) {
+    let tz = chrono_tz::Europe::Amsterdam;
+    let mut store = database.open().await;
+    assert_eq!(
+        store.keep_daily_totals(tz).await.unwrap(),
+        DailyTotals::Rebuilt { intervals: 0 }
+    );
+    // at(0) is 09:00 local; 15 hours later it is midnight.
+    let hour = 3600;
+    store
+        .record(&[
+            state("alice", Status::Available, 0, 1),
+            state("bob", Status::Paused, 10, 2),
+            state("alice", Status::OnCall, 14 * hour, 3),
+            state("alice", Status::Wrapup, 16 * hour, 4),
+        ])
+        .await
+        .unwrap();
+    store.heartbeat(at(17 * hour)).await.unwrap();
+    let configured = [
+        (agent("alice"), "Alice".to_owned()),
+        (agent("bob"), "Bob".to_owned()),
+    ];
+    store.resume(&configured, at(20 * hour)).await.unwrap();
+    let days = |day: i64| {
+        let start = at(15 * hour + day * 24 * hour).timestamp_millis();
+        (start - 24 * 3_600_000, start)
+    };
+    let periods = [days(0), days(1), days(2)];
+    let sorted = |mut parts: DailyParts| {
+        parts
+            .time
+            .sort_by(|a, b| (&a.agent, a.period, a.status).cmp(&(&b.agent, b.period, b.status)));
+        parts
+            .calls
+            .sort_by(|a, b| (&a.agent, a.period).cmp(&(&b.agent, b.period)));
+        parts.open.sort();
+        parts
+    };
+    let kept = sorted(store.daily_parts(tz, &[], &periods).await.unwrap().unwrap());
+    assert!(
+        kept.time.iter().any(|sum| sum.agent.as_str() == "alice"
+            && sum.status == Status::OnCall
+            && sum.period == 0
+            && sum.ms == 3_600_000),
+        "the call's hour before midnight: {kept:?}"
+    );
+    assert_eq!(kept.calls.len(), 1, "one call, on the day it started");
+    assert_eq!(kept.calls[0].call_ms, 2 * 3_600_000);
+    assert_eq!(kept.open.len(), 2, "both agents resumed an open interval");
+    store
+        .execute_unchecked("DELETE FROM daily_rollup")
+        .await
+        .unwrap();
+    let other = database.open().await;
+    assert!(
+        other
+            .daily_parts(tz, &[], &periods)
+            .await
+            .unwrap()
+            .is_none(),
+        "no totals, no answer: the report reads the intervals"
+    );
+    assert!(matches!(
+        store.keep_daily_totals(tz).await.unwrap(),
+        DailyTotals::Rebuilt { intervals } if intervals > 0
+    ));
+    let rebuilt = sorted(store.daily_parts(tz, &[], &periods).await.unwrap().unwrap());
+    assert_eq!(kept, rebuilt);
+    store.close().await;
+    other.close().await;
+}
+
 backend_tests!(
+    daily_totals_follow_every_write_and_match_a_rebuild,
     record_and_read_back,
     schema_allows_one_open_interval_per_agent,
     last_seq_is_persisted_and_never_lowered,
