@@ -29,17 +29,18 @@ RUN mkdir -p src benches \
     && cargo build --release --locked --no-default-features --bin pbx2mqtt \
     && rm -rf src
 
-# The real build. `touch` makes the sources newer than the stub's build
-# records, whatever times COPY gave them, so cargo rebuilds the crate (and
-# re-reads migrations/, which sqlx embeds into it).
-COPY src src
-COPY migrations migrations
+# The real build, with everything .dockerignore lets through (sources,
+# migrations, config, and any asset directory the crate embeds). `touch`
+# makes the sources newer than the stub's build records, whatever times
+# COPY gave them, so cargo rebuilds the crate (and re-reads migrations/,
+# which sqlx embeds into it).
+COPY . .
 RUN find src -name '*.rs' -exec touch {} + \
     && cargo build --release --locked --no-default-features --bin pbx2mqtt \
     && ./target/release/pbx2mqtt --version | grep -q '^pbx2mqtt ' \
     && mkdir -p /out/var/lib/pbx2mqtt /out/etc/pbx2mqtt \
-    && cp target/release/pbx2mqtt /out/pbx2mqtt
-COPY config/docker.toml /out/etc/pbx2mqtt/docker.toml
+    && cp target/release/pbx2mqtt /out/pbx2mqtt \
+    && cp config/docker.toml /out/etc/pbx2mqtt/docker.toml
 
 # --- Run ---------------------------------------------------------------------
 # glibc, libgcc, CA certificates and a "nonroot" user (65532), no shell.
