@@ -264,7 +264,7 @@ async fn grafana_panels_give_the_report_numbers_on_postgres() {
         .unwrap();
     let mut url = url::Url::parse(&server).unwrap();
     url.set_path(&format!("/{name}"));
-    let store = pbx2mqtt::history::Store::open(url.as_str()).await.unwrap();
+    let store = pbx2mqtt::store::Store::open(url.as_str()).await.unwrap();
     store.close().await;
     let pool = PgPool::connect(url.as_str()).await.unwrap();
 
