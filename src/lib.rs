@@ -9,6 +9,7 @@ pub mod board;
 pub mod broker;
 pub mod check;
 pub mod cli;
+pub mod clock;
 pub mod commands;
 pub mod config;
 pub mod demo;

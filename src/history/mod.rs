@@ -6,6 +6,7 @@
 //! This module owns batching, retries and `seq`; every statement is in
 //! `store`. It does no MQTT and no polling.
 
+pub mod pending;
 mod writer;
 
 #[cfg(test)]
