@@ -14,6 +14,7 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod history;
+pub mod homeassistant;
 pub mod http;
 pub mod localtime;
 pub mod metrics;
