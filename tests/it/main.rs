@@ -9,6 +9,7 @@ mod broker_restart;
 mod cli;
 mod commands;
 mod deploy;
+mod fault_proxy;
 mod faults;
 mod grafana;
 mod pipeline;
