@@ -29,10 +29,9 @@ use crate::config::Config;
 use crate::history::{outbox, HistoryWriter, Store};
 use crate::http::{HttpServer, HttpState};
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{
-    BridgeInfo, ConnectionChannels, MqttConnection, Resumed, OUTBOX_LIMIT,
-};
+use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, Resumed};
 use crate::mqtt::options::mqtt_options;
+use crate::mqtt::state::UNACKED_EVENTS_LIMIT;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
@@ -101,7 +100,7 @@ impl Application {
             .await
             .context("cannot read the acknowledged event mark")?
             .unwrap_or(resume.last_seq);
-        let unacknowledged = outbox::unacknowledged(&store, acked_seq, OUTBOX_LIMIT)
+        let unacknowledged = outbox::unacknowledged(&store, acked_seq, UNACKED_EVENTS_LIMIT)
             .await
             .context("cannot read unacknowledged events")?;
         let board = Board::default();
