@@ -38,8 +38,9 @@ use tracing::Instrument;
 
 use super::audit::{self, AuditEntry, AuditOutcome};
 use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
+use super::execute::execute;
 use super::parse::{parse_request, CommandRules, ParsedRequest};
-use super::{execute, Command, CommandError, Response};
+use super::{Command, CommandError, Response};
 use crate::config::Config;
 use crate::history::Store;
 use crate::metrics::Metrics;

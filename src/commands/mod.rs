@@ -7,15 +7,17 @@
 //!   typed [`Command`] or a [`CommandError`]; nothing reaches TRiNG unless it
 //!   passed here. The CLI uses the same parser.
 //! - [`dedup`]: the memory of recent `transaction`s (pure, bounded).
+//! - [`execute`]: the one place a validated command becomes TRiNG calls
+//!   (IO, through [`TringClient`](crate::tring::TringClient)).
 //! - [`dispatcher`]: the task that takes requests from the MQTT connection,
 //!   runs commands concurrently, answers, audits and counts.
 //! - [`audit`]: the `command_audit` table.
 //! - [`cli`]: `pbx2mqtt queue ...`, `pbx2mqtt agent queues`, `pbx2mqtt audit`.
 //!
 //! This module itself holds the shared values: [`Command`], [`ErrorCode`],
-//! [`CommandError`], the response payload ([`Response`]) and [`execute`], the
-//! one place a validated command becomes TRiNG calls. It never publishes and
-//! never touches the database.
+//! [`CommandError`], the response payload ([`Response`]). They are plain
+//! data: this file does no IO, never publishes and never touches the
+//! database, so the pure parser depends on values only.
 //!
 //! Error codes (stable, machine readable; `code` in an error response):
 //!
@@ -48,19 +50,19 @@ pub mod audit;
 pub mod cli;
 pub mod dedup;
 pub mod dispatcher;
+pub mod execute;
 pub mod parse;
 
 #[cfg(test)]
 mod end_to_end;
 
 use std::fmt;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::AgentId;
 use crate::secret::Secret;
-use crate::tring::{TringClient, TringError};
+use crate::tring::TringError;
 
 pub use dispatcher::Dispatcher;
 pub use parse::{parse_request, CommandRules, ParsedRequest};
@@ -435,72 +437,10 @@ impl Response {
     }
 }
 
-/// What [`execute`] did: the outcome and the time spent waiting for TRiNG.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Execution {
-    /// The data of an `ok` response, or the error.
-    pub outcome: Result<CommandData, CommandError>,
-    /// Wall time of the TRiNG requests (all of them, e.g. list + add).
-    pub upstream_latency: Duration,
-}
-
-/// Runs a validated command against TRiNG. `add` and `remove` list the queue
-/// first (see [`crate::tring`]).
-pub async fn execute(client: &TringClient, command: &Command) -> Execution {
-    let started = Instant::now();
-    let agent_name = |member: &Member| member.agent.as_ref().map(|a| a.as_str().to_owned());
-    let outcome = match command {
-        Command::Add {
-            queue,
-            member,
-            custom,
-        } => client
-            .add(queue, &member.extension, *custom)
-            .await
-            .map(|outcome| CommandData::Add {
-                queue: queue.clone(),
-                agent: agent_name(member),
-                extension: member.extension.clone(),
-                custom: *custom,
-                already_member: outcome.already_member,
-            }),
-        Command::Remove { queue, member } => {
-            client
-                .remove(queue, &member.extension)
-                .await
-                .map(|outcome| CommandData::Remove {
-                    queue: queue.clone(),
-                    agent: agent_name(member),
-                    extension: member.extension.clone(),
-                    was_member: outcome.was_member,
-                })
-        }
-        Command::Clean { queue } => client.clean(queue).await.map(|()| CommandData::Clean {
-            queue: queue.clone(),
-        }),
-        Command::List { queue } => client.list(queue).await.map(|members| CommandData::List {
-            queue: queue.clone(),
-            members,
-        }),
-        Command::AgentQueues { member } => {
-            client
-                .agent_queues(&member.extension)
-                .await
-                .map(|queues| CommandData::AgentQueues {
-                    agent: agent_name(member),
-                    extension: member.extension.clone(),
-                    queues,
-                })
-        }
-    };
-    Execution {
-        outcome: outcome.map_err(CommandError::from),
-        upstream_latency: started.elapsed(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
