@@ -10,71 +10,92 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
 use crate::broker::EmbeddedBroker;
-use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::simulator::{Simulator, SimulatorConfig};
 
-/// Runs the demo until `shutdown`.
-pub async fn run(args: DemoArgs, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let broker_port = free_or_any(args.mqtt_port);
-    let broker = EmbeddedBroker::start(SocketAddr::from((Ipv4Addr::LOCALHOST, broker_port)))
-        .context("cannot start the embedded MQTT broker")?;
-    let simulator_config = SimulatorConfig {
-        listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-        agents: args.agents,
-        mean_dwell: args.dwell,
-        ..SimulatorConfig::default()
-    };
-    let simulator = Simulator::start(simulator_config.clone(), shutdown.clone())
-        .await
-        .context("cannot start the PBX simulator")?;
-    // A queue with two members, so `list` and `remove` have something to show.
-    if let Some(first) = simulator.agents().first() {
-        simulator.set_queue_members("500", [first.tring_extension.as_str()]);
+/// Options of `pbx2mqtt demo`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DemoArgs {
+    /// Number of simulated agents.
+    #[arg(long, default_value_t = 36)]
+    pub agents: u32,
+    /// Port of the embedded MQTT broker (0 picks a free one).
+    #[arg(long, default_value_t = 1884)]
+    pub mqtt_port: u16,
+    /// Address of the bridge's HTTP server (0 port picks a free one).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http: SocketAddr,
+    /// SQLite history file.
+    #[arg(long, default_value = "sqlite://data/demo.db")]
+    pub database: String,
+    /// Mean time an agent stays in a state.
+    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+    pub dwell: std::time::Duration,
+}
+
+impl DemoArgs {
+    /// Runs the demo until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let broker_port = free_or_any(self.mqtt_port);
+        let broker = EmbeddedBroker::start(SocketAddr::from((Ipv4Addr::LOCALHOST, broker_port)))
+            .context("cannot start the embedded MQTT broker")?;
+        let simulator_config = SimulatorConfig {
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            agents: self.agents,
+            mean_dwell: self.dwell,
+            ..SimulatorConfig::default()
+        };
+        let simulator = Simulator::start(simulator_config.clone(), shutdown.clone())
+            .await
+            .context("cannot start the PBX simulator")?;
+        // A queue with two members, so `list` and `remove` have something to show.
+        if let Some(first) = simulator.agents().first() {
+            simulator.set_queue_members("500", [first.tring_extension.as_str()]);
+        }
+        let http = if self.http.port() != 0 && TcpListener::bind(self.http).is_err() {
+            SocketAddr::new(self.http.ip(), 0)
+        } else {
+            self.http
+        };
+        let toml = demo_config(
+            &simulator,
+            &simulator_config,
+            &broker.url(),
+            http,
+            &self.database,
+        );
+        let config = Config::from_toml_str(&toml).context("demo configuration")?;
+        let app = Application::build(config).await?;
+        let http_addr = app.http_addr();
+        println!();
+        println!(
+            "pbx2mqtt demo is running: {} simulated agents.",
+            self.agents
+        );
+        println!();
+        println!(
+            "  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v",
+            broker.addr().port()
+        );
+        if let Some(addr) = http_addr {
+            println!("  Agents as JSON:     http://{addr}/api/agents");
+            println!("  Today's report:     http://{addr}/api/reports/summary?format=csv");
+            println!("  Metrics:            http://{addr}/metrics");
+        }
+        println!("  Add an agent to queue 500:");
+        println!(
+            "    mosquitto_pub -h 127.0.0.1 -p {} -t pbx2mqtt/request/queue/500/add -m '{{\"agent\":\"agent-1002\",\"transaction\":1}}'",
+            broker.addr().port()
+        );
+        println!(
+            "  Simulator control:  http://{}/control/stats",
+            simulator.addr()
+        );
+        println!("  History:            {}", self.database);
+        println!();
+        println!("Press Ctrl-C to stop.");
+        app.run(shutdown).await
     }
-    let http = if args.http.port() != 0 && TcpListener::bind(args.http).is_err() {
-        SocketAddr::new(args.http.ip(), 0)
-    } else {
-        args.http
-    };
-    let toml = demo_config(
-        &simulator,
-        &simulator_config,
-        &broker.url(),
-        http,
-        &args.database,
-    );
-    let config = Config::from_toml_str(&toml).context("demo configuration")?;
-    let app = Application::build(config).await?;
-    let http_addr = app.http_addr();
-    println!();
-    println!(
-        "pbx2mqtt demo is running: {} simulated agents.",
-        args.agents
-    );
-    println!();
-    println!(
-        "  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v",
-        broker.addr().port()
-    );
-    if let Some(addr) = http_addr {
-        println!("  Agents as JSON:     http://{addr}/api/agents");
-        println!("  Today's report:     http://{addr}/api/reports/summary?format=csv");
-        println!("  Metrics:            http://{addr}/metrics");
-    }
-    println!("  Add an agent to queue 500:");
-    println!(
-        "    mosquitto_pub -h 127.0.0.1 -p {} -t pbx2mqtt/request/queue/500/add -m '{{\"agent\":\"agent-1002\",\"transaction\":1}}'",
-        broker.addr().port()
-    );
-    println!(
-        "  Simulator control:  http://{}/control/stats",
-        simulator.addr()
-    );
-    println!("  History:            {}", args.database);
-    println!();
-    println!("Press Ctrl-C to stop.");
-    app.run(shutdown).await
 }
 
 /// `preferred` if it can be bound now, else 0 (any free port).
