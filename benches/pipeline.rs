@@ -45,8 +45,8 @@ use serde_json::{json, Value as Json};
 use tokio::sync::{oneshot, watch};
 
 use pbx2mqtt::broker::EmbeddedBroker;
+use pbx2mqtt::config::BrokerUrl;
 use pbx2mqtt::history::{bench_record, Store};
-use pbx2mqtt::mqtt::options::parse_broker_url;
 use pbx2mqtt::simulator::RequestCounts;
 
 /// The release binary under test.
@@ -1115,7 +1115,8 @@ fn parse_event(payload: &[u8], received_micros: i64) -> Option<EventSample> {
 
 /// A rumqttc client with a unique id; the caller drives the event loop.
 fn mqtt_client(broker: &str, role: &str) -> anyhow::Result<(AsyncClient, rumqttc::EventLoop)> {
-    let (host, port) = parse_broker_url(broker).map_err(anyhow::Error::msg)?;
+    let url = BrokerUrl::parse(broker)?;
+    let (host, port) = (url.host(), url.port());
     let id = format!("pbx2mqtt-bench-{role}-{:08x}", rand::random::<u32>());
     let mut options = MqttOptions::new(id, host, port);
     options

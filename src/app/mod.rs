@@ -160,7 +160,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let topics = Topics::new(config.mqtt.base_topic.clone());
-        let options = mqtt_options(&config.mqtt, &topics).context("mqtt.url")?;
+        let options = mqtt_options(&config.mqtt, &topics);
         let belfabriek = Arc::new(
             BelfabriekClient::new(
                 &config.belfabriek,
