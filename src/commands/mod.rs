@@ -53,9 +53,6 @@ pub mod dispatcher;
 pub mod execute;
 pub mod parse;
 
-#[cfg(test)]
-mod end_to_end;
-
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
