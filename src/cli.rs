@@ -129,7 +129,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => command.run(&load()?).await,
         Command::Agent(command) => command.run(&load()?).await,
         Command::Audit(args) => args.run(&load()?).await,
-        Command::Check => crate::check::run(&load()?).await,
+        Command::Check => crate::preflight::run(&load()?).await,
         Command::Migrate => {
             let config = load()?;
             let store = crate::history::Store::open(&config.database.url)

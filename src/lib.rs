@@ -5,19 +5,19 @@
 
 pub mod app;
 pub mod belfabriek;
-pub mod board;
 pub mod broker;
-pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod history;
 pub mod http;
+pub mod latest;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod poller;
+pub mod preflight;
 pub mod report;
 pub mod secret;
 pub mod simulator;

@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::belfabriek::BelfabriekClient;
-use crate::board::Board;
 use crate::commands::Dispatcher;
 use crate::config::Config;
 use crate::history::{outbox, HistoryWriter, Store};
 use crate::http::{HttpServer, HttpState};
+use crate::latest::LatestStates;
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, Resumed};
+use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, StartingPoint};
 use crate::mqtt::options::mqtt_options;
 use crate::mqtt::state::UNACKED_EVENTS_LIMIT;
 use crate::mqtt::topics::Topics;
@@ -67,7 +67,7 @@ pub struct Application {
     /// The bound HTTP server, unless `http.listen` is empty.
     http: Option<HttpServer>,
     /// Latest state of every agent.
-    board: Board,
+    latest: LatestStates,
     /// Shared counters.
     metrics: Arc<Metrics>,
     /// Where each agent's state starts (resumed from history).
@@ -103,9 +103,9 @@ impl Application {
         let unacknowledged = outbox::unacknowledged(&store, acked_seq, UNACKED_EVENTS_LIMIT)
             .await
             .context("cannot read unacknowledged events")?;
-        let board = Board::default();
+        let latest = LatestStates::default();
         for state in &resume.states {
-            board.update(state.clone());
+            latest.update(state.clone());
         }
         let metrics = Arc::new(Metrics::default());
         let tracker = Tracker::new(
@@ -120,7 +120,7 @@ impl Application {
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
             let state = HttpState::new(
                 store.clone(),
-                board.clone(),
+                latest.clone(),
                 metrics.clone(),
                 &config.report,
                 &config.agents,
@@ -131,7 +131,7 @@ impl Application {
             config,
             store,
             http,
-            board,
+            latest,
             metrics,
             tracker,
             last_seq: resume.last_seq,
@@ -146,8 +146,8 @@ impl Application {
     }
 
     /// The latest state of every agent.
-    pub fn board(&self) -> Board {
-        self.board.clone()
+    pub fn latest(&self) -> LatestStates {
+        self.latest.clone()
     }
 
     /// The shared counters.
@@ -184,8 +184,8 @@ impl Application {
             options,
             topics.clone(),
             info,
-            Resumed {
-                states: self.board.snapshot(),
+            StartingPoint {
+                states: self.latest.snapshot(),
                 events: self.unacknowledged,
                 acked_seq: self.acked_seq,
             },
@@ -203,7 +203,7 @@ impl Application {
             history_rx,
             committed_tx,
             self.last_seq,
-            self.board.clone(),
+            self.latest.clone(),
             self.metrics.clone(),
         )
         .with_acked(acked_rx.clone());

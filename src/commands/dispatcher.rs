@@ -82,8 +82,9 @@ struct Context {
     tring_key: Secret,
 }
 
-/// One request, parsed.
-struct Job {
+/// One request message as it was received: its topics, payload and parse
+/// result, carried until it is answered and audited.
+struct ReceivedRequest {
     /// When it was received.
     received_at: DateTime<Utc>,
     /// The request topic.
@@ -101,7 +102,7 @@ struct Job {
 /// A valid request waiting for an execution slot.
 struct Waiting {
     /// The request.
-    job: Job,
+    request: ReceivedRequest,
     /// Its validated command.
     command: Command,
     /// Its dedup key, when it has a transaction.
@@ -284,7 +285,7 @@ impl Dispatcher {
             transaction = parsed.transaction.as_ref().map(|t| t.json_text()).unwrap_or_default(),
         );
         let command = parsed.outcome.clone();
-        let job = Job {
+        let request = ReceivedRequest {
             received_at: Utc::now(),
             topic: incoming.topic,
             request_topic,
@@ -293,9 +294,9 @@ impl Dispatcher {
             parsed,
         };
         let waiting = match command {
-            Err(error) => return self.refuse(job, error, span, responses).await,
+            Err(error) => return self.refuse(request, error, span, responses).await,
             Ok(command) => Waiting {
-                job,
+                request,
                 command,
                 dedup_key,
                 span,
@@ -312,22 +313,27 @@ impl Dispatcher {
             }
             tracing::warn!(parent: &waiting.span, waiting = self.backlog.len(),
                 "too many commands in progress; answering busy");
-            self.refuse(waiting.job, CommandError::busy(), waiting.span, responses)
-                .await;
+            self.refuse(
+                waiting.request,
+                CommandError::busy(),
+                waiting.span,
+                responses,
+            )
+            .await;
         }
     }
 
     /// Starts a command task for a valid request.
     fn start(&mut self, waiting: Waiting) {
         let Waiting {
-            job,
+            request,
             command,
             dedup_key,
             span,
         } = waiting;
         let handle = self
             .commands
-            .spawn(run_command(self.context.clone(), job, command).instrument(span));
+            .spawn(run_command(self.context.clone(), request, command).instrument(span));
         self.running.insert(handle.id(), dedup_key);
     }
 
@@ -336,7 +342,7 @@ impl Dispatcher {
     /// not wait for the database.
     async fn refuse(
         &mut self,
-        job: Job,
+        request: ReceivedRequest,
         error: CommandError,
         span: tracing::Span,
         responses: &mpsc::Sender<Outgoing>,
@@ -351,7 +357,7 @@ impl Dispatcher {
         let responses = responses.clone();
         self.refusals.spawn(
             async move {
-                let answer = conclude(&context, &job, Err(error), None).await;
+                let answer = conclude(&context, &request, Err(error), None).await;
                 send(&responses, answer).await;
             }
             .instrument(span),
@@ -431,12 +437,16 @@ fn response(topic: String, payload: Vec<u8>) -> Outgoing {
 
 /// Runs one valid command against TRiNG, writes its audit row and returns
 /// its response.
-async fn run_command(context: Arc<Context>, job: Job, command: Command) -> Finished {
+async fn run_command(
+    context: Arc<Context>,
+    request: ReceivedRequest,
+    command: Command,
+) -> Finished {
     let execution = execute(&context.client, &command).await;
     let ok = execution.outcome.is_ok();
     let response = conclude(
         &context,
-        &job,
+        &request,
         execution.outcome,
         Some(execution.upstream_latency),
     )
@@ -449,7 +459,7 @@ async fn run_command(context: Arc<Context>, job: Job, command: Command) -> Finis
 /// written, the response built.
 async fn conclude(
     context: &Context,
-    job: &Job,
+    request: &ReceivedRequest,
     outcome: Result<super::CommandData, CommandError>,
     latency: Option<Duration>,
 ) -> Outgoing {
@@ -461,27 +471,27 @@ async fn conclude(
             tracing::warn!(code = %error.code, error = %error.message, latency_ms, "command failed")
         }
     }
-    let payload = Response::new(&outcome, job.parsed.transaction.clone()).to_json();
-    let entry = audit_entry(job, &outcome, latency_ms);
+    let payload = Response::new(&outcome, request.parsed.transaction.clone()).to_json();
+    let entry = audit_entry(request, &outcome, latency_ms);
     if let Err(error) = audit::record(&context.store, &entry).await {
         tracing::error!(%error, "cannot write the command audit row");
     }
-    response(job.response_topic.clone(), payload)
+    response(request.response_topic.clone(), payload)
 }
 
 /// The audit row of one command.
 fn audit_entry(
-    job: &Job,
+    request: &ReceivedRequest,
     outcome: &Result<super::CommandData, CommandError>,
     upstream_latency_ms: Option<i64>,
 ) -> AuditEntry {
-    let command = job.parsed.outcome.as_ref().ok();
+    let command = request.parsed.outcome.as_ref().ok();
     let (action, queue) = match command {
         Some(command) => (
             command.action().to_owned(),
             command.queue().map(str::to_owned),
         ),
-        None => match &job.request_topic {
+        None => match &request.request_topic {
             RequestTopic::Queue { queue, action } => (
                 shorten(action, MAX_SEGMENT_CHARS),
                 Some(shorten(queue, MAX_SEGMENT_CHARS)),
@@ -492,9 +502,9 @@ fn audit_entry(
     let member = command.and_then(|command| command.member());
     let error = outcome.as_ref().err();
     AuditEntry {
-        received_at: job.received_at,
-        topic: job.topic.clone(),
-        request: String::from_utf8_lossy(&job.payload).into_owned(),
+        received_at: request.received_at,
+        topic: request.topic.clone(),
+        request: String::from_utf8_lossy(&request.payload).into_owned(),
         action,
         queue,
         agent: member
@@ -509,6 +519,6 @@ fn audit_entry(
         error_code: error.map(|e| e.code.as_str().to_owned()),
         error: error.map(|e| e.message.clone()),
         upstream_latency_ms,
-        transaction: job.parsed.transaction.as_ref().map(|t| t.json_text()),
+        transaction: request.parsed.transaction.as_ref().map(|t| t.json_text()),
     }
 }

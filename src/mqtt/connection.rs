@@ -106,7 +106,7 @@ enum Input {
 /// Where the connection starts: every agent's state, and the events the
 /// broker had not acknowledged when the bridge last stopped.
 #[derive(Debug, Clone, Default)]
-pub struct Resumed {
+pub struct StartingPoint {
     /// Every agent's state, republished on connect.
     pub states: Vec<AgentState>,
     /// Events to resend (rebuilt from history), oldest first.
@@ -161,17 +161,17 @@ pub struct MqttConnection {
 }
 
 impl MqttConnection {
-    /// A connection that starts from `resumed`.
+    /// A connection that starts from `start`.
     pub fn new(
         options: MqttOptions,
         topics: Topics,
         info: BridgeInfo,
-        resumed: Resumed,
+        start: StartingPoint,
         channels: ConnectionChannels,
         metrics: Arc<Metrics>,
         max_request_bytes: usize,
     ) -> Self {
-        let states = resumed
+        let states = start
             .states
             .into_iter()
             .map(|state| (state.agent.clone(), state))
@@ -188,16 +188,16 @@ impl MqttConnection {
             connected: false,
             max_request_bytes,
             dropped_requests: 0,
-            highest_seq: resumed.acked_seq,
+            highest_seq: start.acked_seq,
         };
-        for event in &resumed.events {
+        for event in &start.events {
             let pending = connection.event_message(event);
             connection.acks.add(event.seq, pending);
             connection.highest_seq = connection.highest_seq.max(event.seq);
         }
-        if !resumed.events.is_empty() {
+        if !start.events.is_empty() {
             info!(
-                events = resumed.events.len(),
+                events = start.events.len(),
                 "events not acknowledged before the last stop will be resent"
             );
         }

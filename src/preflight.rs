@@ -1,7 +1,7 @@
-//! `pbx2mqtt check`: validates the configuration (already done by loading
-//! it), then reaches the database, the Belfabriek API, the TRiNG API and the
-//! broker, and prints one line per check. Reads only: it polls one agent and
-//! lists one agent's queues, and changes nothing.
+//! The preflight checks behind `pbx2mqtt check`: validates the configuration
+//! (already done by loading it), then reaches the database, the Belfabriek
+//! API, the TRiNG API and the broker, and prints one line per check. Reads
+//! only: it polls one agent and lists one agent's queues, and changes nothing.
 
 use std::time::Duration;
 
