@@ -107,6 +107,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Installs the tracing subscriber for `format`. Its `init` also installs
+/// the bridge for the `log` crate (tracing-subscriber's `tracing-log`
+/// feature), which rumqttc, reqwest and sqlx log through.
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));

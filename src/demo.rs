@@ -2,6 +2,10 @@
 //! the PBX simulator with moving agents, the embedded MQTT broker, the bridge
 //! and an SQLite file. It builds a configuration in memory and runs the same
 //! [`Application`] as `pbx2mqtt run`.
+//!
+//! The embedded broker is the cargo feature `embedded-broker` (on by
+//! default). A build without it still has the subcommand, which then fails
+//! at once saying how to get a broker.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 
@@ -9,6 +13,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Application;
+#[cfg(feature = "embedded-broker")]
 use crate::broker::EmbeddedBroker;
 use crate::config::Config;
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -36,9 +41,7 @@ pub struct DemoArgs {
 impl DemoArgs {
     /// Runs the demo until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let broker_port = free_or_any(self.mqtt_port);
-        let broker = EmbeddedBroker::start(SocketAddr::from((Ipv4Addr::LOCALHOST, broker_port)))
-            .context("cannot start the embedded MQTT broker")?;
+        let broker = start_broker(self.mqtt_port)?;
         let simulator_config = SimulatorConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
             agents: self.agents,
@@ -60,7 +63,7 @@ impl DemoArgs {
         let toml = demo_config(
             &simulator,
             &simulator_config,
-            &broker.url(),
+            &format!("mqtt://{broker}"),
             http,
             &self.database,
         );
@@ -75,7 +78,7 @@ impl DemoArgs {
         println!();
         println!(
             "  Watch the topics:   mosquitto_sub -h 127.0.0.1 -p {} -t 'pbx2mqtt/#' -v",
-            broker.addr().port()
+            broker.port()
         );
         if let Some(addr) = http_addr {
             println!("  Agents as JSON:     http://{addr}/api/agents");
@@ -85,7 +88,7 @@ impl DemoArgs {
         println!("  Add an agent to queue 500:");
         println!(
             "    mosquitto_pub -h 127.0.0.1 -p {} -t pbx2mqtt/request/queue/500/add -m '{{\"agent\":\"agent-1002\",\"transaction\":1}}'",
-            broker.addr().port()
+            broker.port()
         );
         println!(
             "  Simulator control:  http://{}/control/stats",
@@ -98,7 +101,28 @@ impl DemoArgs {
     }
 }
 
+/// Starts the embedded broker on `preferred` (or any free port when that
+/// is taken); its address. It runs until the process exits.
+#[cfg(feature = "embedded-broker")]
+fn start_broker(preferred: u16) -> anyhow::Result<SocketAddr> {
+    let port = free_or_any(preferred);
+    let broker = EmbeddedBroker::start(SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+        .context("cannot start the embedded MQTT broker")?;
+    Ok(broker.addr())
+}
+
+/// This build has no embedded broker: says so, and what to do instead.
+#[cfg(not(feature = "embedded-broker"))]
+fn start_broker(_preferred: u16) -> anyhow::Result<SocketAddr> {
+    anyhow::bail!(
+        "this pbx2mqtt was built without the embedded MQTT broker (cargo feature \
+         `embedded-broker`), which the demo needs; build it with default features, or run \
+         `pbx2mqtt simulate` and `pbx2mqtt run` against your own broker (mqtt.url)"
+    )
+}
+
 /// `preferred` if it can be bound now, else 0 (any free port).
+#[cfg(feature = "embedded-broker")]
 fn free_or_any(preferred: u16) -> u16 {
     if preferred == 0 || TcpListener::bind((Ipv4Addr::LOCALHOST, preferred)).is_err() {
         0

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod belfabriek;
+#[cfg(feature = "embedded-broker")]
 pub mod broker;
 pub mod cli;
 pub mod commands;

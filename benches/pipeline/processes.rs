@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+#[cfg(feature = "embedded-broker")]
 use pbx2mqtt::broker::EmbeddedBroker;
 use pbx2mqtt::simulator::RequestCounts;
 
@@ -40,10 +41,9 @@ pub struct Broker {
     pub description: String,
     /// The broker's process, when it is a separate one we can name.
     pub pid: Option<u32>,
-    /// The embedded broker (lives until the process exits).
-    pub _embedded: Option<EmbeddedBroker>,
-    /// Our own Mosquitto (killed when dropped).
-    pub _private: Option<ChildProcess>,
+    /// Our own Mosquitto (killed when dropped). An embedded broker needs no
+    /// handle: it lives until the process exits.
+    _private: Option<ChildProcess>,
 }
 
 impl Broker {
@@ -67,13 +67,14 @@ impl Broker {
                 ),
                 pid: find_process("mosquitto"),
                 url,
-                _embedded: None,
                 _private: None,
             }),
             _ => Self::embedded(),
         }
     }
 
+    /// rumqttd in this process.
+    #[cfg(feature = "embedded-broker")]
     pub fn embedded() -> anyhow::Result<Self> {
         let broker = EmbeddedBroker::start(SocketAddr::from(([127, 0, 0, 1], 0)))
             .context("cannot start the embedded broker")?;
@@ -81,9 +82,17 @@ impl Broker {
             url: broker.url(),
             description: format!("embedded rumqttd in the bench process at {}", broker.url()),
             pid: None,
-            _embedded: Some(broker),
             _private: None,
         })
+    }
+
+    /// This build has no embedded broker.
+    #[cfg(not(feature = "embedded-broker"))]
+    pub fn embedded() -> anyhow::Result<Self> {
+        bail!(
+            "no broker: set PBX2MQTT_TEST_MQTT_URL or PIPELINE_BROKER=mosquitto \
+             (this build has no embedded broker: the `embedded-broker` feature is off)"
+        )
     }
 
     /// Starts `mosquitto` (from PATH) on a free port with TCP_NODELAY.
@@ -114,7 +123,6 @@ impl Broker {
             ),
             pid: Some(broker.pid()),
             url,
-            _embedded: None,
             _private: Some(broker),
         })
     }
