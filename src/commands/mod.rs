@@ -19,25 +19,9 @@
 //! data: this file does no IO, never publishes and never touches the
 //! database, so the pure parser depends on values only.
 //!
-//! Error codes (stable, machine readable; `code` in an error response):
-//!
-//! | code | meaning |
-//! | --- | --- |
-//! | `invalid_json` | the payload starts like JSON but does not parse, or is not UTF-8 |
-//! | `invalid_request` | wrong shape: unknown field, wrong type, both or neither of `agent`/`extension`, a payload where none is expected |
-//! | `unknown_action` | the action in the topic is not `add`, `remove`, `clean` or `list` |
-//! | `unknown_agent` | the agent is not configured (and, on `agent/<x>/queues`, not an extension number either) |
-//! | `agent_has_no_extension` | the agent is configured without `queue_extension` |
-//! | `invalid_queue` | the queue in the topic is not a plain number (1 to 20 ASCII digits) |
-//! | `invalid_extension` | the extension is not a plain number |
-//! | `queue_not_allowed` | the queue is not in `commands.allowed_queues` |
-//! | `clean_not_allowed` | `clean` while `commands.allow_clean` is false |
-//! | `payload_too_large` | the payload is larger than `commands.max_payload_bytes` |
-//! | `retained_request` | the request was published retained (it is cleared, not executed) |
-//! | `upstream_rejected` | TRiNG answered with an error text |
-//! | `upstream_error` | TRiNG answered an HTTP error or a redirect (never followed), could not be reached, or sent something unexpected |
-//! | `upstream_timeout` | TRiNG did not answer within `tring.timeout` |
-//! | `busy` | too many commands are waiting for TRiNG already; nothing was sent, retry later |
+//! Error codes ([`ErrorCode`], `code` in an error response) are stable and
+//! machine readable; the one table of what each means is the README's
+//! "Error codes" section (`README.md#error-codes`), which users read.
 //!
 //! Redaction: only the TRiNG key can reach TRiNG, so only the key can come
 //! back in TRiNG's text, and only in text derived from TRiNG's answers (error
@@ -65,6 +49,7 @@ pub use dispatcher::Dispatcher;
 pub use parse::{parse_request, CommandRules, ParsedRequest};
 
 /// A stable machine-readable error code (the `code` of an error response).
+/// What each means for users: the README's "Error codes" table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -439,6 +424,22 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn the_readme_table_documents_every_error_code() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Error codes")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("the README has an \"Error codes\" section");
+        for code in ErrorCode::ALL {
+            assert!(
+                table.contains(&format!("| `{code}` |")),
+                "the README's error code table lacks `{code}`"
+            );
+        }
+    }
 
     #[test]
     fn error_codes_serialize_to_their_wire_names() {
