@@ -11,10 +11,10 @@ use rumqttc::{Event, Packet, QoS};
 use serde_json::Value as Json;
 use tokio::sync::oneshot;
 
-use crate::settings::Settings;
+use crate::settings::{Settings, COMMAND_QUEUE, FIRST_TRING_EXTENSION, STARTUP_LIMIT};
+use crate::stats::{lock, percentile};
 use crate::subscriber::mqtt_client;
-use crate::table::{percentile, Report, Row};
-use crate::{lock, COMMAND_QUEUE, FIRST_TRING_EXTENSION, STARTUP_LIMIT};
+use crate::table::{Report, Row};
 
 /// Longest wait for one command's response.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);

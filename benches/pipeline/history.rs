@@ -9,9 +9,10 @@ use anyhow::Context;
 
 use pbx2mqtt::history::{bench_record, Store};
 
-use crate::progress;
 use crate::settings::Settings;
-use crate::table::{percentile, thousands, Report, Row, TARGET_HISTORY_PER_SECOND};
+use crate::stats::{percentile, thousands};
+use crate::table::{progress, Report, Row};
+use crate::targets::TARGET_HISTORY_PER_SECOND;
 
 /// Times single-row commits with the store's own settings (WAL,
 /// synchronous=FULL) on the disk the bridge's history uses: the floor under

@@ -27,23 +27,26 @@
 //! embedded).
 //! Arguments `pipeline` or `history` run only that part.
 //!
-//! This file runs the stages; the rooms beside it: `settings` (knobs and
-//! stages), `processes` (broker, simulator, bridge, their control and
-//! metrics), `subscriber` (MQTT: event timing, cleanup), `samplers` (memory
-//! and CPU), `commands` (the command phase), `history` (write throughput)
-//! and `table` (targets, rows, the printed table and the JSON).
+//! This file runs the stages; the rooms beside it, from the bottom up:
+//! `targets` (the product targets), `stats` (percentiles, formatting),
+//! `settings` (knobs, stages, the simulated setup), `processes` (broker,
+//! simulator, bridge, their control and metrics), `samplers` (memory and
+//! CPU), `subscriber` (MQTT: event timing, cleanup), `table` (rows, the
+//! printed table and the JSON), `commands` (the command phase) and `history`
+//! (write throughput).
 
 mod commands;
 mod history;
 mod processes;
 mod samplers;
 mod settings;
+mod stats;
 mod subscriber;
 mod table;
+mod targets;
 
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -56,18 +59,9 @@ use crate::processes::{
     SimulatorControl,
 };
 use crate::samplers::{MemorySampler, Processes};
-use crate::settings::{Settings, Stage};
+use crate::settings::{Settings, Stage, STARTUP_LIMIT};
 use crate::subscriber::{clear_retained, EventSubscriber};
-use crate::table::{cost_rows, latency_rows, memory_rows, polling_rows, Report, Row};
-
-/// First Belfabriek extension id of the simulated agents.
-const FIRST_EXTENSION: u32 = 1001;
-
-/// First TRiNG extension of the simulated agents.
-const FIRST_TRING_EXTENSION: u32 = 201;
-
-/// The queue the command phase adds to and removes from.
-const COMMAND_QUEUE: &str = "500";
+use crate::table::{cost_rows, latency_rows, memory_rows, polling_rows, progress, Report, Row};
 
 /// After the warm-up, the window starts once the events of the last second
 /// have a median latency below this (the start-up burst has drained)...
@@ -75,9 +69,6 @@ const SETTLED_MEDIAN_MS: f64 = 50.0;
 
 /// ...or at the latest this many warm-ups after the bridge came online.
 const SETTLE_LIMIT_FACTOR: u32 = 3;
-
-/// Longest wait for a process or the broker to come up.
-const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// Longest wait for the bridge's graceful stop.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
@@ -354,15 +345,4 @@ async fn run_stage(
     ));
     drop(events);
     Ok(())
-}
-
-fn progress(message: impl AsRef<str>) {
-    eprintln!("[pipeline] {}", message.as_ref());
-}
-
-/// Locks a mutex, ignoring poisoning (the data are plain samples).
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -17,9 +17,9 @@ use anyhow::{bail, Context};
 use pbx2mqtt::broker::EmbeddedBroker;
 use pbx2mqtt::simulator::RequestCounts;
 
-use crate::samplers::find_process;
-use crate::settings::{Settings, Stage};
-use crate::{COMMAND_QUEUE, FIRST_EXTENSION, FIRST_TRING_EXTENSION, STARTUP_LIMIT};
+use crate::settings::{
+    Settings, Stage, COMMAND_QUEUE, FIRST_EXTENSION, FIRST_TRING_EXTENSION, STARTUP_LIMIT,
+};
 
 /// The release binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_pbx2mqtt");
@@ -419,4 +419,24 @@ pub async fn bridge_metrics(http: &reqwest::Client, url: &str) -> Option<Scrape>
 pub fn metric_delta(pair: Option<(&Scrape, &Scrape)>, name: &str) -> Option<f64> {
     let (before, after) = pair?;
     Some(after.get(name)? - before.get(name)?)
+}
+
+/// The pid of the only process named `name`, if exactly one runs.
+pub fn find_process(name: &str) -> Option<u32> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
+            if comm.trim() == name {
+                found.push(pid);
+            }
+        }
+    }
+    (found.len() == 1).then(|| found[0])
 }

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value as Json};
 
-use crate::lock;
 use crate::processes::ChildProcess;
+use crate::stats::{lock, round1};
 
 /// One reading of a process's memory, kB.
 #[derive(Debug, Clone, Copy, Default)]
@@ -219,10 +219,6 @@ impl Processes {
     }
 }
 
-pub fn round1(value: f64) -> f64 {
-    (value * 10.0).round() / 10.0
-}
-
 /// utime + stime of a process, in clock ticks.
 pub fn process_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -247,24 +243,4 @@ pub fn machine_ticks() -> Option<(u64, u64)> {
     let total: u64 = values.iter().take(8).sum();
     let idle = values.get(3)? + values.get(4).copied().unwrap_or(0);
     Some((total - idle, total))
-}
-
-/// The pid of the only process named `name`, if exactly one runs.
-pub fn find_process(name: &str) -> Option<u32> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if let Ok(comm) = std::fs::read_to_string(entry.path().join("comm")) {
-            if comm.trim() == name {
-                found.push(pid);
-            }
-        }
-    }
-    (found.len() == 1).then(|| found[0])
 }

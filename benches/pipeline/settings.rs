@@ -1,5 +1,5 @@
 //! What to run and how hard: the knobs from the environment and the arguments,
-//! and the stages they make.
+//! the stages they make, and the fixed shape of the simulated setup.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -8,7 +8,19 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde_json::{json, Value as Json};
 
-use crate::table::{TARGET_AGENTS, TARGET_INTERVAL};
+use crate::targets::{TARGET_AGENTS, TARGET_INTERVAL};
+
+/// First Belfabriek extension id of the simulated agents.
+pub const FIRST_EXTENSION: u32 = 1001;
+
+/// First TRiNG extension of the simulated agents.
+pub const FIRST_TRING_EXTENSION: u32 = 201;
+
+/// The queue the command phase adds to and removes from.
+pub const COMMAND_QUEUE: &str = "500";
+
+/// Longest wait for a process or the broker to come up.
+pub const STARTUP_LIMIT: Duration = Duration::from_secs(60);
 
 /// What to run and how hard.
 #[derive(Debug, Clone)]

@@ -13,8 +13,8 @@ use tokio::sync::{oneshot, watch};
 
 use pbx2mqtt::config::BrokerUrl;
 
-use crate::table::percentile;
-use crate::{lock, FIRST_EXTENSION, STARTUP_LIMIT};
+use crate::settings::{FIRST_EXTENSION, STARTUP_LIMIT};
+use crate::stats::{lock, percentile};
 
 /// One event as the subscriber received it.
 #[derive(Debug, Clone)]

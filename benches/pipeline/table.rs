@@ -12,28 +12,12 @@ use pbx2mqtt::simulator::RequestCounts;
 use crate::processes::{metric_delta, Scrape};
 use crate::samplers::Memory;
 use crate::settings::{Settings, Stage};
+use crate::stats::{percentile, thousands};
 use crate::subscriber::EventSample;
-
-/// The product targets (`product.md` §8).
-pub const TARGET_POLLS_PER_SECOND: f64 = 10_000.0;
-
-/// Transition → subscriber p99, milliseconds.
-pub const TARGET_LATENCY_P99_MS: f64 = 5.0;
-
-/// Transitions per second the latency target is stated at.
-pub const TARGET_TRANSITIONS_PER_SECOND: f64 = 1_000.0;
-
-/// Peak resident memory of the bridge, megabytes.
-pub const TARGET_RSS_MB: f64 = 40.0;
-
-/// History intervals per second.
-pub const TARGET_HISTORY_PER_SECOND: f64 = 20_000.0;
-
-/// The agent count and interval the targets are stated for.
-pub const TARGET_AGENTS: u32 = 5_000;
-
-/// See [`TARGET_AGENTS`].
-pub const TARGET_INTERVAL: Duration = Duration::from_millis(500);
+use crate::targets::{
+    TARGET_AGENTS, TARGET_INTERVAL, TARGET_LATENCY_P99_MS, TARGET_POLLS_PER_SECOND, TARGET_RSS_MB,
+    TARGET_TRANSITIONS_PER_SECOND,
+};
 
 /// One line of the results table.
 #[derive(Debug, Clone)]
@@ -223,28 +207,6 @@ impl Report {
         std::fs::write(&path, serde_json::to_string_pretty(&document)?)?;
         Ok(path)
     }
-}
-
-/// `12,345`.
-pub fn thousands(value: f64) -> String {
-    let digits = format!("{:.0}", value.max(0.0));
-    let mut out = String::new();
-    for (index, digit) in digits.chars().enumerate() {
-        if index > 0 && (digits.len() - index) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(digit);
-    }
-    out
-}
-
-/// Nearest-rank percentile of sorted values.
-pub fn percentile(sorted: &[i64], fraction: f64) -> Option<i64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let rank = ((sorted.len() as f64 * fraction).ceil() as usize).clamp(1, sorted.len());
-    Some(sorted[rank - 1])
 }
 
 pub fn polling_rows(
@@ -487,4 +449,8 @@ pub fn memory_rows(
         &format!("< {TARGET_RSS_MB:.0} MB"),
         peak.is_some_and(|v| v < TARGET_RSS_MB),
     ));
+}
+
+pub fn progress(message: impl AsRef<str>) {
+    eprintln!("[pipeline] {}", message.as_ref());
 }

@@ -8,14 +8,14 @@
 //! - On every (re)connect, in this order: subscribe, `bridge/state` = online,
 //!   `bridge/info`, every agent's current state (retained), then every event
 //!   the broker has not acknowledged. rumqttc drops unacknowledged QoS 1
-//!   messages on a clean session, so the [`AckTracker`] (`state.rs`) keeps
+//!   messages on a clean session, so the `AckTracker` (`state.rs`) keeps
 //!   events until their PUBACK arrives.
 //! - Reconnects back off exponentially (capped, with jitter).
 //!
 //! It must not block: no `.await` on anything but its own `select!`. It is
 //! the only module that reaches into rumqttc's internals (the event loop's
 //! `state`), each place with a comment saying why; the delivery bookkeeping
-//! itself is the pure [`AckTracker`].
+//! itself is the pure `AckTracker` (`mqtt::state`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
