@@ -1,6 +1,7 @@
 //! The embedded MQTT broker (rumqttd) for `pbx2mqtt demo` and for tests on
 //! machines without Mosquitto. Not for production: `run` expects a real
-//! broker at `mqtt.url`.
+//! broker at `mqtt.url`. Only in builds with the cargo feature
+//! `embedded-broker` (on by default).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -1,9 +1,14 @@
 //! The command line: parses arguments, loads the configuration, sets up
 //! logging and runs one subcommand. `main.rs` only calls [`main`].
 //!
+//! One pattern for arguments: every subcommand's clap type lives beside the
+//! code that runs it ([`DemoArgs`] in `demo`, [`SimulatorConfig`] in
+//! `simulator`, [`ReportCommand`] in `report::cli`, [`QueueCommand`],
+//! [`AgentCommand`] and [`AuditArgs`] in `commands::cli`); this file only
+//! assembles them into [`Cli`] and holds the global options.
+//!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,6 +21,7 @@ use tracing_subscriber::EnvFilter;
 use crate::app::Application;
 use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
 use crate::config::{Config, ConfigError};
+use crate::demo::DemoArgs;
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -73,26 +79,6 @@ pub enum Command {
     Migrate,
 }
 
-/// Options of `pbx2mqtt demo`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DemoArgs {
-    /// Number of simulated agents.
-    #[arg(long, default_value_t = 36)]
-    pub agents: u32,
-    /// Port of the embedded MQTT broker (0 picks a free one).
-    #[arg(long, default_value_t = 1884)]
-    pub mqtt_port: u16,
-    /// Address of the bridge's HTTP server (0 port picks a free one).
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub http: SocketAddr,
-    /// SQLite history file.
-    #[arg(long, default_value = "sqlite://data/demo.db")]
-    pub database: String,
-    /// Mean time an agent stays in a state.
-    #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
-    pub dwell: std::time::Duration,
-}
-
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -121,6 +107,9 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Installs the tracing subscriber for `format`. Its `init` also installs
+/// the bridge for the `log` crate (tracing-subscriber's `tracing-log`
+/// feature), which rumqttc, reqwest and sqlx log through.
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
@@ -143,7 +132,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Queue(command) => command.run(&load()?).await,
         Command::Agent(command) => command.run(&load()?).await,
         Command::Audit(args) => args.run(&load()?).await,
-        Command::Check => crate::check::run(&load()?).await,
+        Command::Check => crate::preflight::run(&load()?).await,
         Command::Migrate => {
             let config = load()?;
             let store = crate::store::Store::open(&config.database.url)
@@ -212,5 +201,5 @@ async fn simulate(config: SimulatorConfig) -> anyhow::Result<()> {
 }
 
 async fn demo(args: DemoArgs) -> anyhow::Result<()> {
-    crate::demo::run(args, shutdown_on_signal()).await
+    args.run(shutdown_on_signal()).await
 }

@@ -89,8 +89,8 @@ pub struct Config {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL, `mqtt://host:port` (port defaults to 1883).
-    pub url: String,
+    /// Broker URL, `mqtt://host:port` (port defaults to 1883), parsed.
+    pub url: BrokerUrl,
     /// MQTT client id.
     pub client_id: String,
     /// Prefix of every topic.
@@ -102,6 +102,117 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// File holding the password (secret), instead of `password`.
     pub password_file: Option<PathBuf>,
+}
+
+/// A broker address, parsed once when the configuration is read:
+/// `mqtt://host:port`, `tcp://host:port` or `host:port`; the port defaults to
+/// 1883. Shown (and serialized) as written.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct BrokerUrl {
+    /// The URL as written.
+    raw: String,
+    /// The host name or address (IPv6 without brackets).
+    host: String,
+    /// The TCP port.
+    port: u16,
+}
+
+/// Why a broker URL is not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerUrlError {
+    /// A scheme other than `mqtt://` or `tcp://`.
+    #[error("unsupported scheme in {0:?}: use mqtt://host:port")]
+    Scheme(String),
+    /// No host.
+    #[error("no host in {0:?}: use mqtt://host:port")]
+    Host(String),
+    /// The port is not a number from 0 to 65535.
+    #[error("bad port in {0:?}: use mqtt://host:port")]
+    Port(String),
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host:port`, `tcp://host:port` or `host:port`.
+    pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .unwrap_or(url);
+        if rest.contains("://") {
+            return Err(BrokerUrlError::Scheme(url.to_owned()));
+        }
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, _)) if !host.ends_with(']') && host.contains(':') => (rest, "1883"),
+            Some((host, port)) => (host, port),
+            None => (rest, "1883"),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(BrokerUrlError::Host(url.to_owned()));
+        }
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| BrokerUrlError::Port(url.to_owned()))?;
+        Ok(Self {
+            raw: url.to_owned(),
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// `mqtt://127.0.0.1:1883`, the default.
+    pub fn localhost() -> Self {
+        Self {
+            raw: "mqtt://127.0.0.1:1883".to_owned(),
+            host: "127.0.0.1".to_owned(),
+            port: 1883,
+        }
+    }
+
+    /// The host name or address.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The TCP port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.raw
+    }
+}
+
+impl std::fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.raw)
+    }
+}
+
+impl std::str::FromStr for BrokerUrl {
+    type Err = BrokerUrlError;
+
+    fn from_str(url: &str) -> Result<Self, Self::Err> {
+        Self::parse(url)
+    }
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = BrokerUrlError;
+
+    fn try_from(url: String) -> Result<Self, Self::Error> {
+        Self::parse(&url)
+    }
+}
+
+impl From<BrokerUrl> for String {
+    fn from(url: BrokerUrl) -> Self {
+        url.raw
+    }
 }
 
 /// `[belfabriek]`
@@ -300,7 +411,7 @@ pub fn default_reasons() -> BTreeMap<String, Status> {
 fn defaults() -> Defaults {
     Defaults {
         mqtt: MqttConfig {
-            url: "mqtt://127.0.0.1:1883".into(),
+            url: BrokerUrl::localhost(),
             client_id: "pbx2mqtt".into(),
             base_topic: "pbx2mqtt".into(),
             username: None,
@@ -465,8 +576,6 @@ impl Config {
                 return Err(value_error(key, "expected an http:// or https:// URL"));
             }
         }
-        crate::mqtt::options::parse_broker_url(&self.mqtt.url)
-            .map_err(|e| value_error("mqtt.url", e.to_string()))?;
         let base = &self.mqtt.base_topic;
         if base.is_empty()
             || base.starts_with('/')
@@ -645,6 +754,37 @@ mod tests {
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(toml)
+    }
+
+    #[test]
+    fn broker_urls() {
+        let ok = |url: &str| {
+            let parsed = BrokerUrl::parse(url).unwrap();
+            assert_eq!(parsed.as_str(), url);
+            (parsed.host().to_owned(), parsed.port())
+        };
+        assert_eq!(ok("mqtt://127.0.0.1:1883"), ("127.0.0.1".into(), 1883));
+        assert_eq!(ok("tcp://broker:1884"), ("broker".into(), 1884));
+        assert_eq!(ok("mqtt://broker"), ("broker".into(), 1883));
+        assert_eq!(ok("broker:99"), ("broker".into(), 99));
+        assert_eq!(ok("mqtt://[::1]:1883"), ("::1".into(), 1883));
+        assert_eq!(
+            BrokerUrl::localhost(),
+            BrokerUrl::parse("mqtt://127.0.0.1:1883").unwrap()
+        );
+        for bad in [
+            "http://x:1",
+            "mqtt://:1883",
+            "mqtt://h:port",
+            "mqtt://h:70000",
+        ] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+        let error = load("[mqtt]\nurl = \"http://broker\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("unsupported scheme"), "{error}");
+        assert!(error.contains("mqtt.url"), "{error}");
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! The HTTP server on `http.listen`: the reports (`/api/reports/summary`,
 //! `/api/reports/timeline`), every agent's current state (`/api/agents`,
-//! from the [`Board`]), health (`/healthz`, `/readyz`) and Prometheus
+//! from the [`LatestStates`]), health (`/healthz`, `/readyz`) and Prometheus
 //! `/metrics`.
 //!
 //! It parses query strings once at the boundary (a bad parameter is a 400
@@ -23,8 +23,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::board::Board;
 use crate::config::{AgentConfig, ReportConfig};
+use crate::latest::LatestStates;
 use crate::metrics::Metrics;
 use crate::model::AgentId;
 use crate::report::format::{render_summary, render_timeline, OutputFormat};
@@ -41,7 +41,7 @@ pub struct HttpState {
     /// The history, for reports and readiness.
     pub store: Store,
     /// Every agent's current state, for `/api/agents`.
-    pub board: Board,
+    pub latest: LatestStates,
     /// The counters rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Report time zone and configured agents.
@@ -52,14 +52,14 @@ impl HttpState {
     /// State from the service's parts and configuration.
     pub fn new(
         store: Store,
-        board: Board,
+        latest: LatestStates,
         metrics: Arc<Metrics>,
         report: &ReportConfig,
         agents: &[AgentConfig],
     ) -> Self {
         Self {
             store,
-            board,
+            latest,
             metrics,
             report: ReportSettings::from_config(report, agents),
         }
@@ -346,7 +346,7 @@ fn compact_json<T: serde::Serialize>(value: &T) -> Response {
 /// `GET /api/agents`: every agent's current state (the retained MQTT state
 /// payloads), ordered by id.
 async fn agents(State(state): State<HttpState>) -> Response {
-    Json(state.board.snapshot()).into_response()
+    Json(state.latest.snapshot()).into_response()
 }
 
 /// `GET /healthz`: the process is up.
@@ -425,7 +425,7 @@ mod tests {
         async fn start() -> Self {
             let database = TestDatabase::sqlite().await;
             insert(&database.store, &intervals(SPRING_FORWARD)).await;
-            let board = Board::default();
+            let latest = LatestStates::default();
             let mut state = crate::status::unknown_state(
                 agent("alice"),
                 "Alice".to_owned(),
@@ -433,12 +433,12 @@ mod tests {
             );
             state.status = Status::OnCall;
             state.on_a_call = true;
-            board.update(state);
+            latest.update(state);
             let metrics = Arc::new(Metrics::default());
             Metrics::inc(&metrics.polls_ok);
             let http_state = HttpState {
                 store: database.store.clone(),
-                board,
+                latest,
                 metrics,
                 report: settings(),
             };
@@ -680,7 +680,7 @@ mod tests {
         let database = TestDatabase::sqlite().await;
         let state = HttpState {
             store: database.store.clone(),
-            board: Board::default(),
+            latest: LatestStates::default(),
             metrics: Arc::new(Metrics::default()),
             report: settings(),
         };

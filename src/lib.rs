@@ -5,9 +5,8 @@
 
 pub mod app;
 pub mod belfabriek;
-pub mod board;
+#[cfg(feature = "embedded-broker")]
 pub mod broker;
-pub mod check;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -16,11 +15,13 @@ pub mod demo;
 pub mod history;
 pub mod homeassistant;
 pub mod http;
+pub mod latest;
 pub mod localtime;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;
 pub mod poller;
+pub mod preflight;
 pub mod report;
 pub mod secret;
 pub mod simulator;

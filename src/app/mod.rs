@@ -23,16 +23,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::belfabriek::BelfabriekClient;
-use crate::board::Board;
 use crate::commands::Dispatcher;
 use crate::config::Config;
 use crate::history::HistoryWriter;
 use crate::http::{HttpServer, HttpState};
+use crate::latest::LatestStates;
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{
-    BridgeInfo, ConnectionChannels, MqttConnection, Resumed, OUTBOX_LIMIT,
-};
+use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, StartingPoint};
 use crate::mqtt::options::mqtt_options;
+use crate::mqtt::state::UNACKED_EVENTS_LIMIT;
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
@@ -69,7 +68,7 @@ pub struct Application {
     /// The bound HTTP server, unless `http.listen` is empty.
     http: Option<HttpServer>,
     /// Latest state of every agent.
-    board: Board,
+    latest: LatestStates,
     /// Shared counters.
     metrics: Arc<Metrics>,
     /// Where each agent's state starts (resumed from history).
@@ -118,12 +117,12 @@ impl Application {
             .context("cannot read the acknowledged event mark")?
             .unwrap_or(resume.last_seq);
         let unacknowledged = store
-            .events_after(acked_seq, OUTBOX_LIMIT)
+            .events_after(acked_seq, UNACKED_EVENTS_LIMIT)
             .await
             .context("cannot read unacknowledged events")?;
-        let board = Board::default();
+        let latest = LatestStates::default();
         for state in &resume.states {
-            board.update(state.clone());
+            latest.update(state.clone());
         }
         let metrics = Arc::new(Metrics::default());
         let tracker = Tracker::new(
@@ -138,7 +137,7 @@ impl Application {
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
             let state = HttpState::new(
                 store.clone(),
-                board.clone(),
+                latest.clone(),
                 metrics.clone(),
                 &config.report,
                 &config.agents,
@@ -149,7 +148,7 @@ impl Application {
             config,
             store,
             http,
-            board,
+            latest,
             metrics,
             tracker,
             last_seq: resume.last_seq,
@@ -164,8 +163,8 @@ impl Application {
     }
 
     /// The latest state of every agent.
-    pub fn board(&self) -> Board {
-        self.board.clone()
+    pub fn latest(&self) -> LatestStates {
+        self.latest.clone()
     }
 
     /// The shared counters.
@@ -178,7 +177,7 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let topics = Topics::new(config.mqtt.base_topic.clone());
-        let options = mqtt_options(&config.mqtt, &topics).context("mqtt.url")?;
+        let options = mqtt_options(&config.mqtt, &topics);
         let belfabriek = Arc::new(
             BelfabriekClient::new(
                 &config.belfabriek,
@@ -202,8 +201,8 @@ impl Application {
             options,
             topics.clone(),
             info,
-            Resumed {
-                states: self.board.snapshot(),
+            StartingPoint {
+                states: self.latest.snapshot(),
                 events: self.unacknowledged,
                 acked_seq: self.acked_seq,
             },
@@ -221,7 +220,7 @@ impl Application {
             history_rx,
             committed_tx,
             self.last_seq,
-            self.board.clone(),
+            self.latest.clone(),
             self.metrics.clone(),
         )
         .with_acked(acked_rx.clone());

@@ -14,8 +14,9 @@ use anyhow::Context as _;
 use chrono::{DateTime, SecondsFormat, Utc};
 
 use super::audit::{self, Audited};
+use super::execute::execute;
 use super::parse::{parse_request, CommandRules};
-use super::{execute, CommandData, CommandError, Response};
+use super::{CommandData, CommandError, Response};
 use crate::config::Config;
 use crate::mqtt::topics::RequestTopic;
 #[cfg(test)]

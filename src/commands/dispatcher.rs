@@ -38,8 +38,9 @@ use tracing::Instrument;
 
 use super::audit::{self, Audited};
 use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
+use super::execute::execute;
 use super::parse::{parse_request, CommandRules, ParsedRequest};
-use super::{execute, Command, CommandError, Response};
+use super::{Command, CommandError, Response};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::mqtt::topics::{RequestTopic, Topics};
@@ -77,8 +78,9 @@ struct Context {
     tring_key: Secret,
 }
 
-/// One request, parsed.
-struct Job {
+/// One request message as it was received: its topics, payload and parse
+/// result, carried until it is answered and audited.
+struct ReceivedRequest {
     /// When it was received.
     received_at: DateTime<Utc>,
     /// The request topic.
@@ -96,7 +98,7 @@ struct Job {
 /// A valid request waiting for an execution slot.
 struct Waiting {
     /// The request.
-    job: Job,
+    request: ReceivedRequest,
     /// Its validated command.
     command: Command,
     /// Its dedup key, when it has a transaction.
@@ -279,7 +281,7 @@ impl Dispatcher {
             transaction = parsed.transaction.as_ref().map(|t| t.json_text()).unwrap_or_default(),
         );
         let command = parsed.outcome.clone();
-        let job = Job {
+        let request = ReceivedRequest {
             received_at: Utc::now(),
             topic: incoming.topic,
             request_topic,
@@ -288,9 +290,9 @@ impl Dispatcher {
             parsed,
         };
         let waiting = match command {
-            Err(error) => return self.refuse(job, error, span, responses).await,
+            Err(error) => return self.refuse(request, error, span, responses).await,
             Ok(command) => Waiting {
-                job,
+                request,
                 command,
                 dedup_key,
                 span,
@@ -307,22 +309,27 @@ impl Dispatcher {
             }
             tracing::warn!(parent: &waiting.span, waiting = self.backlog.len(),
                 "too many commands in progress; answering busy");
-            self.refuse(waiting.job, CommandError::busy(), waiting.span, responses)
-                .await;
+            self.refuse(
+                waiting.request,
+                CommandError::busy(),
+                waiting.span,
+                responses,
+            )
+            .await;
         }
     }
 
     /// Starts a command task for a valid request.
     fn start(&mut self, waiting: Waiting) {
         let Waiting {
-            job,
+            request,
             command,
             dedup_key,
             span,
         } = waiting;
         let handle = self
             .commands
-            .spawn(run_command(self.context.clone(), job, command).instrument(span));
+            .spawn(run_command(self.context.clone(), request, command).instrument(span));
         self.running.insert(handle.id(), dedup_key);
     }
 
@@ -331,7 +338,7 @@ impl Dispatcher {
     /// not wait for the database.
     async fn refuse(
         &mut self,
-        job: Job,
+        request: ReceivedRequest,
         error: CommandError,
         span: tracing::Span,
         responses: &mpsc::Sender<Outgoing>,
@@ -346,7 +353,7 @@ impl Dispatcher {
         let responses = responses.clone();
         self.refusals.spawn(
             async move {
-                let answer = conclude(&context, &job, Err(error), None).await;
+                let answer = conclude(&context, &request, Err(error), None).await;
                 send(&responses, answer).await;
             }
             .instrument(span),
@@ -426,12 +433,16 @@ fn response(topic: String, payload: Vec<u8>) -> Outgoing {
 
 /// Runs one valid command against TRiNG, writes its audit row and returns
 /// its response.
-async fn run_command(context: Arc<Context>, job: Job, command: Command) -> Finished {
+async fn run_command(
+    context: Arc<Context>,
+    request: ReceivedRequest,
+    command: Command,
+) -> Finished {
     let execution = execute(&context.client, &command).await;
     let ok = execution.outcome.is_ok();
     let response = conclude(
         &context,
-        &job,
+        &request,
         execution.outcome,
         Some(execution.upstream_latency),
     )
@@ -444,7 +455,7 @@ async fn run_command(context: Arc<Context>, job: Job, command: Command) -> Finis
 /// written, the response built.
 async fn conclude(
     context: &Context,
-    job: &Job,
+    request: &ReceivedRequest,
     outcome: Result<super::CommandData, CommandError>,
     latency: Option<Duration>,
 ) -> Outgoing {
@@ -456,18 +467,18 @@ async fn conclude(
             tracing::warn!(code = %error.code, error = %error.message, latency_ms, "command failed")
         }
     }
-    let payload = Response::new(&outcome, job.parsed.transaction.clone()).to_json();
+    let payload = Response::new(&outcome, request.parsed.transaction.clone()).to_json();
     let entry = audit::entry(&Audited {
-        received_at: job.received_at,
-        topic: &job.topic,
-        request_topic: &job.request_topic,
-        payload: &job.payload,
-        parsed: &job.parsed,
+        received_at: request.received_at,
+        topic: &request.topic,
+        request_topic: &request.request_topic,
+        payload: &request.payload,
+        parsed: &request.parsed,
         outcome: &outcome,
         upstream_latency: latency,
     });
     if let Err(error) = context.store.record_audit(&entry).await {
         tracing::error!(%error, "cannot write the command audit row");
     }
-    response(job.response_topic.clone(), payload)
+    response(request.response_topic.clone(), payload)
 }

@@ -7,35 +7,21 @@
 //!   typed [`Command`] or a [`CommandError`]; nothing reaches TRiNG unless it
 //!   passed here. The CLI uses the same parser.
 //! - [`dedup`]: the memory of recent `transaction`s (pure, bounded).
+//! - [`execute`]: the one place a validated command becomes TRiNG calls
+//!   (IO, through [`TringClient`](crate::tring::TringClient)).
 //! - [`dispatcher`]: the task that takes requests from the MQTT connection,
 //!   runs commands concurrently, answers, audits and counts.
 //! - [`audit`]: the `command_audit` table.
 //! - [`cli`]: `pbx2mqtt queue ...`, `pbx2mqtt agent queues`, `pbx2mqtt audit`.
 //!
 //! This module itself holds the shared values: [`Command`], [`ErrorCode`],
-//! [`CommandError`], the response payload ([`Response`]) and [`execute`], the
-//! one place a validated command becomes TRiNG calls. It never publishes and
-//! never touches the database.
+//! [`CommandError`], the response payload ([`Response`]). They are plain
+//! data: this file does no IO, never publishes and never touches the
+//! database, so the pure parser depends on values only.
 //!
-//! Error codes (stable, machine readable; `code` in an error response):
-//!
-//! | code | meaning |
-//! | --- | --- |
-//! | `invalid_json` | the payload starts like JSON but does not parse, or is not UTF-8 |
-//! | `invalid_request` | wrong shape: unknown field, wrong type, both or neither of `agent`/`extension`, a payload where none is expected |
-//! | `unknown_action` | the action in the topic is not `add`, `remove`, `clean` or `list` |
-//! | `unknown_agent` | the agent is not configured (and, on `agent/<x>/queues`, not an extension number either) |
-//! | `agent_has_no_extension` | the agent is configured without `queue_extension` |
-//! | `invalid_queue` | the queue in the topic is not a plain number (1 to 20 ASCII digits) |
-//! | `invalid_extension` | the extension is not a plain number |
-//! | `queue_not_allowed` | the queue is not in `commands.allowed_queues` |
-//! | `clean_not_allowed` | `clean` while `commands.allow_clean` is false |
-//! | `payload_too_large` | the payload is larger than `commands.max_payload_bytes` |
-//! | `retained_request` | the request was published retained (it is cleared, not executed) |
-//! | `upstream_rejected` | TRiNG answered with an error text |
-//! | `upstream_error` | TRiNG answered an HTTP error or a redirect (never followed), could not be reached, or sent something unexpected |
-//! | `upstream_timeout` | TRiNG did not answer within `tring.timeout` |
-//! | `busy` | too many commands are waiting for TRiNG already; nothing was sent, retry later |
+//! Error codes ([`ErrorCode`], `code` in an error response) are stable and
+//! machine readable; the one table of what each means is the README's
+//! "Error codes" section (`README.md#error-codes`), which users read.
 //!
 //! Redaction: only the TRiNG key can reach TRiNG, so only the key can come
 //! back in TRiNG's text, and only in text derived from TRiNG's answers (error
@@ -48,24 +34,22 @@ pub mod audit;
 pub mod cli;
 pub mod dedup;
 pub mod dispatcher;
+pub mod execute;
 pub mod parse;
 
-#[cfg(test)]
-mod end_to_end;
-
 use std::fmt;
-use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::model::AgentId;
 use crate::secret::Secret;
-use crate::tring::{TringClient, TringError};
+use crate::tring::TringError;
 
 pub use dispatcher::Dispatcher;
 pub use parse::{parse_request, CommandRules, ParsedRequest};
 
 /// A stable machine-readable error code (the `code` of an error response).
+/// What each means for users: the README's "Error codes" table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -435,73 +419,27 @@ impl Response {
     }
 }
 
-/// What [`execute`] did: the outcome and the time spent waiting for TRiNG.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Execution {
-    /// The data of an `ok` response, or the error.
-    pub outcome: Result<CommandData, CommandError>,
-    /// Wall time of the TRiNG requests (all of them, e.g. list + add).
-    pub upstream_latency: Duration,
-}
-
-/// Runs a validated command against TRiNG. `add` and `remove` list the queue
-/// first (see [`crate::tring`]).
-pub async fn execute(client: &TringClient, command: &Command) -> Execution {
-    let started = Instant::now();
-    let agent_name = |member: &Member| member.agent.as_ref().map(|a| a.as_str().to_owned());
-    let outcome = match command {
-        Command::Add {
-            queue,
-            member,
-            custom,
-        } => client
-            .add(queue, &member.extension, *custom)
-            .await
-            .map(|outcome| CommandData::Add {
-                queue: queue.clone(),
-                agent: agent_name(member),
-                extension: member.extension.clone(),
-                custom: *custom,
-                already_member: outcome.already_member,
-            }),
-        Command::Remove { queue, member } => {
-            client
-                .remove(queue, &member.extension)
-                .await
-                .map(|outcome| CommandData::Remove {
-                    queue: queue.clone(),
-                    agent: agent_name(member),
-                    extension: member.extension.clone(),
-                    was_member: outcome.was_member,
-                })
-        }
-        Command::Clean { queue } => client.clean(queue).await.map(|()| CommandData::Clean {
-            queue: queue.clone(),
-        }),
-        Command::List { queue } => client.list(queue).await.map(|members| CommandData::List {
-            queue: queue.clone(),
-            members,
-        }),
-        Command::AgentQueues { member } => {
-            client
-                .agent_queues(&member.extension)
-                .await
-                .map(|queues| CommandData::AgentQueues {
-                    agent: agent_name(member),
-                    extension: member.extension.clone(),
-                    queues,
-                })
-        }
-    };
-    Execution {
-        outcome: outcome.map_err(CommandError::from),
-        upstream_latency: started.elapsed(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    #[test]
+    fn the_readme_table_documents_every_error_code() {
+        let readme = include_str!("../../README.md");
+        let table = readme
+            .split("### Error codes")
+            .nth(1)
+            .and_then(|rest| rest.split("\n### ").next())
+            .expect("the README has an \"Error codes\" section");
+        for code in ErrorCode::ALL {
+            assert!(
+                table.contains(&format!("| `{code}` |")),
+                "the README's error code table lacks `{code}`"
+            );
+        }
+    }
 
     #[test]
     fn error_codes_serialize_to_their_wire_names() {

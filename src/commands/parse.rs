@@ -116,7 +116,7 @@ impl QueueAction {
 }
 
 /// Parses and validates one request. See the module documentation for the
-/// payloads and [`super`] for the error codes.
+/// payloads and the README's "Error codes" table for the codes.
 pub fn parse_request(
     topic: &RequestTopic,
     payload: &[u8],

@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::HistoryWriter;
-use crate::board::Board;
+use crate::latest::LatestStates;
 use crate::metrics::Metrics;
 use crate::model::{Change, Committed, Previous, Status};
 use crate::store::test_database::{backend_tests, Backend, TestDatabase};
@@ -30,7 +30,7 @@ fn transition(id: &str, from: Status, from_since: i64, to: Status, since: i64) -
 struct RunningWriter {
     changes: mpsc::Sender<Change>,
     committed: mpsc::Receiver<Committed>,
-    board: Board,
+    latest: LatestStates,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
@@ -39,7 +39,7 @@ struct RunningWriter {
 fn spawn_writer(store: &Store, last_seq: u64) -> RunningWriter {
     let (changes, changes_receiver) = mpsc::channel(64);
     let (committed_sender, committed) = mpsc::channel(64);
-    let board = Board::default();
+    let latest = LatestStates::default();
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let writer = HistoryWriter::new(
@@ -47,14 +47,14 @@ fn spawn_writer(store: &Store, last_seq: u64) -> RunningWriter {
         changes_receiver,
         committed_sender,
         last_seq,
-        board.clone(),
+        latest.clone(),
         metrics.clone(),
     );
     let task = tokio::spawn(writer.run(shutdown.clone()));
     RunningWriter {
         changes,
         committed,
-        board,
+        latest,
         metrics,
         shutdown,
         task,
@@ -104,7 +104,7 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
             ("alice".to_owned(), 13, Some(13)),
         ]
     );
-    // Committed before published: the rows and the board are there.
+    // Committed before published: the rows and the latest states are there.
     let stored = store.intervals(None, at(-10), at(100)).await.unwrap();
     assert_eq!(
         rows(&stored),
@@ -120,9 +120,9 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
         "detail change stored in place"
     );
     assert_eq!(store.last_seq().await.unwrap(), 13);
-    let alice = writer.board.get(&agent("alice")).unwrap();
+    let alice = writer.latest.get(&agent("alice")).unwrap();
     assert_eq!((alice.status, alice.seq), (Status::OnCall, 13));
-    assert_eq!(writer.board.snapshot().len(), 2);
+    assert_eq!(writer.latest.snapshot().len(), 2);
     assert_eq!(writer.metrics.history_records.load(Ordering::Relaxed), 4);
     assert_eq!(writer.metrics.transitions.load(Ordering::Relaxed), 3);
 

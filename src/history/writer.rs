@@ -3,7 +3,7 @@
 //!
 //! It takes the tracker's [`Change`]s, gives every transition the next
 //! bridge-wide `seq`, commits them in batches (one transaction each), and
-//! only then updates the [`Board`] and hands each change to the MQTT
+//! only then updates the [`LatestStates`] and hands each change to the MQTT
 //! publisher as [`Committed`]. A batch that fails to commit is retried with
 //! backoff until it succeeds: a transition is never dropped or published
 //! before it is stored. It does no MQTT and no polling, and never blocks the
@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use crate::board::Board;
+use crate::latest::LatestStates;
 use crate::metrics::Metrics;
 use crate::model::{AgentId, Change, Committed};
 
@@ -64,7 +64,7 @@ pub struct HistoryWriter {
     /// The seq of each agent's latest transition, for non-transition changes.
     agent_seqs: HashMap<AgentId, u64>,
     /// Latest committed state per agent, for the HTTP server.
-    board: Board,
+    latest: LatestStates,
     /// Shared counters.
     metrics: Arc<Metrics>,
     /// When the heartbeat was last stored.
@@ -85,7 +85,7 @@ impl HistoryWriter {
         changes: mpsc::Receiver<Change>,
         committed: mpsc::Sender<Committed>,
         last_seq: u64,
-        board: Board,
+        latest: LatestStates,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
@@ -94,7 +94,7 @@ impl HistoryWriter {
             committed,
             last_seq,
             agent_seqs: HashMap::new(),
-            board,
+            latest,
             metrics,
             last_heartbeat: None,
             publisher_gone: false,
@@ -202,8 +202,8 @@ impl HistoryWriter {
     }
 
     /// Commits one batch, retrying until it is stored, then updates the
-    /// board and hands it to the publisher. Returns false only when shutdown
-    /// was requested and the database kept failing past
+    /// latest states and hands it to the publisher. Returns false only when
+    /// shutdown was requested and the database kept failing past
     /// `SHUTDOWN_RETRY_LIMIT`.
     async fn commit(&mut self, mut batch: Vec<Change>, shutdown: &CancellationToken) -> bool {
         self.assign_seqs(&mut batch);
@@ -257,7 +257,7 @@ impl HistoryWriter {
             .transitions
             .fetch_add(transitions as u64, Ordering::Relaxed);
         for change in &batch {
-            self.board.update(change.state.clone());
+            self.latest.update(change.state.clone());
         }
         for change in batch {
             let event = change.event(change.state.seq);

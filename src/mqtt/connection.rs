@@ -8,13 +8,16 @@
 //! - On every (re)connect, in this order: subscribe, `bridge/state` = online,
 //!   `bridge/info`, every agent's current state (retained), then every event
 //!   the broker has not acknowledged. rumqttc drops unacknowledged QoS 1
-//!   messages on a clean session, so the [`Outbox`] keeps events until their
-//!   PUBACK arrives.
+//!   messages on a clean session, so the `AckTracker` (`state.rs`) keeps
+//!   events until their PUBACK arrives.
 //! - Reconnects back off exponentially (capped, with jitter).
 //!
-//! It must not block: no `.await` on anything but its own `select!`.
+//! It must not block: no `.await` on anything but its own `select!`. It is
+//! the only module that reaches into rumqttc's internals (the event loop's
+//! `state`), each place with a comment saying why; the delivery bookkeeping
+//! itself is the pure `AckTracker` (`mqtt::state`).
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::metrics::Metrics;
 use crate::model::{AgentId, AgentState, Committed, TransitionEvent};
+use crate::mqtt::state::{AckTracker, Pending};
 use crate::mqtt::topics::Topics;
 use crate::mqtt::{Incoming, Outgoing};
 
@@ -49,10 +53,6 @@ const STABLE_CONNECTION: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for `offline` to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
-
-/// Most unacknowledged events kept for resending. Past this the oldest are
-/// dropped from the outbox (never from history) and a warning is logged.
-pub const OUTBOX_LIMIT: usize = 200_000;
 
 /// What `bridge/info` says. Never holds a secret.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -76,94 +76,6 @@ impl BridgeInfo {
             agents,
             base_topic: base_topic.to_owned(),
         }
-    }
-}
-
-/// One message waiting to be handed to rumqttc.
-#[derive(Debug, Clone)]
-struct Pending {
-    topic: String,
-    payload: Vec<u8>,
-    qos: QoS,
-    retain: bool,
-    /// The event seq, for events (tracked until acknowledged).
-    seq: Option<u64>,
-}
-
-/// Unacknowledged events and the bookkeeping that maps packet ids to them.
-///
-/// rumqttc reports `Outgoing::Publish(pkid)` in the order requests were
-/// handed to it, so a FIFO of "handed over, pkid unknown" entries gives each
-/// packet id its event; a PUBACK for that id then releases the event.
-#[derive(Debug, Default)]
-struct Outbox {
-    /// Events not yet acknowledged, by seq.
-    events: BTreeMap<u64, Pending>,
-    /// For each publish handed to rumqttc, in order: its seq (events only).
-    awaiting_pkid: VecDeque<Option<u64>>,
-    /// Packet id → seq of events on the wire.
-    in_flight: HashMap<u16, u64>,
-    /// Publishes rumqttc parked on a packet-id collision (the id is still
-    /// owned by an unacknowledged publish): packet id → their seq.
-    parked: HashMap<u16, Option<u64>>,
-    /// Packet ids whose parked publish rumqttc has just released; its
-    /// `Outgoing::Publish` follows and must not pop the FIFO.
-    released: HashSet<u16>,
-    /// Events dropped because the outbox was full.
-    dropped: u64,
-}
-
-impl Outbox {
-    fn add(&mut self, seq: u64, pending: Pending) {
-        self.events.insert(seq, pending);
-        while self.events.len() > OUTBOX_LIMIT {
-            self.events.pop_first();
-            self.dropped += 1;
-        }
-    }
-
-    fn handed_over(&mut self, seq: Option<u64>) {
-        self.awaiting_pkid.push_back(seq);
-    }
-
-    fn sent(&mut self, pkid: u16) {
-        if self.released.remove(&pkid) {
-            return;
-        }
-        if let Some(Some(seq)) = self.awaiting_pkid.pop_front() {
-            if pkid != 0 {
-                self.in_flight.insert(pkid, seq);
-            }
-        }
-    }
-
-    /// rumqttc parked the next publish: `pkid` is still owned by the one in
-    /// flight. It goes out when that one is acknowledged.
-    fn parked(&mut self, pkid: u16) {
-        let seq = self.awaiting_pkid.pop_front().flatten();
-        self.parked.insert(pkid, seq);
-    }
-
-    /// A PUBACK. rumqttc reports it before it releases a publish parked on
-    /// the same packet id, so the parked one takes over the id here.
-    fn acknowledged(&mut self, pkid: u16) {
-        if let Some(seq) = self.in_flight.remove(&pkid) {
-            self.events.remove(&seq);
-        }
-        if let Some(parked) = self.parked.remove(&pkid) {
-            self.released.insert(pkid);
-            if let Some(seq) = parked {
-                self.in_flight.insert(pkid, seq);
-            }
-        }
-    }
-
-    /// The connection is gone: nothing is in flight any more.
-    fn disconnected(&mut self) {
-        self.awaiting_pkid.clear();
-        self.in_flight.clear();
-        self.parked.clear();
-        self.released.clear();
     }
 }
 
@@ -194,7 +106,7 @@ enum Input {
 /// Where the connection starts: every agent's state, and the events the
 /// broker had not acknowledged when the bridge last stopped.
 #[derive(Debug, Clone, Default)]
-pub struct Resumed {
+pub struct StartingPoint {
     /// Every agent's state, republished on connect.
     pub states: Vec<AgentState>,
     /// Events to resend (rebuilt from history), oldest first.
@@ -213,7 +125,7 @@ pub struct ConnectionChannels {
     /// Request messages for the command dispatcher.
     pub requests: mpsc::Sender<Incoming>,
     /// The highest seq up to which every event was acknowledged, for the
-    /// history writer to store (see `history::outbox`).
+    /// history writer to store (see `store::delivery`).
     pub acked: watch::Sender<u64>,
 }
 
@@ -229,7 +141,7 @@ pub struct MqttConnection {
     /// Latest state per agent: republished on every connect.
     states: BTreeMap<AgentId, AgentState>,
     /// Events awaiting acknowledgement.
-    outbox: Outbox,
+    acks: AckTracker,
     /// Messages waiting for room in rumqttc's channel.
     queue: VecDeque<Pending>,
     /// Input and output channels.
@@ -249,17 +161,17 @@ pub struct MqttConnection {
 }
 
 impl MqttConnection {
-    /// A connection that starts from `resumed`.
+    /// A connection that starts from `start`.
     pub fn new(
         options: MqttOptions,
         topics: Topics,
         info: BridgeInfo,
-        resumed: Resumed,
+        start: StartingPoint,
         channels: ConnectionChannels,
         metrics: Arc<Metrics>,
         max_request_bytes: usize,
     ) -> Self {
-        let states = resumed
+        let states = start
             .states
             .into_iter()
             .map(|state| (state.agent.clone(), state))
@@ -269,23 +181,23 @@ impl MqttConnection {
             topics,
             info,
             states,
-            outbox: Outbox::default(),
+            acks: AckTracker::default(),
             queue: VecDeque::new(),
             channels,
             metrics,
             connected: false,
             max_request_bytes,
             dropped_requests: 0,
-            highest_seq: resumed.acked_seq,
+            highest_seq: start.acked_seq,
         };
-        for event in &resumed.events {
+        for event in &start.events {
             let pending = connection.event_message(event);
-            connection.outbox.add(event.seq, pending);
+            connection.acks.add(event.seq, pending);
             connection.highest_seq = connection.highest_seq.max(event.seq);
         }
-        if !resumed.events.is_empty() {
+        if !start.events.is_empty() {
             info!(
-                events = resumed.events.len(),
+                events = start.events.len(),
                 "events not acknowledged before the last stop will be resent"
             );
         }
@@ -294,11 +206,7 @@ impl MqttConnection {
 
     /// Tells the history writer how far the broker has acknowledged.
     fn report_acked(&mut self) {
-        let mark = self
-            .outbox
-            .events
-            .first_key_value()
-            .map_or(self.highest_seq, |(seq, _)| seq.saturating_sub(1));
+        let mark = self.acks.acked_mark(self.highest_seq);
         self.channels.acked.send_if_modified(|acked| {
             let changed = *acked != mark;
             *acked = mark;
@@ -356,8 +264,12 @@ impl MqttConnection {
                     self.on_event(event, &client);
                 }
                 Some(Err(error)) => {
-                    // Reports of the dead connection's packets must not be
-                    // read as the next connection's.
+                    // rumqttc internals, on purpose: `poll` returns events
+                    // buffered in `state.events` before it reads anything
+                    // new, and its public API has no way to drop them. The
+                    // dead connection's reports (packet ids, PUBACKs) must
+                    // not be read as the next connection's, or the ack
+                    // tracker would release events the broker never got.
                     eventloop.state.events.clear();
                     self.on_disconnect(&error.to_string());
                     // Only a connection that lasted resets the backoff: one
@@ -415,7 +327,7 @@ impl MqttConnection {
                 pending.payload.clone(),
             ) {
                 Ok(()) => {
-                    self.outbox.handed_over(pending.seq);
+                    self.acks.handed_over(pending.seq);
                     self.queue.pop_front();
                     Metrics::inc(&self.metrics.mqtt_published);
                 }
@@ -431,15 +343,12 @@ impl MqttConnection {
     fn on_event(&mut self, event: Event, client: &AsyncClient) {
         match event {
             Event::Incoming(Packet::ConnAck(_)) => self.on_connect(client),
-            Event::Outgoing(Sent::Publish(pkid)) => self.outbox.sent(pkid),
-            Event::Outgoing(Sent::AwaitAck(pkid)) => self.outbox.parked(pkid),
+            Event::Outgoing(Sent::Publish(pkid)) => self.acks.sent(pkid),
+            Event::Outgoing(Sent::AwaitAck(pkid)) => self.acks.parked(pkid),
             Event::Incoming(Packet::PubAck(ack)) => {
-                self.outbox.acknowledged(ack.pkid);
+                self.acks.acknowledged(ack.pkid);
                 self.report_acked();
-                Metrics::set(
-                    &self.metrics.mqtt_outbox_depth,
-                    self.outbox.events.len() as u64,
-                );
+                Metrics::set(&self.metrics.mqtt_outbox_depth, self.acks.len() as u64);
             }
             Event::Incoming(Packet::Publish(publish)) => {
                 let keep = publish
@@ -502,7 +411,7 @@ impl MqttConnection {
         for state in &states {
             self.enqueue_state(state);
         }
-        let resend: Vec<Pending> = self.outbox.events.values().cloned().collect();
+        let resend: Vec<Pending> = self.acks.unacknowledged().cloned().collect();
         if !resend.is_empty() {
             info!(events = resend.len(), "resending unacknowledged events");
             self.metrics
@@ -525,29 +434,26 @@ impl MqttConnection {
         }
         self.connected = false;
         Metrics::set(&self.metrics.mqtt_connected, 0);
-        self.outbox.disconnected();
-        // States and events are rebuilt from `states` and the outbox on
+        self.acks.disconnected();
+        // States and events are rebuilt from `states` and the ack tracker on
         // connect; only responses need to survive in the queue.
         self.queue.retain(|p| !p.retain && p.seq.is_none());
-        if self.outbox.dropped > 0 {
+        let dropped = self.acks.take_dropped();
+        if dropped > 0 {
             warn!(
-                dropped = self.outbox.dropped,
-                "outbox full: oldest unacknowledged events will not be resent (history has them)"
+                dropped,
+                "too many unacknowledged events: the oldest will not be resent (history has them)"
             );
-            self.outbox.dropped = 0;
         }
     }
 
     fn on_committed(&mut self, change: Committed) {
         if let Some(event) = &change.event {
             let pending = self.event_message(event);
-            self.outbox.add(event.seq, pending.clone());
+            self.acks.add(event.seq, pending.clone());
             self.highest_seq = self.highest_seq.max(event.seq);
             self.report_acked();
-            Metrics::set(
-                &self.metrics.mqtt_outbox_depth,
-                self.outbox.events.len() as u64,
-            );
+            Metrics::set(&self.metrics.mqtt_outbox_depth, self.acks.len() as u64);
             self.states
                 .insert(change.state.agent.clone(), change.state.clone());
             if self.connected {
@@ -625,6 +531,10 @@ impl MqttConnection {
         let flush = async {
             loop {
                 self.hand_over(&client);
+                // rumqttc internals, on purpose: `state.inflight()` counts
+                // publishes still waiting for their PUBACK, and rumqttc has
+                // no public "all acknowledged" signal; the flush is done when
+                // our queue is empty and nothing is in flight.
                 if self.queue.is_empty() && eventloop.state.inflight() == 0 {
                     break;
                 }
@@ -652,78 +562,4 @@ impl MqttConnection {
 fn jittered(delay: Duration) -> Duration {
     let factor = rand::thread_rng().gen_range(0.5..1.0);
     delay.mul_f64(factor)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pending(seq: u64) -> Pending {
-        Pending {
-            topic: "t".into(),
-            payload: Vec::new(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            seq: Some(seq),
-        }
-    }
-
-    #[test]
-    fn outbox_releases_events_only_on_their_puback() {
-        let mut outbox = Outbox::default();
-        outbox.add(1, pending(1));
-        outbox.add(2, pending(2));
-        outbox.handed_over(None); // a state publish
-        outbox.handed_over(Some(1));
-        outbox.handed_over(Some(2));
-        outbox.sent(1);
-        outbox.sent(2);
-        outbox.sent(3);
-        outbox.acknowledged(3);
-        assert_eq!(outbox.events.keys().copied().collect::<Vec<_>>(), [1]);
-        outbox.acknowledged(1); // the state publish's ack releases nothing
-        assert_eq!(outbox.events.len(), 1);
-        outbox.acknowledged(2);
-        assert!(outbox.events.is_empty());
-    }
-
-    #[test]
-    fn outbox_keeps_events_across_a_disconnect() {
-        let mut outbox = Outbox::default();
-        outbox.add(7, pending(7));
-        outbox.handed_over(Some(7));
-        outbox.disconnected();
-        outbox.sent(1); // a stale report after reconnect attributes nothing
-        outbox.acknowledged(1);
-        assert_eq!(outbox.events.len(), 1, "event 7 waits to be resent");
-        outbox.handed_over(Some(7));
-        outbox.sent(2);
-        outbox.acknowledged(2);
-        assert!(outbox.events.is_empty());
-    }
-
-    #[test]
-    fn a_publish_parked_on_a_collision_is_released_only_by_its_own_ack() {
-        let mut outbox = Outbox::default();
-        outbox.add(1, pending(1));
-        outbox.add(2, pending(2));
-        outbox.handed_over(Some(1));
-        outbox.handed_over(Some(2));
-        outbox.sent(5); // event 1 on packet id 5
-        outbox.parked(5); // event 2 got id 5 too: rumqttc parks it
-                          // rumqttc order: the PUBACK of the first, then the parked one goes out.
-        outbox.acknowledged(5);
-        outbox.sent(5);
-        assert_eq!(
-            outbox.events.keys().copied().collect::<Vec<_>>(),
-            [2],
-            "event 2 still unacknowledged"
-        );
-        assert!(
-            outbox.awaiting_pkid.is_empty(),
-            "the release did not consume a FIFO entry"
-        );
-        outbox.acknowledged(5);
-        assert!(outbox.events.is_empty());
-    }
 }

@@ -1,9 +1,11 @@
-//! Everything MQTT: broker options, topic names, and the connection task that
-//! owns the client. Other modules talk to the connection only through
+//! Everything MQTT: broker options, topic names, the connection task that
+//! owns the client, and beside it the pure delivery state it keeps
+//! (`state.rs`: which events wait for a PUBACK). Other modules talk to the connection only through
 //! [`Incoming`] and [`Outgoing`] messages on channels.
 
 pub mod connection;
 pub mod options;
+pub mod state;
 pub mod topics;
 
 use rumqttc::QoS;

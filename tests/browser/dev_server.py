@@ -180,11 +180,16 @@ class Board:
             "since": rfc3339_utc(since), "updated": rfc3339_utc(updated), "seq": seq,
         }
 
-    def snapshot(self) -> dict:
+    def snapshot(self, subscriber: "Client | None" = None) -> dict:
+        """Every agent and queue; with `subscriber`, registers it for events in
+        the same critical section, so no change falls between the snapshot and
+        the stream (the real server must do the same: subscribe, then read)."""
         with self.lock:
+            if subscriber is not None:
+                self.clients.append(subscriber)
             return {
                 "agents": [self.agents[a] for a in sorted(self.agents)],
-                "queues": [self.queues[q] for q in sorted(self.queues)],
+                "queues": [dict(self.queues[q]) for q in sorted(self.queues)],
                 "bridge": self.bridge,
                 "server_time": rfc3339_utc(time.time()),
             }
@@ -504,6 +509,10 @@ SUMMARY_COLUMNS = ["agent", "name", "period", "period_start", "period_end", "per
                    "recorded_s", "logged_in_s", "offline_s", "paused_s", "busy_s",
                    "unavailable_s", "available_s", "ringing_s", "on_call_s", "wrapup_s",
                    "unknown_s", "calls", "average_call_s", "longest_call_s", "occupancy"]
+# The pages need nothing from elsewhere and no inline script or style
+# (icons are data: images in style.css).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 TIMELINE_COLUMNS = ["agent", "status", "started_at", "ended_at", "duration_s", "reason",
                     "extension_status", "destination"]
 
@@ -587,16 +596,17 @@ class Handler(BaseHTTPRequestHandler):
         file = ASSETS / name
         if "/" in name or name.startswith(".") or not file.is_file():
             return self.send_body(404, b"not found\n", "text/plain; charset=utf-8")
+        headers = {"X-Content-Type-Options": "nosniff"}
+        if file.suffix == ".html":
+            headers["Content-Security-Policy"] = CSP
         self.send_body(200, file.read_bytes(), types.get(file.suffix, "application/octet-stream"),
-                       {"X-Content-Type-Options": "nosniff"})
+                       headers)
 
     def stream(self):
         if time.time() < self.board.refuse_until:
             return self.send_body(503, b"refused for testing\n", "text/plain; charset=utf-8")
         client = Client()
-        snapshot = json.dumps(self.board.snapshot(), separators=(",", ":"))
-        with self.board.lock:
-            self.board.clients.append(client)
+        snapshot = json.dumps(self.board.snapshot(subscriber=client), separators=(",", ":"))
         self.send_response(200)
         self.send_header("Content-Type", "text/event-stream")
         self.send_header("Cache-Control", "no-store")

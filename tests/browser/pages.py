@@ -64,7 +64,7 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
 ]
 MIN_CONTRAST = 4.5
-TIMER = re.compile(r"^(\d+:\d{2}|\d+:\d{2}:\d{2}|\d+d \d{2}h|–)$")
+TIMER = re.compile(r"^(\d{2}:\d{2}|\d+:\d{2}:\d{2}|\d+d \d{2}h|–)$")
 
 
 class CheckFailed(Exception):
@@ -234,7 +234,7 @@ def compare_board(page, args) -> tuple[int, dict]:
             raise CheckFailed(f"tile {tile_id} is hidden on an unfiltered board")
         if not TIMER.match(tile["timer"]):
             raise CheckFailed(f"tile {tile_id}: time in status {tile['timer']!r} is not "
-                              "m:ss, h:mm:ss or Nd HHh")
+                              "mm:ss, h:mm:ss or Nd HHh")
     for agent in api:
         tile = tiles[agent["agent"]]
         if tile["status"] == agent["status"] or tile["seq"] > agent["seq"]:
@@ -254,6 +254,48 @@ def compare_board(page, args) -> tuple[int, dict]:
             raise CheckFailed(f"the header counts {count} {status}, the board has "
                               f"{per_status.get(status, 0)} such tiles")
     return len(api), behind
+
+
+def check_queues(page, attempts=3):
+    """The header lists every queue of /api/queues, and each tile's chips
+    are its queues (up to four, then `+n`). Membership can change while we
+    look, so a mismatch is read again before it fails."""
+    for attempt in range(attempts):
+        try:
+            return check_queues_once(page)
+        except CheckFailed:
+            if attempt == attempts - 1:
+                raise
+            page.wait_for_timeout(1000)
+
+
+def check_queues_once(page):
+    seen = page.evaluate("""async () => {
+      const response = await fetch('api/queues', {cache: 'no-store'});
+      if (!response.ok) return {status: response.status};
+      const body = await response.json();
+      const header = [...document.querySelectorAll('#queues .queue .q')].map((q) => q.textContent);
+      const chips = {};
+      for (const tile of document.querySelectorAll('#board .tile')) {
+        chips[tile.dataset.agent] = [...tile.querySelectorAll('.chip')].map((c) => c.textContent);
+      }
+      return {status: 200, queues: body.queues, header, chips};
+    }""")
+    if seen["status"] != 200:
+        log(f"  (no queue check: /api/queues answered {seen['status']})")
+        return
+    names = sorted(f"Queue {q['queue']}" for q in seen["queues"])
+    if sorted(seen["header"]) != names:
+        raise CheckFailed(f"the header lists queues {seen['header']}, /api/queues has {names}")
+    expected: dict[str, list[str]] = {}
+    for queue in seen["queues"]:
+        for agent in queue.get("agents") or []:
+            expected.setdefault(agent, []).append(str(queue["queue"]))
+    for agent, chips in seen["chips"].items():
+        mine = expected.get(agent, [])
+        if not set(c for c in chips if not c.startswith("+")) <= set(mine) or \
+                len(chips) != min(len(mine), 4) + (1 if len(mine) > 4 else 0):
+            raise CheckFailed(f"tile {agent} shows queues {chips}, /api/queues says {sorted(mine)}")
 
 
 def check_contrast(page):
@@ -310,6 +352,7 @@ def command_wallboard(args) -> str:
             if time.monotonic() > deadline:
                 raise CheckFailed(f"the tiles never matched /api/agents: {behind}")
             page.wait_for_timeout(200)
+        check_queues(page)
         conn = page.evaluate("() => document.getElementById('conn').dataset.conn")
         if conn != "live":
             raise CheckFailed(f"the connection indicator shows {conn!r}, expected 'live'")
@@ -356,6 +399,9 @@ PROBE = """([agent, status, within, events, labels]) => new Promise((resolve, re
         if (same || seq > state.seq) {
           result.ms = performance.now() - t0;
           result.shown = same ? 'exact' : 'newer';
+          // From the change's `updated` (server clock) to the DOM: the whole way.
+          const offset = window.pbx2mqttWallboard.clockOffsetMs();
+          result.since_update_ms = Date.now() + offset - Date.parse(state.updated);
           return;
         }
         result.last = { status: tile.dataset.status, seq, label };
@@ -389,12 +435,14 @@ def command_wait_status(args) -> str:
                                           f"status {args.status}" if args.status else None]))
             raise CheckFailed(f"no {args.events} state event(s){' for ' + what if what else ''} "
                               f"arrived within {args.timeout} s (seen: {seen})") from None
-        results = page.evaluate("() => window.__pbx2mqttProbe.results.map(({agent, status, seq, ms, shown, last}) => ({agent, status, seq, ms, shown, last}))")
+        results = page.evaluate("() => window.__pbx2mqttProbe.results.map(({agent, status, seq, ms, shown, last, since_update_ms}) => ({agent, status, seq, ms, shown, last, since_update_ms}))")
         browser.check_no_page_errors()
         slow = [r for r in results if r["ms"] < 0 or r["ms"] > args.within * 1000]
         for r in results:
             log(f"  {r['agent']} -> {r['status']} (seq {r['seq']}): "
-                + ("not shown" if r["ms"] < 0 else f"shown after {r['ms']:.0f} ms ({r['shown']})"))
+                + ("not shown" if r["ms"] < 0 else
+                   f"on the page {r['ms']:.0f} ms after the probe's event ({r['shown']}), "
+                   f"{r['since_update_ms']:.0f} ms after `updated`"))
         if slow:
             raise CheckFailed(f"{len(slow)} change(s) not on the wallboard within "
                               f"{args.within} s: {slow}")
@@ -425,6 +473,8 @@ def command_reports(args) -> str:
         strips = page.evaluate("() => window.pbx2mqttReports.strips()")
         if args.expect_strips is not None and len(strips) != args.expect_strips:
             raise CheckFailed(f"the report has {len(strips)} strips, expected {args.expect_strips}")
+        while page.is_visible("#show-more"):
+            page.click("#show-more")
         table_agents = page.evaluate(
             "() => [...new Set([...document.querySelectorAll('#summary tbody tr')]"
             ".map((tr) => tr.dataset.agent))]")
@@ -564,6 +614,8 @@ MEASURE = """async ([seconds, scroll]) => {
     applied_per_s: (after.applied - before.applied) / elapsed,
     batches_per_s: (after.batches - before.batches) / elapsed,
     max_batch_ms: after.maxBatchMs,
+    stream_lag_ms_last: after.lagMs,
+    stream_lag_ms_max: after.maxLagMs,
     max_tick_ms: after.maxTickMs,
     ticking_tiles: board.ticking(),
     long_tasks: tasks.length,
@@ -622,7 +674,7 @@ def command_perf(args) -> str:
             scrolled = page.evaluate(MEASURE, [args.seconds, True])
             scrolled["main_thread"] = spent(before, metrics(), scrolled["seconds"])
         browser.check_no_page_errors()
-    result = {"load": load, "stream": stream}
+    result = {"load": load, "stream": stream, "machine_load_average": os.getloadavg()}
     if scrolled:
         result["stream_while_scrolling"] = scrolled
     if args.cpu_throttle:

@@ -42,7 +42,6 @@ Examples:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import json
 import os
@@ -77,7 +76,6 @@ STATUSES = [
 ]
 SKIP_EXIT = 77
 REEXEC_ENV = "_PBX2MQTT_HA_CHECK_REEXEC"
-HERE = Path(__file__).resolve().parent
 
 # HA log lines that are expected with this setup and mean nothing for discovery.
 BENIGN_LOG = [
@@ -144,6 +142,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--birth-topic", default=None,
                    help="HA's birth/will topic (default: <discovery-prefix>/status; HA's own default "
                         "is homeassistant/status whatever the prefix)")
+    p.add_argument("--status-map", default="", metavar="FROM=TO,...",
+                   help="if the status sensor's value_template renames statuses for HA (e.g. "
+                        "unavailable=not_available,unknown=stale: HA shows the strings 'unavailable' and "
+                        "'unknown' as a missing entity/value), the renaming to expect")
     p.add_argument("--absent-agents", default="",
                    help="comma-separated agent ids that must have no entity and no device")
     p.add_argument("--toggle", nargs="?", const="", default=None, metavar="AGENT:QUEUE",
@@ -180,6 +182,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.agent_list = [a for a in args.agents.split(",") if a]
     args.queue_list = [q for q in args.queues.split(",") if q]
     args.absent_list = [a for a in args.absent_agents.split(",") if a]
+    try:
+        args.status_map = dict(pair.split("=", 1) for pair in args.status_map.split(",") if pair)
+    except ValueError:
+        p.error("--status-map: expected FROM=TO[,FROM=TO...]")
     if args.check_removal and not args.fake_bridge:
         p.error("--check-removal needs --fake-bridge")
     if not args.fake_bridge and not args.agent_list:
@@ -540,6 +546,7 @@ class Expect:
         self.ha_ym = (int(m.group(1)), int(m.group(2))) if m else (0, 0)
         # MQTT sensor `options` exists from HA 2024.9 (core PR #123248); older HA drops it.
         self.options_supported = self.ha_ym >= (2024, 9)
+        self.statuses = [args.status_map.get(s, s) for s in STATUSES]
 
     def bridge_device_id(self) -> str:
         return f"{self.node}_bridge"
@@ -585,7 +592,7 @@ class Expect:
         if s is None:
             return None
         if key == "status":
-            return s.get("status")
+            return self.args.status_map.get(s.get("status"), s.get("status"))
         if key == "on_a_call":
             return "on" if s.get("on_a_call") else "off"
         if key == "status_since":
@@ -607,7 +614,7 @@ class Expect:
         return (s or {}).get("name") or agent
 
 
-def check_everything(ha: HomeAssistant, exp: Expect, final: bool) -> tuple[list[str], dict[str, Any]]:
+def check_everything(ha: HomeAssistant, exp: Expect) -> tuple[list[str], dict[str, Any]]:
     """Compare HA with the expectations. Returns (problems, details)."""
     problems: list[str] = []
     devices, entities = ha.registries()
@@ -670,8 +677,8 @@ def check_everything(ha: HomeAssistant, exp: Expect, final: bool) -> tuple[list[
         if attrs.get("device_class") != want_class:
             problems.append(f"{eid}: device_class {attrs.get('device_class')!r}, expected {want_class!r}")
         if key == "status":
-            if "options" in attrs and attrs["options"] != STATUSES:
-                problems.append(f"{eid}: options {attrs['options']!r}, expected {STATUSES!r}")
+            if "options" in attrs and attrs["options"] != exp.statuses:
+                problems.append(f"{eid}: options {attrs['options']!r}, expected {exp.statuses!r}")
             elif "options" not in attrs and exp.options_supported:
                 problems.append(f"{eid}: no options attribute (HA >= 2024.9 supports `options` on MQTT sensors)")
         want_state = exp.expected_state(agent, key)
@@ -680,7 +687,7 @@ def check_everything(ha: HomeAssistant, exp: Expect, final: bool) -> tuple[list[
                             f"({'bridge/state' if agent == 'bridge' else 'agent/' + agent + (' /queues' if key.startswith('queue_') else '')})")
         elif st["state"] != want_state:
             problems.append(f"{eid}: state {st['state']!r}, expected {want_state!r}")
-        if key == "status" and st["state"] not in STATUSES:
+        if key == "status" and st["state"] not in exp.statuses:
             problems.append(f"{eid}: state {st['state']!r} is not one of the statuses")
 
     # Nothing else of this bridge: no strays from stale retained configs, no absent agents.
@@ -824,7 +831,8 @@ class FakeBridge:
 # --------------------------------------------------------------------------- screenshot
 
 
-def screenshot(ha: HomeAssistant, device_id: str, device_name: str, out: str, chromium: str, timeout: float) -> str:
+def screenshot(ha: HomeAssistant, device_id: str, device_name: str, out: str, chromium: str, timeout: float,
+               wait_text: list[str]) -> str:
     if not Path(chromium).exists():
         return f"skipped: {chromium} not found (apt-get install chromium)"
     try:
@@ -843,8 +851,8 @@ def screenshot(ha: HomeAssistant, device_id: str, device_name: str, out: str, ch
             page.add_init_script(f"window.localStorage.setItem('hassTokens', {json.dumps(json.dumps(tokens))});")
             page.goto(f"{ha.base}/config/devices/device/{device_id}", timeout=timeout * 1000)
             # The frontend renders in shadow DOM; playwright's text selector pierces it.
-            page.wait_for_selector(f"text={device_name}", timeout=timeout * 1000)
-            page.wait_for_selector("text=In queue", timeout=timeout * 1000)
+            for text in [device_name, *wait_text]:
+                page.wait_for_selector(f"text={text}", timeout=timeout * 1000)
             page.wait_for_load_state("networkidle", timeout=timeout * 1000)
             page.screenshot(path=out, full_page=True)
         finally:
@@ -954,14 +962,14 @@ def main(argv: list[str]) -> int:
 
         def all_good() -> bool:
             nonlocal last
-            last, _ = check_everything(ha, exp, final=False)
+            last, _ = check_everything(ha, exp)
             return not last
 
         try:
             wait_for("every expected entity, device and state", args.timeout, all_good, interval=0.5)
         except TimeoutError as err:
             summary["problems"].append(str(err))
-        problems, details = check_everything(ha, exp, final=True)
+        problems, details = check_everything(ha, exp)
         summary["problems"].extend(problems)
         summary.update(details)
         log(f"checked {len(details['entities'])} entities and {len(details['devices'])} devices: "
@@ -978,8 +986,9 @@ def main(argv: list[str]) -> int:
                         if ["mqtt", exp.agent_device_id(agent)] in (d["identifiers"] or [])), None)
             if dev:
                 try:
-                    summary["screenshot"] = screenshot(ha, dev["id"], dev["name"], args.screenshot,
-                                                       args.chromium, args.timeout)
+                    summary["screenshot"] = screenshot(
+                        ha, dev["id"], dev["name"], args.screenshot, args.chromium, args.timeout,
+                        ["Status since", *(["In queue"] if args.queue_list else [])])
                 except Exception as err:  # noqa: BLE001 - a screenshot is a bonus, not a check
                     summary["screenshot"] = f"failed: {err}"
             else:
@@ -1102,7 +1111,7 @@ def check_removal(ha: HomeAssistant, exp: Expect, fake: FakeBridge, agent: str, 
         result["seconds"] = round(time.monotonic() - t, 2)
         exp.args.agent_list = [a for a in exp.args.agent_list if a != agent]
         exp.args.absent_list = [*exp.args.absent_list, agent]
-        problems, _ = check_everything(ha, exp, final=True)
+        problems, _ = check_everything(ha, exp)
         if problems:
             result["problem"] = f"after removing {agent}: {problems}"
     except TimeoutError as err:

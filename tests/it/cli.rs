@@ -161,3 +161,28 @@ async fn a_bad_configuration_exits_2_naming_the_key() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("/no/such/file.toml"));
 }
+
+/// A build without the `embedded-broker` feature still has `demo`, which
+/// fails at once saying what it lacks and what to do instead.
+#[cfg(not(feature = "embedded-broker"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_without_the_embedded_broker_says_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let database = format!("sqlite://{}", dir.path().join("demo.db").display());
+    let out = pbx2mqtt(vec![
+        "demo".into(),
+        "--database".into(),
+        database,
+        "--http".into(),
+        "127.0.0.1:0".into(),
+    ])
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`embedded-broker`"), "{stderr}");
+    assert!(stderr.contains("your own broker"), "{stderr}");
+    assert!(
+        !dir.path().join("demo.db").exists(),
+        "nothing is started without a broker"
+    );
+}

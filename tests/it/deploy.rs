@@ -40,7 +40,7 @@ fn dockerfile_and_compose_agree_with_the_docker_config() {
     assert!(COMPOSE.contains(r#"command: ["simulate", "--listen", "0.0.0.0:8090""#));
 
     let config = Config::load(Some(&docker_toml())).expect("config/docker.toml loads");
-    assert_eq!(config.mqtt.url, "mqtt://mosquitto:1883");
+    assert_eq!(config.mqtt.url.as_str(), "mqtt://mosquitto:1883");
     assert_eq!(
         config.belfabriek.url,
         format!(

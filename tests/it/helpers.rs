@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use pbx2mqtt::app::Application;
+#[cfg(feature = "embedded-broker")]
 use pbx2mqtt::broker::EmbeddedBroker;
 use pbx2mqtt::config::Config;
 use pbx2mqtt::simulator::{Simulator, SimulatorConfig, VirtualState};
@@ -22,19 +23,33 @@ pub const TEST_PIN: &str = "PIN-8472-secret";
 pub const TEST_KEY: &str = "KEY-5531-secret";
 
 /// The broker every test uses: `PBX2MQTT_TEST_MQTT_URL`, else an embedded
-/// broker started once per test process.
+/// broker started once per test process (builds with the `embedded-broker`
+/// feature, the default).
 pub fn broker_url() -> String {
     if let Ok(url) = std::env::var("PBX2MQTT_TEST_MQTT_URL") {
         if !url.is_empty() {
             return url;
         }
     }
+    embedded_broker_url()
+}
+
+#[cfg(feature = "embedded-broker")]
+fn embedded_broker_url() -> String {
     static EMBEDDED: OnceLock<EmbeddedBroker> = OnceLock::new();
     EMBEDDED
         .get_or_init(|| {
             EmbeddedBroker::start(SocketAddr::from(([127, 0, 0, 1], 0))).expect("embedded broker")
         })
         .url()
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+fn embedded_broker_url() -> String {
+    panic!(
+        "these tests need an MQTT broker: set PBX2MQTT_TEST_MQTT_URL=mqtt://host:port \
+         (this build has no embedded broker: the `embedded-broker` feature is off)"
+    )
 }
 
 /// Everything the bridge logged in this process, for the secret-leak test.

@@ -8,6 +8,7 @@ mod mqtt_client;
 mod broker_restart;
 mod cli;
 mod commands;
+mod commands_end_to_end;
 mod deploy;
 mod fault_proxy;
 mod faults;

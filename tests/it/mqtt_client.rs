@@ -41,7 +41,8 @@ pub struct TestClient {
 impl TestClient {
     /// Connects to `url` (mqtt://host:port) and subscribes to `filters`.
     pub async fn connect(url: &str, filters: &[String]) -> TestClient {
-        let (host, port) = pbx2mqtt::mqtt::options::parse_broker_url(url).unwrap();
+        let url = pbx2mqtt::config::BrokerUrl::parse(url).unwrap();
+        let (host, port) = (url.host().to_owned(), url.port());
         let id = format!("test-{}", rand::random::<u64>());
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(30));

@@ -103,3 +103,17 @@ async fn pin_and_key_never_reach_logs_payloads_or_the_database() {
     }
     sub.clear_retained().await;
 }
+
+/// rumqttc, reqwest and sqlx log through the `log` crate, not `tracing`: their
+/// records must reach the same subscriber, or the leak check above (and an
+/// operator's logs) would miss them.
+#[test]
+fn records_of_the_log_crate_reach_the_subscriber() {
+    let logs = captured_logs();
+    log::warn!(target: "rumqttc::state", "a record through the log crate");
+    let logged = logs.contents();
+    assert!(
+        logged.contains("a record through the log crate"),
+        "the log bridge is missing: {logged}"
+    );
+}

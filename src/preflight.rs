@@ -1,7 +1,7 @@
-//! `pbx2mqtt check`: validates the configuration (already done by loading
-//! it), then reaches the database, the Belfabriek API, the TRiNG API and the
-//! broker, and prints one line per check. Reads only: it polls one agent and
-//! lists one agent's queues, and changes nothing.
+//! The preflight checks behind `pbx2mqtt check`: validates the configuration
+//! (already done by loading it), then reaches the database, the Belfabriek
+//! API, the TRiNG API and the broker, and prints one line per check. Reads
+//! only: it polls one agent and lists one agent's queues, and changes nothing.
 
 use std::time::Duration;
 
@@ -87,7 +87,7 @@ async fn check_tring(config: &Config) -> anyhow::Result<String> {
 async fn check_broker(config: &Config) -> anyhow::Result<String> {
     // A separate client id, so the check does not take over a running
     // bridge's session, and no last will, so it never marks it offline.
-    let options = client_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id))?;
+    let options = client_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id));
     let (client, mut eventloop) = AsyncClient::new(options, 8);
     let connected = tokio::time::timeout(BROKER_TIMEOUT, async {
         loop {

@@ -1,9 +1,9 @@
-//! End-to-end tests of the dispatcher: real HTTP to the PBX simulator, a real
-//! SQLite file, the request and response channels driven directly (the
-//! over-MQTT tests live with the MQTT connection).
+//! End-to-end tests of the command dispatcher through the public API: real
+//! HTTP to the PBX simulator, a real SQLite file, the request and response
+//! channels driven directly (the over-MQTT round trip is in `commands.rs`).
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -13,14 +13,17 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use super::Dispatcher;
-use crate::config::Config;
-use crate::metrics::Metrics;
-use crate::mqtt::{Incoming, Outgoing};
-use crate::simulator::{Api, Fault, FaultKind, Simulator, SimulatorConfig};
-use crate::store::Store;
-use crate::store::{AuditOutcome, AuditRecord};
-use crate::tring::TringClient;
+use pbx2mqtt::commands::dispatcher::BACKLOG_PER_SLOT;
+use pbx2mqtt::commands::Dispatcher;
+use pbx2mqtt::config::Config;
+use pbx2mqtt::metrics::Metrics;
+use pbx2mqtt::mqtt::{Incoming, Outgoing};
+use pbx2mqtt::secret::Secret;
+use pbx2mqtt::simulator::{Api, Fault, FaultKind, Simulator, SimulatorConfig};
+use pbx2mqtt::store::{AuditOutcome, AuditRecord, Store};
+use pbx2mqtt::tring::TringClient;
+
+use crate::helpers::LogBuffer;
 
 /// A key with characters that need URL encoding, easy to search for.
 const KEY: &str = "K3y-s3cr3t&x=1/+";
@@ -696,7 +699,7 @@ async fn shutdown_finishes_commands_in_flight() {
 #[tokio::test]
 async fn invalid_requests_are_answered_at_once_and_a_full_backlog_is_busy() {
     let mut h = Harness::start("concurrency = 1\nallowed_queues = [500]", "10s").await;
-    assert_eq!(super::dispatcher::BACKLOG_PER_SLOT, 4, "the counts below");
+    assert_eq!(BACKLOG_PER_SLOT, 4, "the counts below");
     // The first TRiNG request is slow and holds the only slot; four more
     // valid requests fill the backlog (4 × concurrency).
     h.simulator
@@ -868,33 +871,13 @@ async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
     h.stop().await;
 }
 
-/// A `MakeWriter` appending to a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
 #[tokio::test]
 async fn the_key_never_appears_in_logs_responses_or_the_audit_table() {
-    let logs = Captured::default();
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
-        .with_writer(logs.clone())
+        .with_writer(move || writer.clone())
         .with_ansi(false)
         .finish();
     // current_thread runtime: every task runs on this thread.
@@ -932,14 +915,14 @@ async fn the_key_never_appears_in_logs_responses_or_the_audit_table() {
     let published = h.stop().await;
 
     // An unreachable TRiNG: the connect error must not carry the URL.
-    let mut config = crate::config::Config::from_toml_str("[tring]\ntenant = \"SIM\"").unwrap();
+    let mut config = Config::from_toml_str("[tring]\ntenant = \"SIM\"").unwrap();
     config.tring.url = "http://127.0.0.1:9/pbx/proxyapi.php".into();
     config.tring.timeout = Duration::from_secs(2);
-    let client = TringClient::new(&config.tring, crate::secret::Secret::new(KEY)).unwrap();
+    let client = TringClient::new(&config.tring, Secret::new(KEY)).unwrap();
     let error = client.list("500").await.unwrap_err().to_string();
     tracing::warn!(%error, "connect error for the secret test");
 
-    let logs = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let logs = logs.contents();
     assert!(
         logs.contains("tring request"),
         "the capture missed the client's logs"

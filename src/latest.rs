@@ -1,6 +1,7 @@
-//! The board: every agent's latest committed state, shared read-mostly with
-//! the HTTP server (`/api/agents`, the wallboard). Written by the history
-//! writer after each commit, so it never shows a state history lacks.
+//! The latest states: every agent's latest committed state, shared
+//! read-mostly with the HTTP server (`/api/agents`, the wallboard). Written
+//! by the history writer after each commit, so it never shows a state history
+//! lacks.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
@@ -9,12 +10,12 @@ use crate::model::{AgentId, AgentState};
 
 /// Shared, cheaply cloned handle to the latest state of every agent.
 #[derive(Debug, Clone, Default)]
-pub struct Board {
+pub struct LatestStates {
     /// Latest state per agent, ordered by id.
     states: Arc<RwLock<BTreeMap<AgentId, AgentState>>>,
 }
 
-impl Board {
+impl LatestStates {
     /// Stores an agent's latest state.
     pub fn update(&self, state: AgentState) {
         // A poisoned lock only means a reader panicked; the map is still valid.
