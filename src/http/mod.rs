@@ -1,0 +1,191 @@
+//! The HTTP server on `http.listen`: the reports (`/api/reports/summary`,
+//! `/api/reports/timeline`), every agent's current state (`/api/agents`,
+//! from the [`LatestStates`]), health (`/healthz`, `/readyz`) and Prometheus
+//! `/metrics`.
+//!
+//! It parses query strings once at the boundary (a bad parameter is a 400
+//! naming it), delegates to [`crate::report`] and renders; it holds no report
+//! arithmetic and never writes to the history. It stops gracefully when the
+//! shutdown token is cancelled.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AgentConfig, ReportConfig};
+use crate::latest::LatestStates;
+use crate::metrics::Metrics;
+use crate::report::ReportSettings;
+use crate::store::Store;
+
+mod reports;
+
+/// How long `/readyz` waits for the database before answering 503.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct HttpState {
+    /// The history, for reports and readiness.
+    pub store: Store,
+    /// Every agent's current state, for `/api/agents`.
+    pub latest: LatestStates,
+    /// The counters rendered on `/metrics`.
+    pub metrics: Arc<Metrics>,
+    /// Report time zone and configured agents.
+    pub report: ReportSettings,
+}
+
+impl HttpState {
+    /// State from the service's parts and configuration.
+    pub fn new(
+        store: Store,
+        latest: LatestStates,
+        metrics: Arc<Metrics>,
+        report: &ReportConfig,
+        agents: &[AgentConfig],
+    ) -> Self {
+        Self {
+            store,
+            latest,
+            metrics,
+            report: ReportSettings::from_config(report, agents),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address}: {source}; change http.listen (or leave it empty to disable the server)")]
+    Bind {
+        /// The configured address.
+        address: SocketAddr,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// Serving failed.
+    #[error("http server failed: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// A bound, not yet running HTTP server.
+#[derive(Debug)]
+pub struct HttpServer {
+    /// The bound socket.
+    listener: TcpListener,
+    /// The actual address (the real port when bound to port 0).
+    local_addr: SocketAddr,
+    /// The routes with their state.
+    router: Router,
+}
+
+impl HttpServer {
+    /// Binds `listen` (port 0 picks a free port; see [`HttpServer::local_addr`]).
+    pub async fn bind(listen: SocketAddr, state: HttpState) -> Result<HttpServer, HttpError> {
+        let bind_error = |source| HttpError::Bind {
+            address: listen,
+            source,
+        };
+        let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
+        let local_addr = listener.local_addr().map_err(bind_error)?;
+        Ok(HttpServer {
+            listener,
+            local_addr,
+            router: router(state),
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Serves until `shutdown` is cancelled, then stops accepting, lets
+    /// in-flight requests finish and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), HttpError> {
+        tracing::info!(address = %self.local_addr, "http server listening");
+        axum::serve(self.listener, self.router)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await?;
+        tracing::info!("http server stopped");
+        Ok(())
+    }
+}
+
+/// The routes (public for tests that want to serve them differently).
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/api/reports/summary", get(reports::summary))
+        .route("/api/reports/timeline", get(reports::timeline))
+        .route("/api/agents", get(agents))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+/// `GET /api/agents`: every agent's current state (the retained MQTT state
+/// payloads), ordered by id.
+async fn agents(State(state): State<HttpState>) -> Response {
+    Json(state.latest.snapshot()).into_response()
+}
+
+/// `GET /healthz`: the process is up.
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /readyz`: 200 when the history database answers, else 503; the body
+/// says which check failed and whether MQTT is connected (informational:
+/// polling and history work without the broker).
+async fn readyz(State(state): State<HttpState>) -> Response {
+    let database = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
+    let database_ok = matches!(database, Ok(Ok(())));
+    let mqtt_connected = state
+        .metrics
+        .mqtt_connected
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 1;
+    let body = json!({
+        "ready": database_ok,
+        "database": match database {
+            Ok(Ok(())) => "ok".to_owned(),
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => "timed out".to_owned(),
+        },
+        "mqtt": if mqtt_connected { "connected" } else { "disconnected" },
+    });
+    let status = if database_ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(state): State<HttpState>) -> Response {
+    (
+        [(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;
