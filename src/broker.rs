@@ -45,7 +45,7 @@ impl EmbeddedBroker {
             next_connection_delay_ms: 1,
             connections: ConnectionSettings {
                 connection_timeout_ms: 60_000,
-                max_payload_size: crate::mqtt::options::MAX_PACKET_BYTES,
+                max_payload_size: 16 * 1024 * 1024,
                 max_inflight_count: 500,
                 auth: None,
                 external_auth: None,

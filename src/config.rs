@@ -81,8 +81,38 @@ pub struct Config {
     pub commands: CommandsConfig,
     /// `[status]`: how upstream values map to statuses.
     pub status: StatusConfig,
+    /// `[bridge]`: this bridge process.
+    pub bridge: BridgeConfig,
+    /// `[homeassistant]`: MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
     /// `[[agents]]`: the agents to poll.
     pub agents: Vec<AgentConfig>,
+}
+
+/// `[bridge]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// This bridge's id (unique among bridges sharing a database).
+    pub id: String,
+    /// How long a graceful stop may take.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+    /// How long before another bridge takes a silent bridge's agents.
+    #[serde(with = "duration_str")]
+    pub takeover_after: Duration,
+}
+
+/// `[homeassistant]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish discovery configs.
+    pub enabled: bool,
+    /// The discovery prefix.
+    pub discovery_prefix: String,
+    /// Home Assistant's birth topic.
+    pub status_topic: String,
 }
 
 /// `[mqtt]`
@@ -102,6 +132,22 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// File holding the password (secret), instead of `password`.
     pub password_file: Option<PathBuf>,
+    /// `"5"` (default) or `"3.1.1"`.
+    pub protocol: String,
+    /// CA certificates (PEM) for `mqtts://`, instead of the system's.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// Client key (PEM), with `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// The largest packet the broker may send (announced on MQTT 5).
+    pub max_packet_size: u32,
+    /// How long the broker keeps the command session after a disconnect.
+    #[serde(with = "duration_str")]
+    pub session_expiry: Duration,
+    /// Keep-alive interval.
+    #[serde(with = "duration_str")]
+    pub keep_alive: Duration,
 }
 
 /// A broker address, parsed once when the configuration is read:
@@ -116,6 +162,8 @@ pub struct BrokerUrl {
     host: String,
     /// The TCP port.
     port: u16,
+    /// `mqtts://`: TLS.
+    tls: bool,
 }
 
 /// Why a broker URL is not usable.
@@ -135,8 +183,13 @@ pub enum BrokerUrlError {
 impl BrokerUrl {
     /// Parses `mqtt://host:port`, `tcp://host:port` or `host:port`.
     pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
-        let rest = url
-            .strip_prefix("mqtt://")
+        let tls_rest = url
+            .strip_prefix("mqtts://")
+            .or_else(|| url.strip_prefix("ssl://"));
+        let tls = tls_rest.is_some();
+        let default_port = if tls { "8883" } else { "1883" };
+        let rest = tls_rest
+            .or_else(|| url.strip_prefix("mqtt://"))
             .or_else(|| url.strip_prefix("tcp://"))
             .unwrap_or(url);
         if rest.contains("://") {
@@ -144,9 +197,9 @@ impl BrokerUrl {
         }
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
-            Some((host, _)) if !host.ends_with(']') && host.contains(':') => (rest, "1883"),
+            Some((host, _)) if !host.ends_with(']') && host.contains(':') => (rest, default_port),
             Some((host, port)) => (host, port),
-            None => (rest, "1883"),
+            None => (rest, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -159,6 +212,7 @@ impl BrokerUrl {
             raw: url.to_owned(),
             host: host.to_owned(),
             port,
+            tls,
         })
     }
 
@@ -168,6 +222,7 @@ impl BrokerUrl {
             raw: "mqtt://127.0.0.1:1883".to_owned(),
             host: "127.0.0.1".to_owned(),
             port: 1883,
+            tls: false,
         }
     }
 
@@ -179,6 +234,11 @@ impl BrokerUrl {
     /// The TCP port.
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// True for `mqtts://`.
+    pub fn tls(&self) -> bool {
+        self.tls
     }
 
     /// The URL as written.
@@ -335,6 +395,12 @@ pub struct CommandsConfig {
     pub max_payload_bytes: usize,
     /// At most this many commands run at once.
     pub concurrency: usize,
+    /// How often the allowed queues' members are read.
+    #[serde(with = "duration_str")]
+    pub membership_interval: Duration,
+    /// Audit rows older than this are deleted (`0s` keeps them).
+    #[serde(with = "duration_str")]
+    pub audit_retention: Duration,
 }
 
 /// `[status]`
@@ -391,6 +457,8 @@ struct Defaults {
     report: ReportConfig,
     commands: CommandsConfig,
     status: StatusConfig,
+    bridge: BridgeConfig,
+    homeassistant: HomeAssistantConfig,
     agents: Vec<AgentConfig>,
 }
 
@@ -417,6 +485,13 @@ fn defaults() -> Defaults {
             username: None,
             password: None,
             password_file: None,
+            protocol: "5".into(),
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            max_packet_size: 256 * 1024,
+            session_expiry: Duration::from_secs(3600),
+            keep_alive: Duration::from_secs(15),
         },
         belfabriek: BelfabriekConfig {
             url: "http://api1.belfabriek.nl/xml/agent/xml.asp".into(),
@@ -460,6 +535,18 @@ fn defaults() -> Defaults {
             dedup_window: Duration::from_secs(600),
             max_payload_bytes: 4096,
             concurrency: 8,
+            membership_interval: Duration::from_secs(60),
+            audit_retention: Duration::from_secs(90 * 24 * 3600),
+        },
+        bridge: BridgeConfig {
+            id: "pbx2mqtt".into(),
+            shutdown_timeout: Duration::from_secs(10),
+            takeover_after: Duration::from_secs(10),
+        },
+        homeassistant: HomeAssistantConfig {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            status_topic: "homeassistant/status".into(),
         },
         status: StatusConfig {
             reasons: default_reasons(),

@@ -263,6 +263,37 @@ pub struct Committed {
     pub event: Option<TransitionEvent>,
 }
 
+/// The members of one call queue, as published on
+/// `<base>/queue/<queue>/members` (retained) and shown on the wallboard.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueMembers {
+    /// The queue number.
+    pub queue: String,
+    /// Every member's TRiNG extension (agents and custom destinations),
+    /// without the tenant suffix, sorted.
+    pub members: Vec<String>,
+    /// The configured agents among the members, by id.
+    pub agents: Vec<AgentId>,
+    /// When the members last changed (as far as the bridge has seen).
+    #[serde(with = "rfc3339_millis")]
+    pub updated: DateTime<Utc>,
+}
+
+/// The allowed queues one agent is in, as published on
+/// `<base>/agent/<agent>/queues` (retained): the state of its queue switches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentQueues {
+    /// The agent's id.
+    pub agent: AgentId,
+    /// Its TRiNG extension.
+    pub extension: String,
+    /// The allowed queues it is a member of, sorted.
+    pub queues: Vec<String>,
+    /// When its membership last changed.
+    #[serde(with = "rfc3339_millis")]
+    pub updated: DateTime<Utc>,
+}
+
 /// Serde adapter writing timestamps as RFC 3339 UTC with milliseconds,
 /// e.g. `2026-11-22T09:41:07.250Z`: the form every payload uses.
 pub mod rfc3339_millis {

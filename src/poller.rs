@@ -1,27 +1,36 @@
 //! The poller: polls every agent every `poll.interval`, with starts spread
 //! across the interval, at most `poll.concurrency` polls in flight, and a
-//! per-agent exponential backoff while an agent's polls fail.
+//! per-agent exponential backoff while an agent's polls fail. It feeds each
+//! outcome to the pure status core ([`Tracker`]) and hands the changes it
+//! finds to the history writer's [`ChangeQueue`].
 //!
-//! It owns scheduling only: what a poll does is the [`AgentSource`]'s job
-//! (the Belfabriek client), what a result means is the tracker's. It never
-//! waits on MQTT or the database: its only output is a channel to the
-//! tracker, which never blocks for long (the tracker is pure and spills).
+//! One task, one deadline queue: the polls in flight are futures of this
+//! task, not tasks of their own, so a sleeping agent costs a heap entry, and
+//! a reading that did not change stops here (no channel hop, no clone). It
+//! never waits on MQTT or the database: the change queue is a mutex held
+//! for a map insert.
+//!
+//! What a poll does is the [`AgentSource`]'s job (the Belfabriek client);
+//! what it means is the tracker's.
 
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
-use tokio::sync::{mpsc, Semaphore};
+use futures_util::stream::{FuturesUnordered, StreamExt as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{debug, warn, Instrument};
+use tracing::{debug, warn};
 
+use crate::clock::Clock;
 use crate::config::{AgentConfig, PollConfig};
+use crate::history::pending::Pushed;
+use crate::history::ChangeQueue;
 use crate::metrics::Metrics;
-use crate::model::{AgentId, AgentReading};
-use crate::status::Observation;
+use crate::model::AgentReading;
+use crate::status::{Observation, Tracker};
 
 /// Something that can poll one agent's status (the Belfabriek client).
 pub trait AgentSource: Send + Sync + 'static {
@@ -33,17 +42,9 @@ pub trait AgentSource: Send + Sync + 'static {
         &self,
         agent: &AgentConfig,
     ) -> impl Future<Output = Result<AgentReading, Self::Error>> + Send;
-}
 
-/// One poll's outcome, for the tracker.
-#[derive(Debug, Clone, PartialEq)]
-pub struct PollResult {
-    /// The agent polled.
-    pub agent: AgentId,
-    /// What the poll found.
-    pub observation: Observation,
-    /// When the poll completed.
-    pub at: DateTime<Utc>,
+    /// A short name for the kind of a failure (for metrics), e.g. `timeout`.
+    fn error_kind(error: &Self::Error) -> &'static str;
 }
 
 /// Polls a set of agents until cancelled.
@@ -51,87 +52,186 @@ pub struct Poller<S> {
     /// Where readings come from.
     source: Arc<S>,
     /// The agents to poll.
-    agents: Vec<AgentConfig>,
+    agents: Arc<[AgentConfig]>,
     /// Interval, concurrency, backoff.
     config: PollConfig,
-    /// Results go to the tracker.
-    results: mpsc::Sender<PollResult>,
+    /// The status core, with every agent's current state.
+    tracker: Tracker,
+    /// Where changes go (the history writer).
+    changes: ChangeQueue,
     /// Shared counters.
     metrics: Arc<Metrics>,
+    /// The wall clock, never going backwards.
+    clock: Clock,
+}
+
+/// One agent's place in the schedule.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// When its current or next poll was planned.
+    planned: Instant,
+    /// Consecutive failed polls.
+    failures: u32,
 }
 
 impl<S: AgentSource> Poller<S> {
-    /// A poller for `agents`.
+    /// A poller for `agents`, starting from `tracker`'s states.
     pub fn new(
         source: Arc<S>,
         agents: Vec<AgentConfig>,
         config: PollConfig,
-        results: mpsc::Sender<PollResult>,
+        tracker: Tracker,
+        changes: ChangeQueue,
         metrics: Arc<Metrics>,
+        clock: Clock,
     ) -> Self {
         Self {
             source,
-            agents,
+            agents: agents.into(),
             config,
-            results,
+            tracker,
+            changes,
             metrics,
+            clock,
         }
     }
 
-    /// Runs one task per agent until `shutdown`; returns when all stopped.
-    pub async fn run(self, shutdown: CancellationToken) {
-        let limit = Arc::new(Semaphore::new(self.config.concurrency));
-        let tasks = TaskTracker::new();
-        let count = self.agents.len().max(1) as u32;
+    /// Polls until `shutdown`; polls in flight then are dropped (their
+    /// outcome would only be stale).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        let count = self.agents.len();
+        if count == 0 {
+            shutdown.cancelled().await;
+            return;
+        }
         let start = Instant::now();
-        for (index, agent) in self.agents.into_iter().enumerate() {
-            let schedule = AgentSchedule {
-                interval: self.config.interval,
-                max_backoff: self.config.max_backoff,
-                first: start + self.config.interval / count * index as u32,
-            };
-            let span = tracing::debug_span!("agent", agent = %agent.id);
-            tasks.spawn(
-                poll_agent(
-                    agent,
-                    schedule,
-                    self.source.clone(),
-                    limit.clone(),
-                    self.results.clone(),
-                    self.metrics.clone(),
-                    shutdown.clone(),
-                )
-                .instrument(span),
-            );
+        let spread = self.config.interval / u32::try_from(count).unwrap_or(u32::MAX);
+        let mut slots: Vec<Slot> = (0..count)
+            .map(|index| Slot {
+                planned: start + spread * u32::try_from(index).unwrap_or(u32::MAX),
+                failures: 0,
+            })
+            .collect();
+        let mut due: BinaryHeap<Reverse<(Instant, usize)>> = slots
+            .iter()
+            .enumerate()
+            .map(|(index, slot)| Reverse((slot.planned, index)))
+            .collect();
+        let concurrency = self.config.concurrency.max(1);
+        let (source, agents) = (self.source.clone(), self.agents.clone());
+        let poll = |index: usize| {
+            let source = source.clone();
+            let agents = agents.clone();
+            async move {
+                let started = Instant::now();
+                let outcome = source.poll(&agents[index]).await;
+                (index, outcome, started.elapsed())
+            }
+        };
+        let mut in_flight = FuturesUnordered::new();
+        loop {
+            let now = Instant::now();
+            while in_flight.len() < concurrency {
+                match due.peek() {
+                    Some(Reverse((at, index))) if *at <= now => {
+                        let index = *index;
+                        due.pop();
+                        in_flight.push(poll(index));
+                    }
+                    _ => break,
+                }
+            }
+            let next_due = (in_flight.len() < concurrency)
+                .then(|| due.peek().map(|Reverse((at, _))| *at))
+                .flatten();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return,
+                Some((index, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let failed = self.apply(index, outcome, took);
+                    let slot = &mut slots[index];
+                    slot.failures = if failed { slot.failures.saturating_add(1) } else { 0 };
+                    slot.planned = next_poll(&self.config, slot.planned, Instant::now(), slot.failures);
+                    due.push(Reverse((slot.planned, index)));
+                }
+                () = sleep_until(next_due), if next_due.is_some() => {}
+            }
         }
-        tasks.close();
-        tasks.wait().await;
+    }
+
+    /// Feeds one poll's outcome to the tracker and queues the change it
+    /// finds; true when the poll failed.
+    fn apply(
+        &mut self,
+        index: usize,
+        outcome: Result<AgentReading, S::Error>,
+        took: Duration,
+    ) -> bool {
+        let agent = &self.agents[index];
+        self.metrics.poll_duration.observe(took);
+        let (observation, failed) = match outcome {
+            Ok(reading) => {
+                Metrics::inc(&self.metrics.polls_ok);
+                (Observation::Reading(reading), false)
+            }
+            Err(error) => {
+                Metrics::inc(&self.metrics.polls_failed);
+                self.metrics.poll_error(S::error_kind(&error));
+                let failures = self.tracker.failures(&agent.id).saturating_add(1);
+                // The first failure and every tenth are worth a warning; the
+                // rest are debug, so an outage does not flood the log.
+                if failures == 1 || failures % 10 == 0 {
+                    warn!(agent = %agent.id, failures, %error, "poll failed");
+                } else {
+                    debug!(agent = %agent.id, failures, %error, "poll failed");
+                }
+                (Observation::Failed, true)
+            }
+        };
+        let Some(change) = self
+            .tracker
+            .observe(&agent.id, observation, self.clock.now())
+        else {
+            return failed;
+        };
+        if change.previous.is_some() {
+            debug!(agent = %change.state.agent, to = %change.state.status, "transition");
+        }
+        match self.changes.push(change) {
+            Pushed::Merged => {
+                Metrics::inc(&self.metrics.history_merged);
+                let merged = self.changes.merged();
+                if merged.is_power_of_two() {
+                    tracing::error!(
+                        merged,
+                        "the history database has been unavailable for long: transitions are being merged (history keeps each agent's latest status; statuses in between are lost)"
+                    );
+                }
+            }
+            Pushed::Queued | Pushed::Coalesced => {}
+        }
+        Metrics::set(&self.metrics.history_queue_depth, self.changes.len() as u64);
+        failed
     }
 }
 
-/// When one agent is polled.
-#[derive(Debug, Clone, Copy)]
-struct AgentSchedule {
-    /// The normal gap between polls.
-    interval: Duration,
-    /// The longest gap while failing.
-    max_backoff: Duration,
-    /// The first poll (spread across the first interval).
-    first: Instant,
+/// Sleeps until `at`; never completes for `None`.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
-impl AgentSchedule {
-    /// The next poll after one planned for `planned` that finished at `now`
-    /// with `failures` consecutive failures so far.
-    fn next(&self, planned: Instant, now: Instant, failures: u32) -> Instant {
-        if failures == 0 {
-            // Keep the phase; if we fell behind, poll again right away
-            // rather than bunching up several catch-up polls.
-            let next = planned + self.interval;
-            return next.max(now);
-        }
-        now + backoff(self.interval, self.max_backoff, failures)
+/// The next poll after one planned for `planned` that finished at `now`
+/// with `failures` consecutive failures so far.
+fn next_poll(config: &PollConfig, planned: Instant, now: Instant, failures: u32) -> Instant {
+    if failures == 0 {
+        // Keep the phase; if we fell behind, poll again right away rather
+        // than bunching up several catch-up polls.
+        return (planned + config.interval).max(now);
     }
+    now + backoff(config.interval, config.max_backoff, failures)
 }
 
 /// `interval · 2^(failures-1)`, capped at `max_backoff` (never below the
@@ -141,68 +241,6 @@ fn backoff(interval: Duration, max_backoff: Duration, failures: u32) -> Duration
     interval
         .saturating_mul(factor)
         .min(max_backoff.max(interval))
-}
-
-async fn poll_agent<S: AgentSource>(
-    agent: AgentConfig,
-    schedule: AgentSchedule,
-    source: Arc<S>,
-    limit: Arc<Semaphore>,
-    results: mpsc::Sender<PollResult>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
-    let mut planned = schedule.first;
-    let mut failures = 0u32;
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep_until(planned) => {}
-        }
-        let outcome = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            // Boxed: a task's size is that of its largest await point, and
-            // the HTTP future is large. Inline, each of thousands of mostly
-            // sleeping agent tasks would reserve it; boxed, only the polls in
-            // flight (at most `poll.concurrency`) hold one.
-            outcome = Box::pin(async {
-                // The semaphore is never closed, so acquire cannot fail.
-                let _permit = limit.acquire().await;
-                source.poll(&agent).await
-            }) => outcome,
-        };
-        let observation = match outcome {
-            Ok(reading) => {
-                if failures > 0 {
-                    debug!(failures, "poll recovered");
-                }
-                failures = 0;
-                Metrics::inc(&metrics.polls_ok);
-                Observation::Reading(reading)
-            }
-            Err(error) => {
-                failures = failures.saturating_add(1);
-                Metrics::inc(&metrics.polls_failed);
-                // The first failure and every tenth are worth a warning; the
-                // rest are debug, so an outage does not flood the log.
-                if failures == 1 || failures % 10 == 0 {
-                    warn!(agent = %agent.id, failures, %error, "poll failed");
-                } else {
-                    debug!(agent = %agent.id, failures, %error, "poll failed");
-                }
-                Observation::Failed
-            }
-        };
-        let result = PollResult {
-            agent: agent.id.clone(),
-            observation,
-            at: Utc::now(),
-        };
-        if results.send(result).await.is_err() {
-            return;
-        }
-        planned = schedule.next(planned, Instant::now(), failures);
-    }
 }
 
 #[cfg(test)]
@@ -221,20 +259,24 @@ mod tests {
     }
 
     #[test]
-    fn schedule_keeps_its_phase_and_never_schedules_in_the_past() {
-        let start = Instant::now();
-        let schedule = AgentSchedule {
+    fn the_schedule_keeps_its_phase_and_never_plans_in_the_past() {
+        let config = PollConfig {
             interval: Duration::from_secs(2),
+            concurrency: 1,
+            stale_after: 3,
             max_backoff: Duration::from_secs(60),
-            first: start,
         };
+        let start = Instant::now();
         let late = start + Duration::from_millis(300);
         assert_eq!(
-            schedule.next(start, late, 0),
+            next_poll(&config, start, late, 0),
             start + Duration::from_secs(2)
         );
         let very_late = start + Duration::from_secs(5);
-        assert_eq!(schedule.next(start, very_late, 0), very_late);
-        assert_eq!(schedule.next(start, late, 2), late + Duration::from_secs(4));
+        assert_eq!(next_poll(&config, start, very_late, 0), very_late);
+        assert_eq!(
+            next_poll(&config, start, late, 2),
+            late + Duration::from_secs(4)
+        );
     }
 }

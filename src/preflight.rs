@@ -6,11 +6,9 @@
 use std::time::Duration;
 
 use anyhow::anyhow;
-use rumqttc::{AsyncClient, Event, Packet};
 
 use crate::belfabriek::BelfabriekClient;
 use crate::config::Config;
-use crate::mqtt::options::client_options;
 use crate::store::{redact_url, Store};
 use crate::tring::TringClient;
 
@@ -87,20 +85,6 @@ async fn check_tring(config: &Config) -> anyhow::Result<String> {
 async fn check_broker(config: &Config) -> anyhow::Result<String> {
     // A separate client id, so the check does not take over a running
     // bridge's session, and no last will, so it never marks it offline.
-    let options = client_options(&config.mqtt, &format!("{}-check", config.mqtt.client_id));
-    let (client, mut eventloop) = AsyncClient::new(options, 8);
-    let connected = tokio::time::timeout(BROKER_TIMEOUT, async {
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
-                Ok(_) => {}
-                Err(error) => return Err(anyhow!("{error}")),
-            }
-        }
-    })
-    .await
-    .map_err(|_| anyhow!("no answer from the broker within {BROKER_TIMEOUT:?}"))?;
-    connected?;
-    let _ = client.try_disconnect();
+    crate::mqtt::probe::probe(&config.mqtt, BROKER_TIMEOUT).await?;
     Ok(format!("connected to {}", config.mqtt.url))
 }

@@ -100,6 +100,11 @@ impl Tracker {
         }
     }
 
+    /// How many polls of an agent failed in a row (0 for unknown agents).
+    pub fn failures(&self, agent: &AgentId) -> u32 {
+        self.agents.get(agent).map_or(0, |tracked| tracked.failures)
+    }
+
     /// The current state of an agent.
     pub fn state(&self, agent: &AgentId) -> Option<&AgentState> {
         self.agents.get(agent).map(|tracked| &tracked.state)

@@ -1,61 +1,62 @@
-//! Wiring: builds every component from the configuration, connects them with
-//! bounded channels, runs them, and shuts them down in order.
+//! Wiring: builds every component from the configuration, connects them,
+//! runs them, and shuts them down in order within `bridge.shutdown_timeout`.
 //!
 //! ```text
-//! poller ─PollResult→ tracker ─Change→ history writer ─Committed→ mqtt connection
-//! mqtt connection ─Incoming→ dispatcher ─Outgoing→ mqtt connection
+//! poller (+ status core) ─ChangeQueue→ history writer ─LatestStates→ publisher ─→ broker
+//!                                                                  └→ HTTP API, wallboard stream
+//! broker ─→ command connection ─requests→ dispatcher ─responses→ command connection
+//!                                            └→ audit writer, membership task ─LatestStates→ publisher
 //! ```
 //!
-//! Shutdown runs downstream: the poller stops first, the tracker then hands
-//! its last changes to the writer, the writer commits them and closes the
-//! history, the dispatcher finishes in-flight commands, and the MQTT
-//! connection publishes what is left, then `offline`.
-
-pub mod tracker;
+//! Every hand-over is bounded: the change queue and [`LatestStates`] hold
+//! at most a few entries per agent (folded per agent while a reader is
+//! slow), the request and response channels and the audit queue have named
+//! capacities below.
+//!
+//! Shutdown runs downstream: the poller stops first; the writer commits what
+//! waits and closes the history at the stop time; the dispatcher answers
+//! what it received; the command connection publishes those answers; the
+//! publisher publishes what is committed, then `offline`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use chrono::Utc;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::belfabriek::BelfabriekClient;
+use crate::clock::Clock;
+use crate::commands::audit::AuditWriter;
+use crate::commands::membership::{MembershipTask, RefreshRequests};
 use crate::commands::Dispatcher;
 use crate::config::Config;
-use crate::history::HistoryWriter;
+use crate::history::{ChangeQueue, HistoryWriter};
+use crate::homeassistant::Discovery;
 use crate::http::{HttpServer, HttpState};
 use crate::latest::LatestStates;
 use crate::metrics::Metrics;
-use crate::mqtt::connection::{BridgeInfo, ConnectionChannels, MqttConnection, StartingPoint};
-use crate::mqtt::options::mqtt_options;
-use crate::mqtt::state::UNACKED_EVENTS_LIMIT;
+use crate::mqtt::commands::{CommandConnection, Subscriptions};
+use crate::mqtt::publisher::{BridgeInfo, Publisher, PublisherParts};
+use crate::mqtt::settings::{self, BrokerOptions};
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
 use crate::store::{DailyTotals, Store};
 use crate::tring::TringClient;
 
-use self::tracker::TrackerTask;
+/// Request messages waiting for the dispatcher. The dispatcher answers a
+/// refusal in microseconds, so this only absorbs bursts; when it is full the
+/// command connection stops reading and the broker holds the rest.
+const REQUESTS_CAPACITY: usize = 1024;
 
-/// Poll results waiting for the tracker. The tracker is pure and fast, so a
-/// small buffer only absorbs bursts when many polls finish together.
-const POLL_RESULTS_CAPACITY: usize = 1024;
+/// Responses waiting for the command connection, which always drains them.
+const RESPONSES_CAPACITY: usize = 1024;
 
-/// Changes waiting for the history writer: one batch's worth, twice. Beyond
-/// this the tracker spills into its own queue, so the poller never waits.
-const HISTORY_QUEUE_CAPACITY: usize = 8192;
-
-/// Committed changes waiting for the MQTT connection, which always drains.
-const COMMITTED_CAPACITY: usize = 8192;
-
-/// Request messages waiting for the dispatcher.
-const REQUESTS_CAPACITY: usize = 256;
-
-/// Responses waiting for the MQTT connection.
-const RESPONSES_CAPACITY: usize = 256;
+/// Added to `bridge.shutdown_timeout` for the final flush to the broker
+/// after the history writer used its share.
+const SHUTDOWN_MARGIN: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// A built, not yet running bridge. Building opens the database, resumes
 /// history and binds the HTTP port, so tests can learn the real address
@@ -67,7 +68,7 @@ pub struct Application {
     store: Store,
     /// The bound HTTP server, unless `http.listen` is empty.
     http: Option<HttpServer>,
-    /// Latest state of every agent.
+    /// What is committed: states, recent events, queue members.
     latest: LatestStates,
     /// Shared counters.
     metrics: Arc<Metrics>,
@@ -75,15 +76,20 @@ pub struct Application {
     tracker: Tracker,
     /// The last `seq` recorded.
     last_seq: u64,
-    /// Events the broker had not acknowledged when the bridge last stopped.
-    unacknowledged: Vec<crate::model::TransitionEvent>,
-    /// Every event up to this seq was acknowledged.
+    /// Every event up to this seq was acknowledged by the broker.
     acked_seq: u64,
+    /// The wall clock, never going backwards.
+    clock: Clock,
 }
 
 impl Application {
     /// Opens the store, resumes from history and binds the HTTP server.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with_clock(config, Clock::system()).await
+    }
+
+    /// [`Application::build`] with a given clock (tests).
+    pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
         let mut store = Store::open(&config.database.url)
             .await
             .context("cannot open the history database (database.url)")?;
@@ -107,23 +113,26 @@ impl Application {
             .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
             .collect();
         let resume = store
-            .resume(&agents, Utc::now())
+            .resume(&agents, clock.now())
             .await
             .context("cannot resume from history")?;
+        // Nothing is ever stamped before the history already stored.
+        for state in &resume.states {
+            clock.raise_to(state.since.max(state.updated));
+        }
+        if clock.behind_ms() > 0 {
+            tracing::warn!(
+                behind_ms = clock.behind_ms(),
+                "the system clock is behind the stored history; time stands still until it catches up"
+            );
+        }
         // Before the first mark was stored, assume everything was delivered.
         let acked_seq = store
             .acked_seq()
             .await
             .context("cannot read the acknowledged event mark")?
             .unwrap_or(resume.last_seq);
-        let unacknowledged = store
-            .events_after(acked_seq, UNACKED_EVENTS_LIMIT)
-            .await
-            .context("cannot read unacknowledged events")?;
-        let latest = LatestStates::default();
-        for state in &resume.states {
-            latest.update(state.clone());
-        }
+        let latest = LatestStates::new(resume.states.clone(), resume.last_seq);
         let metrics = Arc::new(Metrics::default());
         let tracker = Tracker::new(
             resume.states.clone(),
@@ -152,8 +161,8 @@ impl Application {
             metrics,
             tracker,
             last_seq: resume.last_seq,
-            unacknowledged,
             acked_seq,
+            clock,
         })
     }
 
@@ -162,7 +171,7 @@ impl Application {
         self.http.as_ref().map(HttpServer::local_addr)
     }
 
-    /// The latest state of every agent.
+    /// What is committed: every agent's state, recent events, queues.
     pub fn latest(&self) -> LatestStates {
         self.latest.clone()
     }
@@ -177,7 +186,11 @@ impl Application {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let config = self.config;
         let topics = Topics::new(config.mqtt.base_topic.clone());
-        let options = mqtt_options(&config.mqtt, &topics);
+        let broker = BrokerOptions::from_config(&config.mqtt);
+        let publisher_settings =
+            settings::publisher(&config.mqtt, &broker, &topics).context("mqtt TLS settings")?;
+        let commands_settings =
+            settings::commands(&config.mqtt, &broker).context("mqtt TLS settings")?;
         let belfabriek = Arc::new(
             BelfabriekClient::new(
                 &config.belfabriek,
@@ -188,59 +201,114 @@ impl Application {
         );
         let tring = TringClient::new(&config.tring, config.tring_key())
             .context("cannot build the TRiNG client")?;
+        let shutdown_timeout = config.bridge.shutdown_timeout;
 
-        let (poll_tx, poll_rx) = mpsc::channel(POLL_RESULTS_CAPACITY);
-        let (history_tx, history_rx) = mpsc::channel(HISTORY_QUEUE_CAPACITY);
-        let (committed_tx, committed_rx) = mpsc::channel(COMMITTED_CAPACITY);
+        let changes = ChangeQueue::new();
         let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_CAPACITY);
         let (responses_tx, responses_rx) = mpsc::channel(RESPONSES_CAPACITY);
         let (acked_tx, acked_rx) = watch::channel(self.acked_seq);
+        let rediscover = Arc::new(Notify::new());
+        let refresh = RefreshRequests::default();
 
-        let info = BridgeInfo::new(config.agents.len(), topics.base(), Utc::now());
-        let connection = MqttConnection::new(
-            options,
-            topics.clone(),
-            info,
-            StartingPoint {
-                states: self.latest.snapshot(),
-                events: self.unacknowledged,
-                acked_seq: self.acked_seq,
-            },
-            ConnectionChannels {
-                committed: committed_rx,
-                responses: responses_rx,
-                requests: requests_tx,
-                acked: acked_tx,
-            },
-            self.metrics.clone(),
+        let agent_extensions: Vec<_> = config
+            .agents
+            .iter()
+            .filter_map(|agent| {
+                agent
+                    .queue_extension
+                    .clone()
+                    .map(|extension| (agent.id.clone(), extension))
+            })
+            .collect();
+        let discovery = config.homeassistant.enabled.then(|| Discovery {
+            prefix: config.homeassistant.discovery_prefix.clone(),
+            base: config.mqtt.base_topic.clone(),
+            agents: config
+                .agents
+                .iter()
+                .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
+                .collect(),
+            queues: config.commands.allowed_queues.clone(),
+            agents_with_extension: agent_extensions.iter().map(|(id, _)| id.clone()).collect(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        });
+        let subscriptions = Subscriptions {
+            requests: topics.request_filters().to_vec(),
+            ha_status: config
+                .homeassistant
+                .enabled
+                .then(|| config.homeassistant.status_topic.clone()),
+            discovery: discovery
+                .as_ref()
+                .map(|discovery| (discovery.own_configs_filter(), discovery.config_topics())),
+        };
+        let publisher = Publisher::new(PublisherParts {
+            topics: topics.clone(),
+            info: BridgeInfo::new(config.agents.len(), topics.base(), self.clock.now()),
+            discovery,
+            subscription: self.latest.subscribe(),
+            store: self.store.clone(),
+            acked_seq: self.acked_seq,
+            acked: acked_tx,
+            rediscover: rediscover.clone(),
+            agent_extensions: agent_extensions.clone(),
+            metrics: self.metrics.clone(),
+        });
+        let commands = CommandConnection::new(
+            subscriptions,
+            requests_tx,
+            responses_rx,
+            rediscover,
             config.commands.max_payload_bytes,
+            self.metrics.clone(),
         );
         let writer = HistoryWriter::new(
             self.store.clone(),
-            history_rx,
-            committed_tx,
+            changes.clone(),
             self.last_seq,
             self.latest.clone(),
             self.metrics.clone(),
+            self.clock.clone(),
+            shutdown_timeout,
         )
         .with_acked(acked_rx.clone());
-        let dispatcher = Dispatcher::new(&config, tring, self.store.clone(), self.metrics.clone());
+        let retention =
+            (!config.commands.audit_retention.is_zero()).then_some(config.commands.audit_retention);
+        let (audit_writer, audit) =
+            AuditWriter::new(self.store.clone(), retention, self.metrics.clone());
+        let membership = MembershipTask::new(
+            tring.clone(),
+            config.commands.allowed_queues.clone(),
+            agent_extensions,
+            self.latest.clone(),
+            config.commands.membership_interval,
+            refresh.clone(),
+            self.clock.clone(),
+        );
+        let dispatcher = Dispatcher::new(&config, tring, audit, refresh, self.metrics.clone());
         let poller = Poller::new(
             belfabriek,
             config.agents.clone(),
             config.poll.clone(),
-            poll_tx,
+            self.tracker,
+            changes,
             self.metrics.clone(),
+            self.clock.clone(),
         );
-        let tracker = TrackerTask::new(self.tracker, poll_rx, history_tx, self.metrics.clone());
 
         // Each stage stops on its own token, cancelled in order below.
         let writer_stop = CancellationToken::new();
-        let mqtt_stop = CancellationToken::new();
-        let mqtt = tokio::spawn(connection.run(mqtt_stop.clone()));
+        let publisher_stop = CancellationToken::new();
+        let commands_stop = CancellationToken::new();
+        let (client, connection) = crate::mqtt::client::new(&publisher_settings, 256);
+        let publisher = tokio::spawn(publisher.run(client, connection, publisher_stop.clone()));
+        let (client, connection) = crate::mqtt::client::new(&commands_settings, 256);
+        let commands =
+            tokio::spawn(commands.run(client, connection, commands_stop.clone(), shutdown_timeout));
         let writer = tokio::spawn(writer.run(writer_stop.clone()));
-        let tracker = tokio::spawn(tracker.run());
-        let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx, shutdown.clone()));
+        let audit_writer = tokio::spawn(audit_writer.run());
+        let membership = tokio::spawn(membership.run(shutdown.clone()));
+        let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx));
         let poller = tokio::spawn(poller.run(shutdown.clone()));
         let http = self
             .http
@@ -248,15 +316,33 @@ impl Application {
         info!(agents = config.agents.len(), "bridge running");
 
         shutdown.cancelled().await;
-        info!("shutting down");
-        poller.await.context("poller task panicked")?;
-        tracker.await.context("tracker task panicked")?;
-        writer_stop.cancel();
-        writer.await.context("history writer task panicked")?;
-        dispatcher.await.context("dispatcher task panicked")?;
-        mqtt_stop.cancel();
-        mqtt.await.context("mqtt task panicked")?;
-        // The connection flushed after the writer stopped: store its final
+        info!(
+            timeout_ms = shutdown_timeout.as_millis() as u64,
+            "shutting down"
+        );
+        let ordered = async {
+            poller.await.context("poller task panicked")?;
+            membership.await.context("membership task panicked")?;
+            writer_stop.cancel();
+            commands_stop.cancel();
+            writer.await.context("history writer task panicked")?;
+            dispatcher.await.context("dispatcher task panicked")?;
+            commands.await.context("command connection task panicked")?;
+            audit_writer.await.context("audit writer task panicked")?;
+            publisher_stop.cancel();
+            publisher.await.context("publisher task panicked")?;
+            anyhow::Ok(())
+        };
+        // Every stage bounds its own waiting; this is the backstop. What is
+        // still running then is dropped: the broker publishes the last will.
+        match tokio::time::timeout(shutdown_timeout + SHUTDOWN_MARGIN, ordered).await {
+            Ok(result) => result?,
+            Err(_) => tracing::error!(
+                timeout_ms = shutdown_timeout.as_millis() as u64,
+                "shutdown took longer than bridge.shutdown_timeout; stopping anyway"
+            ),
+        }
+        // The publisher flushed after the writer stopped: store its final
         // mark (the writer is gone, so this is still the only writer).
         let acked = *acked_rx.borrow();
         if let Err(error) = self.store.store_acked_seq(acked).await {

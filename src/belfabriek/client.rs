@@ -199,6 +199,10 @@ impl crate::poller::AgentSource for BelfabriekClient {
     ) -> impl Future<Output = Result<AgentReading, Self::Error>> + Send {
         BelfabriekClient::poll(self, agent)
     }
+
+    fn error_kind(error: &Self::Error) -> &'static str {
+        error.kind()
+    }
 }
 
 /// True when a request failed because the (kept-alive) connection was closed

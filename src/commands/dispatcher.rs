@@ -1,44 +1,53 @@
-//! The command dispatcher: takes request messages from the MQTT connection
-//! task, validates them ([`super::parse`]), answers repeats from memory
-//! ([`super::dedup`]), runs up to `commands.concurrency` commands at once
-//! against TRiNG, publishes each response, writes the audit row and counts
-//! the outcome.
+//! The command dispatcher: takes request messages from the command
+//! connection, validates them ([`super::parse`]), answers repeats from
+//! memory ([`super::dedup`]), runs up to `commands.concurrency` commands at
+//! once against TRiNG, answers each one, leaves its audit row and counts the
+//! outcome.
 //!
 //! It owns its state (the dedup memory, the retained topics it cleared, the
-//! commands waiting for a slot) in one task loop that never waits for TRiNG:
-//! it reads every request as it comes, parses, validates and deduplicates it
-//! at once (pure and fast), and answers a refusal at once. Only the TRiNG
-//! calls are bounded: each runs in its own task, at most
-//! `commands.concurrency` at a time, the others wait in a bounded backlog;
-//! a request that finds the backlog full is answered `busy`. Nothing here
-//! runs inside the MQTT event loop. It does not talk to the broker: it
+//! commands waiting for a slot) in one task loop that never waits for TRiNG
+//! or the database: it reads every request as it comes, parses, validates
+//! and deduplicates it (pure and fast), and answers a refusal right there;
+//! the audit row goes to the [`AuditSink`], which never waits. So a flood
+//! of bad requests is answered as fast as it arrives. Only the TRiNG calls
+//! are bounded: each runs in its own task, at most `commands.concurrency`
+//! at a time, the others wait in a bounded backlog; a request that finds the
+//! backlog full is answered `busy`. It does not talk to the broker: it
 //! receives [`Incoming`] and sends [`Outgoing`] on channels.
+//!
+//! The answer goes to the request's MQTT 5 response topic with its
+//! correlation data when it names one, else to the mirror `response/` topic.
 //!
 //! Retained requests are answered `retained_request`, not executed, and
 //! cleared by publishing an empty retained message to the request topic. The
 //! empty message that comes back (retained or not) is ignored once; any other
 //! empty retained message is ignored too.
 //!
-//! On shutdown it closes the request channel (nothing more enters it), then
-//! answers every request already in it (valid ones are executed, with the same
-//! bound), finishes the commands in flight and waiting, and returns. The MQTT
-//! connection already acknowledged those requests to the broker, so dropping
-//! them would leave their requesters without an answer.
+//! After an add, remove or clean (or a failed one), the queue's membership
+//! is read again ([`RefreshRequests`]), so the membership topics and the Home
+//! Assistant switches follow at once (a refused switch snaps back).
+//!
+//! It stops when the command connection closes the request channel (on
+//! shutdown, after handing over every request it received): it answers
+//! every request in it (valid ones are executed, with the same bound),
+//! finishes the commands in flight and waiting, and returns. The broker
+//! already delivered those requests, so dropping them would leave their
+//! requesters without an answer.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use rumqttc::QoS;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::audit::{self, Audited};
+use super::audit::{self, AuditSink, Audited};
 use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
 use super::execute::execute;
+use super::membership::RefreshRequests;
 use super::parse::{parse_request, CommandRules, ParsedRequest};
 use super::{Command, CommandError, Response};
 use crate::config::Config;
@@ -46,7 +55,6 @@ use crate::metrics::Metrics;
 use crate::mqtt::topics::{RequestTopic, Topics};
 use crate::mqtt::{Incoming, Outgoing};
 use crate::secret::Secret;
-use crate::store::Store;
 use crate::tring::TringClient;
 
 /// How long the empty message echoing our own clear of a retained request
@@ -62,33 +70,46 @@ const CLEAR_ECHO_WINDOW: Duration = Duration::from_secs(60);
 /// waiting requests hold.
 pub const BACKLOG_PER_SLOT: usize = 4;
 
-/// Refusals being audited and answered at once. Each is one audit insert
-/// (no TRiNG call); beyond this the loop waits for one to finish, so a flood
-/// of bad requests cannot pile up tasks behind a slow database.
-const MAX_REFUSALS_IN_PROGRESS: usize = 64;
+/// Refusals logged at `warn` per second at most; the rest go to `debug`
+/// (they are counted and audited either way), so a flood cannot flood the
+/// log.
+const REFUSALS_LOGGED_PER_SECOND: u32 = 10;
+
+/// The longest MQTT 5 response topic honoured; a longer one (or one with a
+/// wildcard) is not a topic anybody listens on, and the answer goes to the
+/// mirror topic instead.
+const MAX_RESPONSE_TOPIC_BYTES: usize = 512;
 
 /// What every command task shares.
 struct Context {
     /// The TRiNG client.
     client: TringClient,
-    /// The audit table's database.
-    store: Store,
+    /// Where audit rows go.
+    audit: AuditSink,
     /// The TRiNG key, the only secret TRiNG's answers can carry: redacted
     /// from upstream error messages ([`CommandError::without_key`]).
     tring_key: Secret,
+    /// Queues to read again after a change.
+    membership: RefreshRequests,
+    /// Outcome counters.
+    metrics: Arc<Metrics>,
 }
 
 /// One request message as it was received: its topics, payload and parse
 /// result, carried until it is answered and audited.
 struct ReceivedRequest {
-    /// When it was received.
+    /// When it was received (wall clock, for the audit).
     received_at: DateTime<Utc>,
+    /// When it was received (for the command duration).
+    received: Instant,
     /// The request topic.
     topic: String,
     /// The parsed topic.
     request_topic: RequestTopic,
-    /// The response topic.
+    /// Where the answer goes.
     response_topic: String,
+    /// MQTT 5 correlation data, echoed with the answer.
+    correlation_data: Option<Bytes>,
     /// The payload as received.
     payload: Vec<u8>,
     /// The parse result.
@@ -115,8 +136,28 @@ struct Finished {
     ok: bool,
 }
 
+/// Allows a few log lines per second.
+#[derive(Debug)]
+struct LogBudget {
+    /// The second being counted.
+    second: Instant,
+    /// Lines logged in it.
+    used: u32,
+}
+
+impl LogBudget {
+    fn allow(&mut self, now: Instant) -> bool {
+        if now.duration_since(self.second) >= Duration::from_secs(1) {
+            self.second = now;
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= REFUSALS_LOGGED_PER_SECOND
+    }
+}
+
 /// The queue-command dispatcher. Build it with [`Dispatcher::new`], then
-/// `tokio::spawn(dispatcher.run(requests, responses, shutdown))`.
+/// `tokio::spawn(dispatcher.run(requests, responses))`.
 pub struct Dispatcher {
     /// The topic tree (request parsing, response topics).
     topics: Topics,
@@ -124,8 +165,6 @@ pub struct Dispatcher {
     rules: CommandRules,
     /// Shared with every command task.
     context: Arc<Context>,
-    /// Outcome counters.
-    metrics: Arc<Metrics>,
     /// At most this many command tasks at once (`commands.concurrency`).
     concurrency: usize,
     /// At most this many valid requests wait for a slot
@@ -142,25 +181,31 @@ pub struct Dispatcher {
     /// Valid requests waiting for a slot, oldest first. Not empty only while
     /// every slot is taken.
     backlog: VecDeque<Waiting>,
-    /// Refusals being audited and answered, at most
-    /// [`MAX_REFUSALS_IN_PROGRESS`].
-    refusals: JoinSet<()>,
+    /// How many refusals may still be logged this second.
+    log_budget: LogBudget,
 }
 
 impl Dispatcher {
-    /// A dispatcher for `config`'s rules, calling `client` and auditing to
-    /// `store`.
-    pub fn new(config: &Config, client: TringClient, store: Store, metrics: Arc<Metrics>) -> Self {
+    /// A dispatcher for `config`'s rules, calling `client`, auditing into
+    /// `audit` and asking `membership` to read queues after changes.
+    pub fn new(
+        config: &Config,
+        client: TringClient,
+        audit: AuditSink,
+        membership: RefreshRequests,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let concurrency = config.commands.concurrency.max(1);
         Self {
             topics: Topics::new(config.mqtt.base_topic.clone()),
             rules: CommandRules::from_config(config),
             context: Arc::new(Context {
                 client,
-                store,
+                audit,
                 tring_key: config.tring_key(),
+                membership,
+                metrics,
             }),
-            metrics,
             concurrency,
             max_backlog: BACKLOG_PER_SLOT * concurrency,
             dedup: DedupCache::new(config.commands.dedup_window, DEFAULT_CAPACITY),
@@ -168,51 +213,60 @@ impl Dispatcher {
             commands: JoinSet::new(),
             running: HashMap::new(),
             backlog: VecDeque::new(),
-            refusals: JoinSet::new(),
+            log_budget: LogBudget {
+                second: Instant::now(),
+                used: 0,
+            },
         }
     }
 
-    /// Serves requests until `requests` closes. When `shutdown` is
-    /// cancelled it closes `requests` itself, answers what is still in it,
-    /// finishes every accepted command and returns.
+    /// Serves requests until `requests` closes, then finishes every
+    /// accepted command and returns.
     pub async fn run(
         mut self,
         mut requests: mpsc::Receiver<Incoming>,
         responses: mpsc::Sender<Outgoing>,
-        shutdown: CancellationToken,
     ) {
-        let mut stopping = false;
         loop {
             tokio::select! {
                 biased;
-                () = shutdown.cancelled(), if !stopping => {
-                    // Nothing more can be sent; what is buffered is still read.
-                    requests.close();
-                    stopping = true;
-                    tracing::debug!(
-                        buffered = requests.len(),
-                        in_flight = self.commands.len(),
-                        waiting = self.backlog.len(),
-                        "command dispatcher stopping: answering the requests already received"
-                    );
-                }
                 Some(joined) = self.commands.join_next_with_id() => {
                     self.finish(joined, &responses).await;
                 }
-                Some(joined) = self.refusals.join_next() => refusal_done(joined),
                 incoming = requests.recv() => match incoming {
                     Some(incoming) => self.accept(incoming, &responses).await,
                     None => break,
                 },
             }
         }
+        tracing::debug!(
+            in_flight = self.commands.len(),
+            waiting = self.backlog.len(),
+            "command dispatcher stopping: finishing the commands received"
+        );
         while let Some(joined) = self.commands.join_next_with_id().await {
             self.finish(joined, &responses).await;
         }
-        while let Some(joined) = self.refusals.join_next().await {
-            refusal_done(joined);
-        }
         tracing::debug!("command dispatcher stopped");
+    }
+
+    /// Where the answer to `incoming` goes: its MQTT 5 response topic when
+    /// that is a plain topic, else the mirror topic.
+    fn response_topic(&self, incoming: &Incoming, request_topic: &RequestTopic) -> String {
+        match &incoming.response_topic {
+            Some(topic)
+                if !topic.is_empty()
+                    && topic.len() <= MAX_RESPONSE_TOPIC_BYTES
+                    && !topic.contains(['+', '#', '\0']) =>
+            {
+                topic.clone()
+            }
+            Some(topic) => {
+                tracing::debug!(response_topic = %topic, "ignoring an unusable response topic; answering on the mirror topic");
+                self.topics.response_for(request_topic)
+            }
+            None => self.topics.response_for(request_topic),
+        }
     }
 
     /// Handles one incoming message: ignore it, answer it from memory,
@@ -229,10 +283,11 @@ impl Dispatcher {
             }
         }
         let Some(request_topic) = self.topics.parse_request(&incoming.topic) else {
-            tracing::warn!(topic = %incoming.topic, "ignoring a message on a topic that is not a request topic");
+            Metrics::inc(&self.context.metrics.requests_ignored);
+            tracing::debug!(topic = %incoming.topic, "ignoring a message on a topic that is not a request topic");
             return;
         };
-        let response_topic = self.topics.response_for(&request_topic);
+        let response_topic = self.response_topic(&incoming, &request_topic);
         let parsed = parse_request(
             &request_topic,
             &incoming.payload,
@@ -247,7 +302,7 @@ impl Dispatcher {
                     topic: incoming.topic.clone(),
                     payload: Vec::new(),
                     retain: true,
-                    qos: QoS::AtLeastOnce,
+                    correlation_data: None,
                 },
             )
             .await;
@@ -270,33 +325,37 @@ impl Dispatcher {
                 Seen::Answered(payload) => {
                     tracing::info!(topic = %incoming.topic, transaction = %key.transaction,
                         "duplicate request answered from memory, not executed again");
-                    send(responses, response(response_topic, payload)).await;
+                    let answer = response(response_topic, payload, incoming.correlation_data);
+                    send(responses, answer).await;
                     return;
                 }
             }
         }
-        let span = tracing::info_span!(
-            "command",
-            topic = %incoming.topic,
-            transaction = parsed.transaction.as_ref().map(|t| t.json_text()).unwrap_or_default(),
-        );
         let command = parsed.outcome.clone();
         let request = ReceivedRequest {
             received_at: Utc::now(),
+            received: now,
             topic: incoming.topic,
             request_topic,
             response_topic,
+            correlation_data: incoming.correlation_data,
             payload: incoming.payload,
             parsed,
         };
-        let waiting = match command {
-            Err(error) => return self.refuse(request, error, span, responses).await,
-            Ok(command) => Waiting {
-                request,
-                command,
-                dedup_key,
-                span,
-            },
+        let command = match command {
+            Err(error) => return self.refuse(request, error, responses).await,
+            Ok(command) => command,
+        };
+        let span = tracing::info_span!(
+            "command",
+            topic = %request.topic,
+            transaction = request.parsed.transaction.as_ref().map(|t| t.json_text()).unwrap_or_default(),
+        );
+        let waiting = Waiting {
+            request,
+            command,
+            dedup_key,
+            span,
         };
         if self.commands.len() < self.concurrency {
             self.start(waiting);
@@ -307,15 +366,8 @@ impl Dispatcher {
                 // Nothing ran: a retry with this transaction must run.
                 self.dedup.forget(key);
             }
-            tracing::warn!(parent: &waiting.span, waiting = self.backlog.len(),
-                "too many commands in progress; answering busy");
-            self.refuse(
-                waiting.request,
-                CommandError::busy(),
-                waiting.span,
-                responses,
-            )
-            .await;
+            self.refuse(waiting.request, CommandError::busy(), responses)
+                .await;
         }
     }
 
@@ -333,31 +385,22 @@ impl Dispatcher {
         self.running.insert(handle.id(), dedup_key);
     }
 
-    /// Answers a request that is not executed (invalid, or `busy`): the
-    /// audit row and the response, in a task of their own so the loop does
-    /// not wait for the database.
+    /// Answers a request that is not executed (invalid, or `busy`), right
+    /// away: the response and the audit row, neither of which waits.
     async fn refuse(
         &mut self,
         request: ReceivedRequest,
         error: CommandError,
-        span: tracing::Span,
         responses: &mpsc::Sender<Outgoing>,
     ) {
-        Metrics::inc(&self.metrics.commands_failed);
-        while self.refusals.len() >= MAX_REFUSALS_IN_PROGRESS {
-            if let Some(joined) = self.refusals.join_next().await {
-                refusal_done(joined);
-            }
+        Metrics::inc(&self.context.metrics.commands_failed);
+        if self.log_budget.allow(Instant::now()) {
+            tracing::warn!(topic = %request.topic, code = %error.code, error = %error.message, "request refused");
+        } else {
+            tracing::debug!(topic = %request.topic, code = %error.code, error = %error.message, "request refused");
         }
-        let context = self.context.clone();
-        let responses = responses.clone();
-        self.refusals.spawn(
-            async move {
-                let answer = conclude(&context, &request, Err(error), None).await;
-                send(&responses, answer).await;
-            }
-            .instrument(span),
-        );
+        let answer = conclude(&self.context, &request, Err(error), None, false);
+        send(responses, answer).await;
     }
 
     /// Publishes a finished command's response (and again for duplicates
@@ -373,9 +416,9 @@ impl Dispatcher {
         match joined {
             Ok((id, finished)) => {
                 Metrics::inc(if finished.ok {
-                    &self.metrics.commands_ok
+                    &self.context.metrics.commands_ok
                 } else {
-                    &self.metrics.commands_failed
+                    &self.context.metrics.commands_failed
                 });
                 let waiting = match self.running.remove(&id).flatten() {
                     Some(key) => {
@@ -397,7 +440,7 @@ impl Dispatcher {
             Err(error) => {
                 // A command task panicked: forget its transaction so a retry
                 // runs again; the requester gets no answer for this one.
-                Metrics::inc(&self.metrics.commands_failed);
+                Metrics::inc(&self.context.metrics.commands_failed);
                 if let Some(key) = self.running.remove(&error.id()).flatten() {
                     self.dedup.abandon(&key);
                 }
@@ -407,31 +450,24 @@ impl Dispatcher {
     }
 }
 
-/// Logs a refusal task that panicked (its requester gets no answer).
-fn refusal_done(joined: Result<(), tokio::task::JoinError>) {
-    if let Err(error) = joined {
-        tracing::error!(%error, "a refusal task failed");
-    }
-}
-
-/// Hands a message to the MQTT connection task.
+/// Hands a message to the command connection.
 async fn send(responses: &mpsc::Sender<Outgoing>, message: Outgoing) {
     if responses.send(message).await.is_err() {
-        tracing::warn!("cannot publish a command response: the MQTT connection task has stopped");
+        tracing::warn!("cannot publish a command response: the command connection has stopped");
     }
 }
 
-/// A response message: QoS 1, not retained.
-fn response(topic: String, payload: Vec<u8>) -> Outgoing {
+/// A response message, not retained.
+fn response(topic: String, payload: Vec<u8>, correlation_data: Option<Bytes>) -> Outgoing {
     Outgoing {
         topic,
         payload,
         retain: false,
-        qos: QoS::AtLeastOnce,
+        correlation_data,
     }
 }
 
-/// Runs one valid command against TRiNG, writes its audit row and returns
+/// Runs one valid command against TRiNG, leaves its audit row and returns
 /// its response.
 async fn run_command(
     context: Arc<Context>,
@@ -440,35 +476,52 @@ async fn run_command(
 ) -> Finished {
     let execution = execute(&context.client, &command).await;
     let ok = execution.outcome.is_ok();
+    if let Command::Add { queue, .. } | Command::Remove { queue, .. } | Command::Clean { queue } =
+        &command
+    {
+        // After a change, and after a failed one (a refused switch snaps
+        // back to what the queue really holds).
+        context.membership.refresh(queue);
+    }
     let response = conclude(
         &context,
         &request,
         execution.outcome,
         Some(execution.upstream_latency),
-    )
-    .await;
+        true,
+    );
     Finished { response, ok }
 }
 
 /// The end of every request that was not ignored or answered from memory:
-/// the key redacted from an upstream error, the outcome logged, the audit row
-/// written, the response built.
-async fn conclude(
+/// the key redacted from an upstream error, the outcome counted (and logged
+/// for executed commands; the caller logs refusals), the audit row left, the
+/// response built.
+fn conclude(
     context: &Context,
     request: &ReceivedRequest,
     outcome: Result<super::CommandData, CommandError>,
     latency: Option<Duration>,
+    log: bool,
 ) -> Outgoing {
     let outcome = outcome.map_err(|error| error.without_key(&context.tring_key));
-    let latency_ms = latency.map(|latency| i64::try_from(latency.as_millis()).unwrap_or(i64::MAX));
-    match &outcome {
-        Ok(_) => tracing::info!(latency_ms, "command ok"),
-        Err(error) => {
-            tracing::warn!(code = %error.code, error = %error.message, latency_ms, "command failed")
+    let metrics = &context.metrics;
+    metrics.command_outcomes.inc(match &outcome {
+        Ok(_) => "ok",
+        Err(error) => error.code.as_str(),
+    });
+    metrics.command_duration.observe(request.received.elapsed());
+    if log {
+        let latency_ms = latency.map(|latency| latency.as_millis() as u64);
+        match &outcome {
+            Ok(_) => tracing::info!(latency_ms, "command ok"),
+            Err(error) => {
+                tracing::warn!(code = %error.code, error = %error.message, latency_ms, "command failed")
+            }
         }
     }
     let payload = Response::new(&outcome, request.parsed.transaction.clone()).to_json();
-    let entry = audit::entry(&Audited {
+    context.audit.record(audit::entry(&Audited {
         received_at: request.received_at,
         topic: &request.topic,
         request_topic: &request.request_topic,
@@ -476,9 +529,10 @@ async fn conclude(
         parsed: &request.parsed,
         outcome: &outcome,
         upstream_latency: latency,
-    });
-    if let Err(error) = context.store.record_audit(&entry).await {
-        tracing::error!(%error, "cannot write the command audit row");
-    }
-    response(request.response_topic.clone(), payload)
+    }));
+    response(
+        request.response_topic.clone(),
+        payload,
+        request.correlation_data.clone(),
+    )
 }

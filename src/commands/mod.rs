@@ -35,6 +35,7 @@ pub mod cli;
 pub mod dedup;
 pub mod dispatcher;
 pub mod execute;
+pub mod membership;
 pub mod parse;
 
 use std::fmt;

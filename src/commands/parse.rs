@@ -92,6 +92,9 @@ enum QueueAction {
     Remove,
     Clean,
     List,
+    /// `{"agent":..,"member":true|false}`: add or remove (a Home Assistant
+    /// switch has one command topic).
+    Set,
 }
 
 impl QueueAction {
@@ -101,6 +104,7 @@ impl QueueAction {
             "remove" => Some(Self::Remove),
             "clean" => Some(Self::Clean),
             "list" => Some(Self::List),
+            "set" => Some(Self::Set),
             _ => None,
         }
     }
@@ -111,6 +115,7 @@ impl QueueAction {
             Self::Remove => "remove",
             Self::Clean => "clean",
             Self::List => "list",
+            Self::Set => "set",
         }
     }
 }
@@ -209,7 +214,7 @@ fn validate(
                 CommandError::new(
                     ErrorCode::UnknownAction,
                     format!(
-                        "unknown action {}; use add, remove, clean or list",
+                        "unknown action {}; use add, remove, clean, list or set",
                         quote(action)
                     ),
                 )
@@ -249,6 +254,33 @@ fn validate(
                 QueueAction::List => {
                     no_fields_body("list", body)?;
                     Ok(Command::List { queue })
+                }
+                QueueAction::Set => {
+                    let Body::Object(mut object) = body else {
+                        return Err(CommandError::new(
+                            ErrorCode::InvalidRequest,
+                            "set needs {\"agent\":\"<id>\",\"member\":true} or false",
+                        ));
+                    };
+                    let member = match object.remove("member") {
+                        Some(Value::Bool(member)) => member,
+                        _ => {
+                            return Err(CommandError::new(
+                                ErrorCode::InvalidRequest,
+                                "set needs `member`: true to add, false to remove",
+                            ))
+                        }
+                    };
+                    let (who, custom) = member_body(action, Body::Object(object), rules)?;
+                    Ok(if member {
+                        Command::Add {
+                            queue,
+                            member: who,
+                            custom,
+                        }
+                    } else {
+                        Command::Remove { queue, member: who }
+                    })
                 }
             }
         }
@@ -743,7 +775,7 @@ mod tests {
                 queue("500", "ADD"),
                 r#"{"extension":"201"}"#,
                 UnknownAction,
-                "add, remove, clean or list",
+                "add, remove, clean, list or set",
             ),
             (queue("500", ""), "", UnknownAction, "unknown action"),
             // Unknown agent / no extension.

@@ -4,14 +4,15 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::HistoryWriter;
-use crate::latest::LatestStates;
+use super::{ChangeQueue, HistoryWriter};
+use crate::clock::Clock;
+use crate::latest::{LatestStates, RecentEvents};
 use crate::metrics::Metrics;
-use crate::model::{Change, Committed, Previous, Status};
+use crate::model::{Change, Previous, Status};
 use crate::store::test_database::{backend_tests, Backend, TestDatabase};
 use crate::store::tests::{agent, at, meta, raw, row, rows, state, wait_until, WAIT};
 use crate::store::Store;
@@ -26,34 +27,32 @@ fn transition(id: &str, from: Status, from_since: i64, to: Status, since: i64) -
     }
 }
 
-/// A writer on `store` with its channels.
+/// A writer on `store` with its queue.
 struct RunningWriter {
-    changes: mpsc::Sender<Change>,
-    committed: mpsc::Receiver<Committed>,
+    changes: ChangeQueue,
     latest: LatestStates,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<()>,
 }
 
-fn spawn_writer(store: &Store, last_seq: u64) -> RunningWriter {
-    let (changes, changes_receiver) = mpsc::channel(64);
-    let (committed_sender, committed) = mpsc::channel(64);
-    let latest = LatestStates::default();
+fn spawn_writer(store: &Store, last_seq: u64, shutdown_timeout: Duration) -> RunningWriter {
+    let changes = ChangeQueue::new();
+    let latest = LatestStates::new([], last_seq);
     let metrics = Arc::new(Metrics::default());
     let shutdown = CancellationToken::new();
     let writer = HistoryWriter::new(
         store.clone(),
-        changes_receiver,
-        committed_sender,
+        changes.clone(),
         last_seq,
         latest.clone(),
         metrics.clone(),
+        Clock::system(),
+        shutdown_timeout,
     );
     let task = tokio::spawn(writer.run(shutdown.clone()));
     RunningWriter {
         changes,
-        committed,
         latest,
         metrics,
         shutdown,
@@ -61,16 +60,26 @@ fn spawn_writer(store: &Store, last_seq: u64) -> RunningWriter {
     }
 }
 
-async fn receive(committed: &mut mpsc::Receiver<Committed>) -> Committed {
-    tokio::time::timeout(WAIT, committed.recv())
-        .await
-        .expect("a committed change in time")
-        .expect("the writer is running")
+/// The events committed from `from` on, waiting until there are `count`.
+async fn committed_events(latest: &LatestStates, from: u64, count: usize) -> Vec<(String, u64)> {
+    let mut found = Vec::new();
+    wait_until("events committed", || {
+        found = match latest.events_from(from, usize::MAX) {
+            RecentEvents::Here(events) => events
+                .into_iter()
+                .map(|event| (event.agent.to_string(), event.seq))
+                .collect(),
+            RecentEvents::InHistory => Vec::new(),
+        };
+        found.len() >= count
+    })
+    .await;
+    found
 }
 
 async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDatabase) {
     let store = database.open().await;
-    let mut writer = spawn_writer(&store, 10);
+    let writer = spawn_writer(&store, 10, Duration::from_secs(10));
     let mut detail = state("alice", Status::Available, 0, 0);
     detail.extension_status = Some("idle".into());
     let changes = [
@@ -83,25 +92,15 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
         transition("alice", Status::Available, 0, Status::OnCall, 2),
     ];
     for change in changes {
-        writer.changes.send(change).await.unwrap();
+        writer.changes.push(change);
     }
-    let mut seen = Vec::new();
-    for _ in 0..4 {
-        let committed = receive(&mut writer.committed).await;
-        let event_seq = committed.event.as_ref().map(|event| event.seq);
-        seen.push((
-            committed.state.agent.to_string(),
-            committed.state.seq,
-            event_seq,
-        ));
-    }
+    let events = committed_events(&writer.latest, 11, 3).await;
     assert_eq!(
-        seen,
+        events,
         [
-            ("alice".to_owned(), 11, Some(11)),
-            ("alice".to_owned(), 11, None),
-            ("bob".to_owned(), 12, Some(12)),
-            ("alice".to_owned(), 13, Some(13)),
+            ("alice".to_owned(), 11),
+            ("bob".to_owned(), 12),
+            ("alice".to_owned(), 13),
         ]
     );
     // Committed before published: the rows and the latest states are there.
@@ -123,30 +122,36 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
     let alice = writer.latest.get(&agent("alice")).unwrap();
     assert_eq!((alice.status, alice.seq), (Status::OnCall, 13));
     assert_eq!(writer.latest.snapshot().len(), 2);
-    assert_eq!(writer.metrics.history_records.load(Ordering::Relaxed), 4);
     assert_eq!(writer.metrics.transitions.load(Ordering::Relaxed), 3);
 
-    // Changes queued at shutdown are still committed and published.
+    // Changes waiting at shutdown are still committed; then every open
+    // interval is closed at the stop time.
     writer
         .changes
-        .send(transition("bob", Status::Paused, 1, Status::Available, 3))
-        .await
-        .unwrap();
+        .push(transition("bob", Status::Paused, 1, Status::Available, 3));
     writer.shutdown.cancel();
     tokio::time::timeout(WAIT, writer.task)
         .await
         .unwrap()
         .unwrap();
-    let last = receive(&mut writer.committed).await;
-    assert_eq!((last.state.agent.as_str(), last.state.seq), ("bob", 14));
+    assert_eq!(writer.latest.committed_seq(), 14);
     assert_eq!(store.last_seq().await.unwrap(), 14);
     assert!(meta(&store, "heartbeat_at").await.is_some());
+    let after = store
+        .intervals(None, at(-10), at(1_000_000_000))
+        .await
+        .unwrap();
+    assert!(
+        after.iter().all(|interval| interval.ended_at.is_some()),
+        "history closed on a graceful stop: {after:?}"
+    );
     store.close().await;
 }
 
-async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &TestDatabase) {
-    let store = database.open().await;
-    let (block, unblock): (&[&str], &[&str]) = match database.backend {
+/// Installs a trigger that makes every insert into `intervals` fail; the
+/// statements that remove it again.
+async fn block_history(database: &TestDatabase, store: &Store) -> &'static [&'static str] {
+    let (block, unblock): (&[&str], &'static [&'static str]) = match database.backend {
         Backend::Sqlite => (
             &[
                 "CREATE TRIGGER test_block_history BEFORE INSERT ON intervals \
@@ -165,38 +170,37 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
         ),
     };
     for sql in block {
-        raw(&store, sql).await.unwrap();
+        raw(store, sql).await.unwrap();
     }
-    let mut writer = spawn_writer(&store, 0);
-    writer
-        .changes
-        .send(transition(
-            "alice",
-            Status::Unknown,
-            0,
-            Status::Available,
-            1,
-        ))
-        .await
-        .unwrap();
-    writer
-        .changes
-        .send(transition(
-            "alice",
-            Status::Available,
-            1,
-            Status::Ringing,
-            2,
-        ))
-        .await
-        .unwrap();
+    unblock
+}
+
+async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &TestDatabase) {
+    let store = database.open().await;
+    let unblock = block_history(database, &store).await;
+    let writer = spawn_writer(&store, 0, Duration::from_secs(10));
+    writer.changes.push(transition(
+        "alice",
+        Status::Unknown,
+        0,
+        Status::Available,
+        1,
+    ));
+    writer.changes.push(transition(
+        "alice",
+        Status::Available,
+        1,
+        Status::Ringing,
+        2,
+    ));
     let metrics = writer.metrics.clone();
     wait_until("two commits failed", || {
         metrics.history_errors.load(Ordering::Relaxed) >= 2
     })
     .await;
-    assert!(
-        writer.committed.try_recv().is_err(),
+    assert_eq!(
+        writer.latest.committed_seq(),
+        0,
         "nothing is published before it is stored"
     );
     assert!(store
@@ -207,17 +211,15 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
     // More changes arrive while failing; then the database recovers.
     writer
         .changes
-        .send(transition("alice", Status::Ringing, 2, Status::OnCall, 3))
-        .await
-        .unwrap();
+        .push(transition("alice", Status::Ringing, 2, Status::OnCall, 3));
     for sql in unblock {
         raw(&store, sql).await.unwrap();
     }
-    let mut seqs = Vec::new();
-    for _ in 0..3 {
-        seqs.push(receive(&mut writer.committed).await.state.seq);
-    }
-    assert_eq!(seqs, [1, 2, 3]);
+    let events = committed_events(&writer.latest, 1, 3).await;
+    assert_eq!(
+        events.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
     assert_eq!(
         rows(&store.intervals(None, at(0), at(100)).await.unwrap()),
         [
@@ -234,7 +236,40 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
     store.close().await;
 }
 
+/// With the database failing, a stop still ends within the shutdown
+/// timeout (and says what it could not store), and the next start continues
+/// after the last stored seq.
+async fn shutdown_is_bounded_while_the_database_fails(database: &TestDatabase) {
+    let store = database.open().await;
+    block_history(database, &store).await;
+    let writer = spawn_writer(&store, 5, Duration::from_millis(500));
+    writer.changes.push(transition(
+        "alice",
+        Status::Unknown,
+        0,
+        Status::Available,
+        1,
+    ));
+    let metrics = writer.metrics.clone();
+    wait_until("a commit failed", || {
+        metrics.history_errors.load(Ordering::Relaxed) >= 1
+    })
+    .await;
+    writer.shutdown.cancel();
+    tokio::time::timeout(WAIT, writer.task)
+        .await
+        .expect("the writer stops although the database keeps failing")
+        .unwrap();
+    assert_eq!(
+        writer.latest.committed_seq(),
+        5,
+        "nothing claimed as stored"
+    );
+    store.close().await;
+}
+
 backend_tests!(
     writer_commits_then_publishes_with_increasing_seq,
     writer_keeps_and_retries_a_batch_while_the_database_fails,
+    shutdown_is_bounded_while_the_database_fails,
 );

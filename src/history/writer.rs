@@ -1,28 +1,33 @@
 //! The history writer task: the single writer of the history store and the
 //! source of truth for `seq`.
 //!
-//! It takes the tracker's [`Change`]s, gives every transition the next
-//! bridge-wide `seq`, commits them in batches (one transaction each), and
-//! only then updates the [`LatestStates`] and hands each change to the MQTT
-//! publisher as [`Committed`]. A batch that fails to commit is retried with
-//! backoff until it succeeds: a transition is never dropped or published
-//! before it is stored. It does no MQTT and no polling, and never blocks the
-//! tracker beyond the bounded channel it reads.
+//! It takes the tracker's [`Change`]s from the [`ChangeQueue`] a batch at a
+//! time, gives every transition the next bridge-wide `seq`, commits the
+//! batch in one transaction, and only then records it in [`LatestStates`]
+//! (which the MQTT publisher, the HTTP API and the wallboard read). A batch
+//! that fails to commit is kept and retried with backoff while new changes
+//! wait, folded per agent, in the queue: a transition is never published
+//! before it is stored.
+//!
+//! On shutdown it commits what is still waiting, then closes every open
+//! interval at the stop time, within `bridge.shutdown_timeout` whatever the
+//! database does; what it could not store by then it logs. It does no MQTT
+//! and no polling.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use chrono::Utc;
-use tokio::sync::{mpsc, watch};
-use tokio::time::MissedTickBehavior;
+use tokio::sync::watch;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
+use super::queue::ChangeQueue;
+use crate::clock::Clock;
 use crate::latest::LatestStates;
 use crate::metrics::Metrics;
-use crate::model::{AgentId, Change, Committed};
-
+use crate::model::{AgentId, Change};
 use crate::store::Store;
 
 /// The most changes committed in one transaction. A commit costs one fsync
@@ -44,34 +49,33 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest wait between retries of a failed commit.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// After shutdown is requested, how long a failing commit is still retried
-/// before the writer gives up and exits (the process is ending; what is not
-/// stored by then cannot be stored).
-const SHUTDOWN_RETRY_LIMIT: Duration = Duration::from_secs(10);
-
 /// The history writer task's state. Build it with [`HistoryWriter::new`] and
 /// spawn [`HistoryWriter::run`].
 #[derive(Debug)]
 pub struct HistoryWriter {
     /// Where history is committed.
     store: Store,
-    /// Changes from the tracker.
-    changes: mpsc::Receiver<Change>,
-    /// Committed changes to the MQTT publisher.
-    committed: mpsc::Sender<Committed>,
+    /// Changes from the poller.
+    changes: ChangeQueue,
     /// The last seq given to a transition (from the resume, then ours).
     last_seq: u64,
     /// The seq of each agent's latest transition, for non-transition changes.
     agent_seqs: HashMap<AgentId, u64>,
-    /// Latest committed state per agent, for the HTTP server.
+    /// What is committed, for the publisher and the HTTP API.
     latest: LatestStates,
     /// Shared counters.
     metrics: Arc<Metrics>,
+    /// The wall clock (monotonic) for heartbeats and the stop time.
+    clock: Clock,
+    /// How long shutdown may take.
+    shutdown_timeout: Duration,
+    /// Cancelled to stop.
+    stop: CancellationToken,
+    /// When shutdown must be over (set when the stop is first seen).
+    stop_deadline: Option<Instant>,
     /// When the heartbeat was last stored.
     last_heartbeat: Option<Instant>,
-    /// True once the publisher's channel was found closed (logged once).
-    publisher_gone: bool,
-    /// The MQTT connection's acknowledged-up-to mark, stored at most once
+    /// The MQTT publisher's acknowledged-up-to mark, stored at most once
     /// per [`HEARTBEAT_EVERY`] (see `store::delivery`).
     acked: Option<watch::Receiver<u64>>,
     /// When the mark was last stored.
@@ -82,28 +86,31 @@ impl HistoryWriter {
     /// A writer continuing after `last_seq` (from [`Store::resume`]).
     pub fn new(
         store: Store,
-        changes: mpsc::Receiver<Change>,
-        committed: mpsc::Sender<Committed>,
+        changes: ChangeQueue,
         last_seq: u64,
         latest: LatestStates,
         metrics: Arc<Metrics>,
+        clock: Clock,
+        shutdown_timeout: Duration,
     ) -> Self {
         Self {
             store,
             changes,
-            committed,
             last_seq,
             agent_seqs: HashMap::new(),
             latest,
             metrics,
+            clock,
+            shutdown_timeout,
+            stop: CancellationToken::new(),
+            stop_deadline: None,
             last_heartbeat: None,
-            publisher_gone: false,
             acked: None,
             last_acked_store: None,
         }
     }
 
-    /// Also stores the MQTT connection's acknowledged-up-to mark.
+    /// Also stores the MQTT publisher's acknowledged-up-to mark.
     pub fn with_acked(mut self, acked: watch::Receiver<u64>) -> Self {
         self.acked = Some(acked);
         self
@@ -131,59 +138,68 @@ impl HistoryWriter {
         }
     }
 
-    /// Runs until `shutdown` is cancelled or the tracker's channel closes;
-    /// then commits everything still queued, writes a final heartbeat and
-    /// returns.
+    /// Runs until `shutdown` is cancelled; then commits what waits and
+    /// closes the history (see the module doc) and returns.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.stop = shutdown.clone();
         let mut heartbeat_tick = tokio::time::interval(HEARTBEAT_EVERY);
         heartbeat_tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
-            let first = tokio::select! {
+            tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
-                change = self.changes.recv() => match change {
-                    Some(change) => change,
-                    None => break,
-                },
+                () = self.changes.pushed() => {
+                    self.commit_waiting().await;
+                    self.store_acked(false).await;
+                }
                 _ = heartbeat_tick.tick() => {
                     self.heartbeat_if_due().await;
                     self.store_acked(false).await;
-                    continue;
                 }
-            };
-            let batch = self.take_batch(first);
-            if !self.commit(batch, &shutdown).await {
-                return;
             }
-            self.store_acked(false).await;
         }
-        tracing::debug!("history writer stopping; committing queued changes");
-        while let Ok(first) = self.changes.try_recv() {
-            let batch = self.take_batch(first);
-            if !self.commit(batch, &shutdown).await {
-                return;
-            }
+        let deadline = self.deadline().unwrap_or_else(Instant::now);
+        tracing::debug!("history writer stopping; committing waiting changes");
+        let stored = self.commit_waiting().await;
+        let left = self.changes.len();
+        if !stored || left > 0 {
+            tracing::error!(
+                changes = left.max(1),
+                timeout_ms = self.shutdown_timeout.as_millis() as u64,
+                "stopping with the history database failing: changes not recorded"
+            );
         }
         self.store_acked(true).await;
-        if let Err(error) = self.store.heartbeat(Utc::now()).await {
-            Metrics::inc(&self.metrics.history_errors);
-            tracing::error!(error = %error, "cannot store the final history heartbeat");
-        }
+        self.close_history(deadline).await;
         tracing::debug!(last_seq = self.last_seq, "history writer stopped");
     }
 
-    /// `first` and up to `BATCH_MAX - 1` more changes already queued.
-    fn take_batch(&mut self, first: Change) -> Vec<Change> {
-        let mut batch = Vec::with_capacity(self.changes.len().min(BATCH_MAX - 1) + 1);
-        batch.push(first);
-        while batch.len() < BATCH_MAX {
-            match self.changes.try_recv() {
-                Ok(change) => batch.push(change),
-                Err(_) => break,
+    /// When shutdown must be over; `None` while running.
+    fn deadline(&mut self) -> Option<Instant> {
+        if !self.stop.is_cancelled() {
+            return None;
+        }
+        let timeout = self.shutdown_timeout;
+        Some(
+            *self
+                .stop_deadline
+                .get_or_insert_with(|| Instant::now() + timeout),
+        )
+    }
+
+    /// Commits batches until nothing waits; once stopping, gives up at the
+    /// shutdown deadline. False when it gave up.
+    async fn commit_waiting(&mut self) -> bool {
+        loop {
+            let batch = self.changes.take(BATCH_MAX);
+            Metrics::set(&self.metrics.history_queue_depth, self.changes.len() as u64);
+            if batch.is_empty() {
+                return true;
+            }
+            if !self.commit(batch).await {
+                return false;
             }
         }
-        Metrics::set(&self.metrics.history_queue_depth, self.changes.len() as u64);
-        batch
     }
 
     /// Gives each transition the next seq and every other change its agent's
@@ -201,11 +217,11 @@ impl HistoryWriter {
         }
     }
 
-    /// Commits one batch, retrying until it is stored, then updates the
-    /// latest states and hands it to the publisher. Returns false only when
-    /// shutdown was requested and the database kept failing past
-    /// `SHUTDOWN_RETRY_LIMIT`.
-    async fn commit(&mut self, mut batch: Vec<Change>, shutdown: &CancellationToken) -> bool {
+    /// Commits one batch, retrying until it is stored, then records it in
+    /// [`LatestStates`]. False only when stopping and the shutdown deadline
+    /// passed first.
+    async fn commit(&mut self, mut batch: Vec<Change>) -> bool {
+        let first_seq = self.last_seq + 1;
         self.assign_seqs(&mut batch);
         let transitions = batch
             .iter()
@@ -213,14 +229,23 @@ impl HistoryWriter {
             .count();
         let batch_max_seq = (transitions > 0).then_some(self.last_seq);
         let mut backoff = RETRY_BACKOFF_MIN;
-        let mut shutdown_deadline: Option<Instant> = None;
         let mut failed = false;
         loop {
             if failed && self.landed_despite_error(batch_max_seq).await {
                 break;
             }
-            match self.store.record_changes(&batch, Some(Utc::now())).await {
-                Ok(()) => break,
+            let started = Instant::now();
+            match self
+                .store
+                .record_changes(&batch, Some(self.clock.now()))
+                .await
+            {
+                Ok(()) => {
+                    self.metrics
+                        .history_batch_duration
+                        .observe(started.elapsed());
+                    break;
+                }
                 Err(error) => {
                     failed = true;
                     Metrics::inc(&self.metrics.history_errors);
@@ -232,20 +257,18 @@ impl HistoryWriter {
                     );
                 }
             }
-            if shutdown.is_cancelled() {
-                let deadline =
-                    *shutdown_deadline.get_or_insert_with(|| Instant::now() + SHUTDOWN_RETRY_LIMIT);
-                if Instant::now() >= deadline {
-                    tracing::error!(
-                        changes = batch.len(),
-                        "shutting down with the history database failing; these changes are not recorded"
-                    );
-                    return false;
-                }
+            let wake = Instant::now() + backoff;
+            if self.deadline().is_some_and(|deadline| wake >= deadline) {
+                // Nothing of this batch is stored: the next start must
+                // continue after the last stored seq.
+                self.last_seq = first_seq - 1;
+                return false;
             }
+            let stop = self.stop.clone();
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
-                () = shutdown.cancelled(), if shutdown_deadline.is_none() => {}
+                () = tokio::time::sleep_until(wake) => {}
+                // A stop shortens the wait to the shutdown deadline.
+                () = stop.cancelled(), if self.stop_deadline.is_none() => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
@@ -256,22 +279,16 @@ impl HistoryWriter {
         self.metrics
             .transitions
             .fetch_add(transitions as u64, Ordering::Relaxed);
-        for change in &batch {
-            self.latest.update(change.state.clone());
-        }
-        for change in batch {
-            let event = change.event(change.state.seq);
-            let committed = Committed {
-                state: change.state,
-                event,
-            };
-            if self.committed.send(committed).await.is_err() && !self.publisher_gone {
-                self.publisher_gone = true;
-                tracing::warn!(
-                    "the mqtt publisher has stopped; committed changes are not published"
-                );
-            }
-        }
+        Metrics::set(
+            &self.metrics.history_last_commit_ms,
+            u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0),
+        );
+        let events = batch
+            .iter()
+            .filter_map(|change| change.event(change.state.seq))
+            .collect();
+        let states = batch.into_iter().map(|change| change.state).collect();
+        self.latest.commit(states, events);
         true
     }
 
@@ -294,12 +311,48 @@ impl HistoryWriter {
         if !due {
             return;
         }
-        match self.store.heartbeat(Utc::now()).await {
-            Ok(()) => self.last_heartbeat = Some(Instant::now()),
+        match self.store.heartbeat(self.clock.now()).await {
+            Ok(()) => {
+                self.last_heartbeat = Some(Instant::now());
+                Metrics::set(
+                    &self.metrics.history_last_commit_ms,
+                    u64::try_from(self.clock.now().timestamp_millis()).unwrap_or(0),
+                );
+            }
             Err(error) => {
                 Metrics::inc(&self.metrics.history_errors);
                 tracing::error!(error = %error, "cannot store the history heartbeat");
             }
+        }
+    }
+
+    /// Ends every open interval at the stop time (the next start records
+    /// the time the bridge was down as `unknown`), retrying until
+    /// `deadline`.
+    async fn close_history(&mut self, deadline: Instant) {
+        let mut backoff = RETRY_BACKOFF_MIN;
+        loop {
+            let stop = self.clock.now();
+            let Some(remaining) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::error!("stopping without closing the history: the database did not answer in time (the next start closes it at the last heartbeat)");
+                return;
+            };
+            match tokio::time::timeout(remaining, self.store.close_history(stop)).await {
+                Ok(Ok(closed)) => {
+                    tracing::info!(intervals = closed, "history closed at the stop time");
+                    return;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "cannot close the history; retrying until the shutdown timeout");
+                }
+                Err(_) => {
+                    tracing::error!("stopping without closing the history: the database did not answer in time (the next start closes it at the last heartbeat)");
+                    return;
+                }
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
         }
     }
 }

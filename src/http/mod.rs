@@ -147,27 +147,34 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the history database answers, else 503; the body
-/// says which check failed and whether MQTT is connected (informational:
-/// polling and history work without the broker).
+/// `GET /readyz`: 200 when the history database answers and both broker
+/// connections are up, else 503; the body says which check failed (and
+/// when history last committed).
 async fn readyz(State(state): State<HttpState>) -> Response {
+    use std::sync::atomic::Ordering::Relaxed;
     let database = tokio::time::timeout(READY_TIMEOUT, state.store.ping()).await;
     let database_ok = matches!(database, Ok(Ok(())));
-    let mqtt_connected = state
-        .metrics
-        .mqtt_connected
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 1;
+    let metrics = &state.metrics;
+    let connected = |gauge: &std::sync::atomic::AtomicU64| gauge.load(Relaxed) == 1;
+    let publisher = connected(&metrics.mqtt_connected);
+    let commands = connected(&metrics.mqtt_commands_connected);
+    let ready = database_ok && publisher && commands;
+    let last_commit_ms = metrics.history_last_commit_ms.load(Relaxed);
     let body = json!({
-        "ready": database_ok,
+        "ready": ready,
         "database": match database {
             Ok(Ok(())) => "ok".to_owned(),
             Ok(Err(error)) => error.to_string(),
             Err(_) => "timed out".to_owned(),
         },
-        "mqtt": if mqtt_connected { "connected" } else { "disconnected" },
+        "mqtt": if publisher { "connected" } else { "disconnected" },
+        "mqtt_commands": if commands { "connected" } else { "disconnected" },
+        "history_queue": metrics.history_queue_depth.load(Relaxed),
+        "last_commit": chrono::DateTime::from_timestamp_millis(i64::try_from(last_commit_ms).unwrap_or(0))
+            .filter(|_| last_commit_ms > 0)
+            .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     });
-    let status = if database_ok {
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
@@ -177,12 +184,20 @@ async fn readyz(State(state): State<HttpState>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 async fn metrics(State(state): State<HttpState>) -> Response {
+    let mut by_status: std::collections::BTreeMap<&str, u64> = crate::model::Status::ALL
+        .iter()
+        .map(|status| (status.as_str(), 0))
+        .collect();
+    for agent in state.latest.snapshot() {
+        *by_status.entry(agent.status.as_str()).or_insert(0) += 1;
+    }
+    let by_status: Vec<(&str, u64)> = by_status.into_iter().collect();
     (
         [(
             CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
         )],
-        state.metrics.render(),
+        state.metrics.render(&by_status),
     )
         .into_response()
 }

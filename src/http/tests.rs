@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use axum::http::header::ACCEPT;
 
@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A running server on port 0 over a fresh SQLite history.
 struct TestServer {
     base: String,
+    metrics: Arc<Metrics>,
     client: reqwest::Client,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<Result<(), HttpError>>,
@@ -35,7 +36,6 @@ impl TestServer {
     async fn start() -> Self {
         let database = TestDatabase::sqlite().await;
         insert(&database.store, &intervals(SPRING_FORWARD)).await;
-        let latest = LatestStates::default();
         let mut state = crate::status::unknown_state(
             agent("alice"),
             "Alice".to_owned(),
@@ -43,13 +43,13 @@ impl TestServer {
         );
         state.status = Status::OnCall;
         state.on_a_call = true;
-        latest.update(state);
+        let latest = LatestStates::new([state], 0);
         let metrics = Arc::new(Metrics::default());
         Metrics::inc(&metrics.polls_ok);
         let http_state = HttpState {
             store: database.store.clone(),
             latest,
-            metrics,
+            metrics: metrics.clone(),
             report: settings(),
         };
         let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), http_state)
@@ -59,6 +59,7 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
+            metrics,
             base,
             client: reqwest::Client::new(),
             shutdown,
@@ -105,12 +106,23 @@ async fn health_readiness_metrics_and_agents() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.text().await.unwrap(), "ok");
 
+    // Not ready while the broker connections are down...
+    let response = server.get("/readyz").await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = json(response).await;
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["database"], "ok");
+    assert_eq!(body["mqtt"], "disconnected");
+    // ... ready once both are up.
+    Metrics::set(&server.metrics.mqtt_connected, 1);
+    Metrics::set(&server.metrics.mqtt_commands_connected, 1);
     let response = server.get("/readyz").await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = json(response).await;
-    assert_eq!(body["ready"], true);
-    assert_eq!(body["database"], "ok");
-    assert_eq!(body["mqtt"], "disconnected");
+    assert_eq!(
+        (body["ready"].clone(), body["mqtt"].clone()),
+        (json!(true), json!("connected"))
+    );
 
     let response = server.get("/metrics").await;
     assert_eq!(response.status(), StatusCode::OK);

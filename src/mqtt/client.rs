@@ -136,6 +136,8 @@ pub enum NetEvent {
     Acknowledged(u16),
     /// The broker refused some subscriptions (the filters' indexes).
     SubscriptionsRefused(Vec<usize>),
+    /// Our DISCONNECT went out.
+    Disconnected,
     /// Anything else (pings, our own acks...).
     Other,
 }
@@ -215,7 +217,7 @@ pub enum Client {
 /// The event loop: owns the socket. Poll it, never drop a poll midway.
 pub enum Connection {
     /// MQTT 3.1.1.
-    V311(rumqttc::EventLoop),
+    V311(Box<rumqttc::EventLoop>),
     /// MQTT 5.
     V5(Box<rumqttc::v5::EventLoop>),
 }
@@ -252,7 +254,7 @@ pub fn new(settings: &Settings, capacity: usize) -> (Client, Connection) {
             let mut network = eventloop.network_options();
             network.set_tcp_nodelay(true);
             eventloop.set_network_options(network);
-            (Client::V311(client), Connection::V311(eventloop))
+            (Client::V311(client), Connection::V311(Box::new(eventloop)))
         }
         Protocol::V5 => {
             let mut options =
@@ -284,9 +286,9 @@ pub fn new(settings: &Settings, capacity: usize) -> (Client, Connection) {
                 ));
             }
             let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(options, capacity);
-            let mut network = eventloop.network_options();
+            let mut network = eventloop.options.network_options();
             network.set_tcp_nodelay(true);
-            eventloop.set_network_options(network);
+            eventloop.options.set_network_options(network);
             (Client::V5(client), Connection::V5(Box::new(eventloop)))
         }
     }
@@ -413,6 +415,7 @@ fn event_v311(event: rumqttc::Event) -> NetEvent {
         ),
         Event::Outgoing(Outgoing::Publish(pkid)) => NetEvent::Sent(pkid),
         Event::Outgoing(Outgoing::AwaitAck(pkid)) => NetEvent::Parked(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => NetEvent::Disconnected,
         _ => NetEvent::Other,
     }
 }
@@ -443,17 +446,13 @@ fn event_v5(event: rumqttc::v5::Event) -> NetEvent {
             ack.return_codes
                 .iter()
                 .enumerate()
-                .filter(|(_, code)| {
-                    !matches!(
-                        code,
-                        v5bytes::SubscribeReasonCode::Success(_)
-                    )
-                })
+                .filter(|(_, code)| !matches!(code, v5bytes::SubscribeReasonCode::Success(_)))
                 .map(|(index, _)| index)
                 .collect(),
         ),
         Event::Outgoing(Outgoing::Publish(pkid)) => NetEvent::Sent(pkid),
         Event::Outgoing(Outgoing::AwaitAck(pkid)) => NetEvent::Parked(pkid),
+        Event::Outgoing(Outgoing::Disconnect) => NetEvent::Disconnected,
         _ => NetEvent::Other,
     }
 }

@@ -1,20 +1,16 @@
-//! The pure delivery state of the MQTT connection, as rumqttc's `state.rs`
+//! The pure delivery state of the MQTT publisher, as rumqttc's `state.rs`
 //! beside its event loop: which transition events the broker has not
 //! acknowledged yet, and which packet id carries which event.
 //!
-//! The connection task feeds it what rumqttc reports (a publish handed over,
-//! its packet id, a collision, a PUBACK, a lost connection) and reads back
-//! what to resend and how far everything was acknowledged. It touches no
-//! network, no clock and no channel; the tests drive it with reports alone.
+//! The publisher feeds it what rumqttc reports (a publish handed over, its
+//! packet id, a collision, a PUBACK, a lost connection) and reads back what
+//! to resend and how far everything was acknowledged. It holds at most the
+//! publisher's window of events (the rest stay in history and are read as
+//! room appears), so its memory does not grow with an outage. It touches
+//! no network, no clock and no channel; the tests drive it with reports
+//! alone.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-
-use rumqttc::QoS;
-
-/// Most unacknowledged events kept for resending (and loaded from history
-/// at start). Past this the oldest are dropped from the tracker (never from
-/// history) and the connection logs a warning.
-pub const UNACKED_EVENTS_LIMIT: usize = 200_000;
 
 /// One message waiting to be handed to rumqttc.
 #[derive(Debug, Clone)]
@@ -22,9 +18,7 @@ pub(super) struct Pending {
     /// The full topic.
     pub(super) topic: String,
     /// The payload.
-    pub(super) payload: Vec<u8>,
-    /// Quality of service.
-    pub(super) qos: QoS,
+    pub(super) payload: bytes::Bytes,
     /// Publish as retained.
     pub(super) retain: bool,
     /// The event seq, for events (tracked until acknowledged).
@@ -50,20 +44,12 @@ pub(super) struct AckTracker {
     /// Packet ids whose parked publish rumqttc has just released; its
     /// `Outgoing::Publish` follows and must not pop the FIFO.
     released: HashSet<u16>,
-    /// Events dropped because the tracker was full, since the last
-    /// [`AckTracker::take_dropped`].
-    dropped: u64,
 }
 
 impl AckTracker {
-    /// Tracks event `seq` until its PUBACK; drops the oldest past
-    /// [`UNACKED_EVENTS_LIMIT`].
+    /// Tracks event `seq` until its PUBACK.
     pub(super) fn add(&mut self, seq: u64, pending: Pending) {
         self.events.insert(seq, pending);
-        while self.events.len() > UNACKED_EVENTS_LIMIT {
-            self.events.pop_first();
-            self.dropped += 1;
-        }
     }
 
     /// A publish (an event when `seq` is set) was handed to rumqttc.
@@ -123,17 +109,17 @@ impl AckTracker {
         self.events.values()
     }
 
+    /// One waiting event.
+    pub(super) fn get(&self, seq: u64) -> Option<&Pending> {
+        self.events.get(&seq)
+    }
+
     /// The highest seq up to which every event was acknowledged, given the
     /// highest seq seen so far.
     pub(super) fn acked_mark(&self, highest_seq: u64) -> u64 {
         self.events
             .first_key_value()
             .map_or(highest_seq, |(seq, _)| seq.saturating_sub(1))
-    }
-
-    /// Events dropped for the limit since the last call.
-    pub(super) fn take_dropped(&mut self) -> u64 {
-        std::mem::take(&mut self.dropped)
     }
 }
 
@@ -144,8 +130,7 @@ mod tests {
     fn pending(seq: u64) -> Pending {
         Pending {
             topic: "t".into(),
-            payload: Vec::new(),
-            qos: QoS::AtLeastOnce,
+            payload: bytes::Bytes::new(),
             retain: false,
             seq: Some(seq),
         }
@@ -225,18 +210,5 @@ mod tests {
         tracker.sent(1);
         tracker.acknowledged(1);
         assert_eq!(tracker.acked_mark(44), 43);
-    }
-
-    #[test]
-    fn past_the_limit_the_oldest_events_are_dropped_and_counted_once() {
-        let mut tracker = AckTracker::default();
-        let limit = UNACKED_EVENTS_LIMIT as u64;
-        for seq in 1..=limit + 2 {
-            tracker.add(seq, pending(seq));
-        }
-        assert_eq!(tracker.len(), UNACKED_EVENTS_LIMIT);
-        assert_eq!(tracker.unacknowledged().next().and_then(|p| p.seq), Some(3));
-        assert_eq!(tracker.take_dropped(), 2);
-        assert_eq!(tracker.take_dropped(), 0);
     }
 }

@@ -65,6 +65,17 @@ impl Topics {
         format!("{}/agent/{agent}/event", self.base)
     }
 
+    /// `<base>/queue/<queue>/members`: the queue's members, retained.
+    pub fn queue_members(&self, queue: &str) -> String {
+        format!("{}/queue/{queue}/members", self.base)
+    }
+
+    /// `<base>/agent/<agent>/queues`: the allowed queues the agent is in,
+    /// retained.
+    pub fn agent_queues(&self, agent: &AgentId) -> String {
+        format!("{}/agent/{agent}/queues", self.base)
+    }
+
     /// The subscription filters for requests.
     pub fn request_filters(&self) -> [String; 2] {
         [

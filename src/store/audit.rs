@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::dialect::with_pool;
+use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::{Store, StoreError};
 
 /// The longest request payload kept in a row (characters); longer payloads
@@ -86,16 +86,12 @@ fn stored_request(request: &str) -> Cow<'_, str> {
     }
 }
 
-const INSERT: &str = "INSERT INTO command_audit (received_at, topic, request, action, queue, \
-     agent, extension, outcome, error_code, error, upstream_latency_ms, \"transaction\") \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
-
 const SINCE: &str = "SELECT id, received_at, topic, request, action, queue, agent, extension, \
      outcome, error_code, error, upstream_latency_ms, \"transaction\" FROM command_audit \
      WHERE received_at >= $1 ORDER BY received_at DESC, id DESC LIMIT $2";
 
 /// One stored row, as selected by [`SINCE`].
-type AuditRow = (
+type AuditDbRow = (
     i64,
     i64,
     String,
@@ -111,30 +107,56 @@ type AuditRow = (
     Option<String>,
 );
 
+/// An audit row as bound: times in ms, the request cut.
+#[derive(Debug, Clone)]
+pub(crate) struct AuditRow<'a> {
+    /// When the request was received, ms.
+    pub received_at: i64,
+    /// The entry.
+    pub entry: &'a AuditEntry,
+    /// The request, cut.
+    pub request: Cow<'a, str>,
+}
+
 impl Store {
-    /// Inserts one audit entry, the request cut to [`MAX_REQUEST_CHARS`].
-    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let received_at = entry.received_at.timestamp_millis();
-        let request = stored_request(&entry.request);
+    /// Inserts audit entries in one transaction (a flood of refused
+    /// requests costs one commit per batch, not per request), each request
+    /// cut to [`MAX_REQUEST_CHARS`].
+    pub async fn record_audits(&self, entries: &[AuditEntry]) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<AuditRow<'_>> = entries
+            .iter()
+            .map(|entry| AuditRow {
+                received_at: entry.received_at.timestamp_millis(),
+                entry,
+                request: stored_request(&entry.request),
+            })
+            .collect();
+        let failed = || StoreError::query("recording commands in the audit table");
         with_pool!(&self.writer, |pool, _d| {
-            sqlx::query(INSERT)
-                .bind(received_at)
-                .bind(&entry.topic)
-                .bind(request.as_ref())
-                .bind(&entry.action)
-                .bind(&entry.queue)
-                .bind(&entry.agent)
-                .bind(&entry.extension)
-                .bind(entry.outcome.as_str())
-                .bind(&entry.error_code)
-                .bind(&entry.error)
-                .bind(entry.upstream_latency_ms)
-                .bind(&entry.transaction)
+            let mut transaction = pool.begin_write().await.map_err(failed())?;
+            transaction.insert_audits(&rows).await.map_err(failed())?;
+            transaction.commit().await.map_err(failed())
+        })
+    }
+
+    /// Deletes the audit rows received before `before`; how many.
+    pub async fn delete_audit_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        with_pool!(&self.writer, |pool, _d| {
+            sqlx::query("DELETE FROM command_audit WHERE received_at < $1")
+                .bind(before.timestamp_millis())
                 .execute(pool)
                 .await
-                .map(drop)
+                .map(|done| done.rows_affected())
         })
-        .map_err(StoreError::query("recording a command in the audit table"))
+        .map_err(StoreError::query("deleting old audit rows"))
+    }
+
+    /// Inserts one audit entry (see [`Store::record_audits`]).
+    pub async fn record_audit(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        self.record_audits(std::slice::from_ref(entry)).await
     }
 
     /// The audit rows received at or after `since`, newest first, at most
@@ -144,7 +166,7 @@ impl Store {
         since: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows: Vec<AuditRow> = with_pool!(&self.reader, |pool, _d| {
+        let rows: Vec<AuditDbRow> = with_pool!(&self.reader, |pool, _d| {
             sqlx::query_as(SINCE)
                 .bind(since.timestamp_millis())
                 .bind(i64::from(limit))
@@ -171,7 +193,7 @@ fn record_from_row(
         error,
         upstream_latency_ms,
         transaction,
-    ): AuditRow,
+    ): AuditDbRow,
 ) -> Result<AuditRecord, StoreError> {
     let received_at = Utc
         .timestamp_millis_opt(received_at)

@@ -20,7 +20,10 @@
 
 use std::future::Future;
 
-use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
+use super::audit::AuditRow;
+use super::rows::{
+    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
+};
 
 /// Which SQL dialect a statement is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +114,13 @@ pub(crate) trait BulkWrites {
         rows: &[NewInterval<'_>],
     ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
+    /// The latest interval (open or closed) of each of `agents` that has
+    /// one, with the agent's latest seq (for resuming after a restart).
+    fn latest_intervals(
+        &mut self,
+        agents: &[&str],
+    ) -> impl Future<Output = Result<Vec<LastRow>, sqlx::Error>> + Send;
+
     /// Up to `limit` closed intervals with a row id above `after`, by id,
     /// with their ids (for rebuilding the per-day totals page by page).
     fn closed_intervals_after(
@@ -118,6 +128,12 @@ pub(crate) trait BulkWrites {
         after: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(i64, ClosedInterval)>, sqlx::Error>> + Send;
+
+    /// Inserts audit rows.
+    fn insert_audits(
+        &mut self,
+        rows: &[AuditRow<'_>],
+    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Adds to the per-day totals (each key once in `rows`).
     fn add_daily(

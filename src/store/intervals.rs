@@ -9,8 +9,8 @@ use crate::model::{AgentId, AgentState, Change};
 
 use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::rows::{
-    batch_rows, interval_from_row, open_interval_from_row, resume_rows, seq_from_db, seq_to_db,
-    to_millis, BatchRows, ClosedInterval, Interval, IntervalRow, NewInterval, OpenRow,
+    batch_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db, seq_to_db,
+    to_millis, BatchRows, ClosedInterval, Interval, IntervalRow, LastRow, NewInterval,
 };
 use super::{Store, StoreError};
 
@@ -27,18 +27,20 @@ const SET_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
 /// Reads one `bridge_meta` value.
 pub(crate) const READ_META: &str = "SELECT value FROM bridge_meta WHERE key = $1";
 
-/// Every open interval; on PostgreSQL locked against a second bridge
-/// resuming at the same time.
+/// Every open interval (with the columns of a latest-interval row; the
+/// agent's latest seq is not needed for them); on PostgreSQL locked against
+/// a second bridge resuming at the same time.
 const SELECT_OPEN_SQLITE: &str =
-    "SELECT id, agent, status, reason, extension_status, destination, started_at, seq \
+    "SELECT id, agent, status, reason, extension_status, destination, started_at, ended_at, seq \
      FROM intervals WHERE ended_at IS NULL ORDER BY agent";
 const SELECT_OPEN_POSTGRES: &str =
-    "SELECT id, agent, status, reason, extension_status, destination, started_at, seq \
+    "SELECT id, agent, status, reason, extension_status, destination, started_at, ended_at, seq \
      FROM intervals WHERE ended_at IS NULL ORDER BY agent FOR UPDATE";
 
-/// The seq of an agent's most recent interval that has one.
-const LATEST_SEQ_OF_AGENT: &str = "SELECT seq FROM intervals \
-     WHERE agent = $1 AND seq IS NOT NULL ORDER BY started_at DESC, id DESC LIMIT 1";
+/// Ends every open interval at `$1` (never before its start).
+const CLOSE_ALL_OPEN: &str = "UPDATE intervals SET ended_at = \
+     CASE WHEN started_at > $1 THEN started_at ELSE $1 END WHERE ended_at IS NULL \
+     RETURNING agent, status, started_at, ended_at, seq";
 
 /// Intervals of everyone overlapping `[$2, $1)`, agents in byte order.
 const SELECT_RANGE_SQLITE: &str =
@@ -189,11 +191,16 @@ impl Store {
                 .begin_write()
                 .await
                 .map_err(StoreError::query("starting the resume transaction"))?;
-            let open_rows: Vec<OpenRow> =
+            let open_rows: Vec<LastRow> =
                 sqlx::query_as(dialect.pick(SELECT_OPEN_SQLITE, SELECT_OPEN_POSTGRES))
                     .fetch_all(&mut *transaction)
                     .await
                     .map_err(StoreError::query("reading open intervals"))?;
+            let configured: Vec<&str> = agents.iter().map(|(agent, _)| agent.as_str()).collect();
+            let latest_rows = transaction
+                .latest_intervals(&configured)
+                .await
+                .map_err(StoreError::query("reading each agent's latest interval"))?;
             let mut meta = Vec::with_capacity(2);
             for key in ["heartbeat_at", "last_seq"] {
                 let value: Option<i64> = sqlx::query_scalar(READ_META)
@@ -204,19 +211,17 @@ impl Store {
                 meta.push(value);
             }
             let (heartbeat, last_seq) = (meta[0], meta[1].map_or(0, seq_from_db));
-            let mut open = Vec::with_capacity(open_rows.len());
-            for row in open_rows {
-                let latest_seq = match row.7 {
-                    Some(seq) => Some(seq),
-                    None => sqlx::query_scalar(LATEST_SEQ_OF_AGENT)
-                        .bind(&row.1)
-                        .fetch_optional(&mut *transaction)
-                        .await
-                        .map_err(StoreError::query("reading an agent's last seq"))?,
-                };
-                open.push(open_interval_from_row(row, latest_seq)?);
+            let configured: std::collections::HashSet<&str> = configured.into_iter().collect();
+            let mut latest = Vec::with_capacity(latest_rows.len());
+            for row in latest_rows {
+                latest.push(last_interval_from_row(row)?);
             }
-            let rows = resume_rows(&open, agents, heartbeat, now)?;
+            for row in open_rows {
+                if !configured.contains(row.1.as_str()) {
+                    latest.push(last_interval_from_row(row)?);
+                }
+            }
+            let rows = resume_rows(&latest, agents, heartbeat, now)?;
             let mut closed = transaction
                 .close_by_id(&rows.closes)
                 .await
@@ -241,6 +246,30 @@ impl Store {
                 states: rows.states,
                 last_seq,
             })
+        })
+    }
+
+    /// Ends every open interval at `at` (a clean stop) and stores `at` as
+    /// the heartbeat, in one transaction; how many it ended. The next start
+    /// records the time until then as `unknown`, as after a crash.
+    pub async fn close_history(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        let failed = || StoreError::query("closing the history");
+        with_pool!(&self.writer, |pool, _d| {
+            let mut transaction = pool.begin_write().await.map_err(failed())?;
+            let closed: Vec<ClosedInterval> = sqlx::query_as(CLOSE_ALL_OPEN)
+                .bind(to_millis(at))
+                .fetch_all(&mut *transaction)
+                .await
+                .map_err(failed())?;
+            self.add_daily(&mut *transaction, &closed).await?;
+            sqlx::query(SET_META)
+                .bind("heartbeat_at")
+                .bind(to_millis(at))
+                .execute(&mut *transaction)
+                .await
+                .map_err(failed())?;
+            transaction.commit().await.map_err(failed())?;
+            Ok(closed.len() as u64)
         })
     }
 

@@ -6,8 +6,11 @@ use std::borrow::Cow;
 
 use sqlx::{PgConnection, PgPool};
 
+use super::audit::AuditRow;
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
+use super::rows::{
+    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
+};
 
 /// New details for open intervals, one array per column.
 const UPDATE_DETAILS: &str = "UPDATE intervals AS i \
@@ -47,9 +50,25 @@ const INSERT_INTERVALS: &str = "INSERT INTO intervals \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
          $6::bigint[], $7::bigint[], $8::bigint[])";
 
+/// The latest interval of each agent in `$1`, with the agent's latest
+/// seq; locked against a second bridge resuming at the same time.
+const LATEST_INTERVALS: &str = "SELECT i.id, i.agent, i.status, i.reason, i.extension_status, \
+     i.destination, i.started_at, i.ended_at, \
+     (SELECT s.seq FROM intervals s WHERE s.agent = i.agent AND s.seq IS NOT NULL \
+       ORDER BY s.started_at DESC, s.id DESC LIMIT 1) \
+     FROM unnest($1::text[]) AS a(agent) CROSS JOIN LATERAL ( \
+       SELECT * FROM intervals b WHERE b.agent = a.agent \
+       ORDER BY b.started_at DESC, b.id DESC LIMIT 1 FOR UPDATE) i";
+
 /// Closed intervals after row id `$1`, by id, at most `$2`.
 const CLOSED_AFTER: &str = "SELECT id, agent, status, started_at, ended_at, seq FROM intervals \
      WHERE id > $1 AND ended_at IS NOT NULL ORDER BY id LIMIT $2";
+
+/// Inserts audit rows, one array per column.
+const INSERT_AUDITS: &str = "INSERT INTO command_audit (received_at, topic, request, action, \
+     queue, agent, extension, outcome, error_code, error, upstream_latency_ms, \"transaction\") \
+     SELECT * FROM UNNEST($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], \
+       $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[])";
 
 /// Text as PostgreSQL accepts it: `text` cannot hold NUL, and a value it
 /// rejects would fail the batch on every retry, so NUL becomes U+FFFD.
@@ -137,6 +156,13 @@ impl BulkWrites for PgConnection {
             .map(drop)
     }
 
+    async fn latest_intervals(&mut self, agents: &[&str]) -> Result<Vec<LastRow>, sqlx::Error> {
+        sqlx::query_as(LATEST_INTERVALS)
+            .bind(agents)
+            .fetch_all(&mut *self)
+            .await
+    }
+
     async fn closed_intervals_after(
         &mut self,
         after: i64,
@@ -162,6 +188,35 @@ impl BulkWrites for PgConnection {
                 )
             })
             .collect())
+    }
+
+    async fn insert_audits(&mut self, rows: &[AuditRow<'_>]) -> Result<(), sqlx::Error> {
+        fn text<'a>(
+            rows: &'a [AuditRow<'a>],
+            column: fn(&'a AuditRow<'a>) -> Option<&'a str>,
+        ) -> Vec<Option<Cow<'a, str>>> {
+            rows.iter().map(|row| pg_text(column(row))).collect()
+        }
+        sqlx::query(INSERT_AUDITS)
+            .bind(rows.iter().map(|r| r.received_at).collect::<Vec<_>>())
+            .bind(text(rows, |r| Some(&r.entry.topic)))
+            .bind(text(rows, |r| Some(r.request.as_ref())))
+            .bind(text(rows, |r| Some(&r.entry.action)))
+            .bind(text(rows, |r| r.entry.queue.as_deref()))
+            .bind(text(rows, |r| r.entry.agent.as_deref()))
+            .bind(text(rows, |r| r.entry.extension.as_deref()))
+            .bind(text(rows, |r| Some(r.entry.outcome.as_str())))
+            .bind(text(rows, |r| r.entry.error_code.as_deref()))
+            .bind(text(rows, |r| r.entry.error.as_deref()))
+            .bind(
+                rows.iter()
+                    .map(|r| r.entry.upstream_latency_ms)
+                    .collect::<Vec<_>>(),
+            )
+            .bind(text(rows, |r| r.entry.transaction.as_deref()))
+            .execute(&mut *self)
+            .await
+            .map(drop)
     }
 
     async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {

@@ -177,9 +177,10 @@ pub(crate) fn batch_rows<'a>(
     plan
 }
 
-/// An open interval found at startup, with the agent's latest seq resolved.
+/// An agent's latest interval found at startup (open after a crash, closed
+/// after a clean stop), with the agent's latest seq resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct OpenInterval {
+pub(crate) struct LastInterval {
     /// Row id.
     pub id: i64,
     /// The agent's id.
@@ -194,6 +195,8 @@ pub(crate) struct OpenInterval {
     pub destination: Option<String>,
     /// Start, ms.
     pub started_at: i64,
+    /// End, ms; `None` while open.
+    pub ended_at: Option<i64>,
     /// The seq of the agent's most recent interval with a seq (0 if none).
     pub last_seq: u64,
 }
@@ -218,19 +221,32 @@ pub(crate) struct ResumeRows<'a> {
     pub states: Vec<AgentState>,
 }
 
-/// Plans the resume (see [`super::Store::resume`]). `heartbeat` is the last
-/// stored heartbeat in ms, `now` the restart time.
+/// Plans the resume (see [`super::Store::resume`]). `latest` holds each
+/// configured agent's latest interval and every other agent's open one;
+/// `heartbeat` is the last stored heartbeat in ms, `now` the restart time.
+///
+/// After a crash an agent's interval is still open: it ends at the last
+/// heartbeat. After a clean stop it ended at the stop time. Either way the
+/// time the bridge was down is `unknown`, and the agent's last status opens
+/// again at `now`, so the first poll causes no false transition. Times never
+/// go backwards: a `now` before the stored history is taken as its end.
 pub(crate) fn resume_rows<'a>(
-    open: &'a [OpenInterval],
+    latest: &'a [LastInterval],
     configured: &[(AgentId, String)],
     heartbeat: Option<i64>,
     now: DateTime<Utc>,
 ) -> Result<ResumeRows<'a>, StoreError> {
     let now_ms = to_millis(now);
     let last_alive = heartbeat
-        .or_else(|| open.iter().map(|interval| interval.started_at).max())
+        .or_else(|| {
+            latest
+                .iter()
+                .filter(|interval| interval.ended_at.is_none())
+                .map(|interval| interval.started_at)
+                .max()
+        })
         .unwrap_or(now_ms);
-    let open_by_agent: HashMap<&AgentId, &OpenInterval> = open
+    let by_agent: HashMap<&AgentId, &LastInterval> = latest
         .iter()
         .map(|interval| (&interval.agent, interval))
         .collect();
@@ -244,7 +260,7 @@ pub(crate) fn resume_rows<'a>(
         if !configured_ids.insert(agent) {
             continue; // A duplicate entry; configuration validation reports it.
         }
-        let Some(interval) = open_by_agent.get(agent) else {
+        let Some(interval) = by_agent.get(agent) else {
             plan.states.push(unknown_state(
                 agent.clone(),
                 name.clone(),
@@ -252,21 +268,11 @@ pub(crate) fn resume_rows<'a>(
             ));
             continue;
         };
-        if interval.status == Status::Unknown {
-            // Unknown before, unknown while down: the same interval goes on.
-            let since = from_millis(interval.started_at)?;
-            let mut state = unknown_state(agent.clone(), name.clone(), since);
-            state.updated = from_millis(now_ms.max(interval.started_at))?;
-            state.seq = interval.last_seq;
-            plan.states.push(state);
-            continue;
-        }
-        let closed_at = last_alive.max(interval.started_at);
+        let closed_at = match interval.ended_at {
+            Some(ended_at) => ended_at,
+            None => last_alive.max(interval.started_at),
+        };
         let resumed_at = now_ms.max(closed_at);
-        plan.closes.push(CloseById {
-            id: interval.id,
-            ended_at: closed_at,
-        });
         let details = |status: Status, started_at: i64, ended_at: Option<i64>| NewInterval {
             agent: interval.agent.as_str(),
             status: status.as_str(),
@@ -277,13 +283,42 @@ pub(crate) fn resume_rows<'a>(
             ended_at,
             seq: None,
         };
-        if closed_at < resumed_at {
-            plan.inserts.push(NewInterval {
-                reason: None,
-                extension_status: None,
-                destination: None,
-                ..details(Status::Unknown, closed_at, Some(resumed_at))
+        let unknown = |started_at: i64, ended_at: Option<i64>| NewInterval {
+            reason: None,
+            extension_status: None,
+            destination: None,
+            ..details(Status::Unknown, started_at, ended_at)
+        };
+        // Closed before the last stop (the agent was taken out of the
+        // configuration then): what it did since is not known.
+        let closed_before_stop = matches!(
+            (interval.ended_at, heartbeat),
+            (Some(ended_at), Some(heartbeat)) if ended_at < heartbeat
+        );
+        if interval.status == Status::Unknown || closed_before_stop {
+            // Unknown before, unknown while down: one unknown interval goes
+            // on (the open one, or a new one from the stop).
+            let since = match interval.ended_at {
+                None => interval.started_at,
+                Some(ended_at) => {
+                    plan.inserts.push(unknown(ended_at, None));
+                    ended_at
+                }
+            };
+            let mut state = unknown_state(agent.clone(), name.clone(), from_millis(since)?);
+            state.updated = from_millis(resumed_at)?;
+            state.seq = interval.last_seq;
+            plan.states.push(state);
+            continue;
+        }
+        if interval.ended_at.is_none() {
+            plan.closes.push(CloseById {
+                id: interval.id,
+                ended_at: closed_at,
             });
+        }
+        if closed_at < resumed_at {
+            plan.inserts.push(unknown(closed_at, Some(resumed_at)));
         }
         plan.inserts
             .push(details(interval.status, resumed_at, None));
@@ -302,8 +337,8 @@ pub(crate) fn resume_rows<'a>(
             seq: interval.last_seq,
         });
     }
-    for interval in open {
-        if !configured_ids.contains(&interval.agent) {
+    for interval in latest {
+        if !configured_ids.contains(&interval.agent) && interval.ended_at.is_none() {
             plan.closes.push(CloseById {
                 id: interval.id,
                 ended_at: last_alive.max(interval.started_at),
@@ -348,9 +383,9 @@ pub(crate) type IntervalRow = (
     Option<i64>,
 );
 
-/// An open interval row: id, then the columns of [`IntervalRow`] but
-/// `ended_at`.
-pub(crate) type OpenRow = (
+/// A latest-interval row: id, agent, status, reason, extension status,
+/// destination, started_at, ended_at, and the agent's latest seq.
+pub(crate) type LastRow = (
     i64,
     String,
     String,
@@ -358,6 +393,7 @@ pub(crate) type OpenRow = (
     Option<String>,
     Option<String>,
     i64,
+    Option<i64>,
     Option<i64>,
 );
 
@@ -387,19 +423,17 @@ pub(crate) fn interval_from_row(
     })
 }
 
-/// Decodes an open interval row; `latest_seq` is the agent's latest seq
-/// (the row's own, or of an earlier interval when the row has none).
-pub(crate) fn open_interval_from_row(
-    (id, agent, status, reason, extension_status, destination, started_at, _seq): OpenRow,
-    latest_seq: Option<i64>,
-) -> Result<OpenInterval, StoreError> {
-    let context =
-        |error: StoreError| StoreError::invalid_row(format!("open interval {id}: {error}"));
+/// Decodes a latest-interval row.
+pub(crate) fn last_interval_from_row(
+    (id, agent, status, reason, extension_status, destination, started_at, ended_at, last_seq): LastRow,
+) -> Result<LastInterval, StoreError> {
+    let context = |error: StoreError| StoreError::invalid_row(format!("interval {id}: {error}"));
     let agent = agent_from_db(&agent).map_err(context)?;
     let status = status_from_db(&status).map_err(context)?;
-    // Validates the stored time once, here, rather than in every use.
+    // Validates the stored times once, here, rather than in every use.
     from_millis(started_at)?;
-    Ok(OpenInterval {
+    ended_at.map(from_millis).transpose()?;
+    Ok(LastInterval {
         id,
         agent,
         status,
@@ -407,7 +441,8 @@ pub(crate) fn open_interval_from_row(
         extension_status,
         destination,
         started_at,
-        last_seq: latest_seq.map_or(0, seq_from_db),
+        ended_at,
+        last_seq: last_seq.map_or(0, seq_from_db),
     })
 }
 
@@ -633,8 +668,8 @@ mod tests {
         assert_eq!(plan.inserts[0].ended_at, Some(5_000));
     }
 
-    fn open(id: i64, agent: &str, status: Status, started_at: i64, last_seq: u64) -> OpenInterval {
-        OpenInterval {
+    fn open(id: i64, agent: &str, status: Status, started_at: i64, last_seq: u64) -> LastInterval {
+        LastInterval {
             id,
             agent: AgentId::parse(agent).unwrap(),
             status,
@@ -642,8 +677,71 @@ mod tests {
             extension_status: None,
             destination: Some("31".into()),
             started_at,
+            ended_at: None,
             last_seq,
         }
+    }
+
+    fn closed(
+        id: i64,
+        agent: &str,
+        status: Status,
+        span: (i64, i64),
+        last_seq: u64,
+    ) -> LastInterval {
+        LastInterval {
+            ended_at: Some(span.1),
+            ..open(id, agent, status, span.0, last_seq)
+        }
+    }
+
+    /// What a test compares of inserted rows.
+    fn inserted<'a>(rows: &'a [NewInterval<'a>]) -> Vec<(&'a str, &'a str, i64, Option<i64>)> {
+        rows.iter()
+            .map(|row| (row.agent, row.status, row.started_at, row.ended_at))
+            .collect()
+    }
+
+    #[test]
+    fn after_a_clean_stop_the_down_time_is_unknown_as_after_a_crash() {
+        // Closed at the stop (5_000), restarted at 9_000.
+        let stored = [
+            closed(1, "a", Status::OnCall, (1_000, 5_000), 7),
+            closed(2, "b", Status::Unknown, (2_000, 5_000), 8),
+        ];
+        let plan = resume_rows(&stored, &configured(&["a", "b"]), Some(5_000), at(9_000)).unwrap();
+        assert!(plan.closes.is_empty(), "nothing is open");
+        assert_eq!(
+            inserted(&plan.inserts),
+            [
+                ("a", "unknown", 5_000, Some(9_000)),
+                ("a", "on_call", 9_000, None),
+                ("b", "unknown", 5_000, None),
+            ]
+        );
+        let (a, b) = (&plan.states[0], &plan.states[1]);
+        assert_eq!((a.status, a.since, a.seq), (Status::OnCall, at(9_000), 7));
+        assert_eq!((b.status, b.since, b.seq), (Status::Unknown, at(5_000), 8));
+    }
+
+    #[test]
+    fn a_clock_behind_the_stored_history_never_dates_an_interval_back() {
+        // The last interval ended at 5_000 but the clock now says 3_000.
+        let stored = [closed(1, "a", Status::Paused, (1_000, 5_000), 2)];
+        let plan = resume_rows(&stored, &configured(&["a"]), Some(5_000), at(3_000)).unwrap();
+        assert_eq!(inserted(&plan.inserts), [("a", "paused", 5_000, None)]);
+        assert_eq!(plan.states[0].since, at(5_000));
+        // An open interval that started after the clock's `now`.
+        let stored = [open(1, "a", Status::Paused, 8_000, 2)];
+        let plan = resume_rows(&stored, &configured(&["a"]), Some(6_000), at(3_000)).unwrap();
+        assert_eq!(
+            plan.closes,
+            [CloseById {
+                id: 1,
+                ended_at: 8_000
+            }]
+        );
+        assert_eq!(inserted(&plan.inserts), [("a", "paused", 8_000, None)]);
     }
 
     fn configured(agents: &[&str]) -> Vec<(AgentId, String)> {

@@ -6,8 +6,11 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
+use super::audit::AuditRow;
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, NewInterval};
+use super::rows::{
+    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
+};
 
 /// Starts a write transaction.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -42,6 +45,16 @@ const ADD_DAILY_CALLS: &str =
      ON CONFLICT (day_start, agent) DO UPDATE SET calls = daily_calls.calls + excluded.calls, \
        call_ms = daily_calls.call_ms + excluded.call_ms, \
        longest_ms = max(daily_calls.longest_ms, excluded.longest_ms)";
+
+/// The latest interval of each agent in the JSON array `$1`, with the
+/// agent's latest seq.
+const LATEST_INTERVALS: &str = "SELECT i.id, i.agent, i.status, i.reason, i.extension_status, \
+     i.destination, i.started_at, i.ended_at, \
+     (SELECT s.seq FROM intervals s WHERE s.agent = i.agent AND s.seq IS NOT NULL \
+       ORDER BY s.started_at DESC, s.id DESC LIMIT 1) \
+     FROM json_each($1) AS a JOIN intervals i ON i.id = ( \
+       SELECT b.id FROM intervals b WHERE b.agent = a.value \
+       ORDER BY b.started_at DESC, b.id DESC LIMIT 1)";
 
 /// Closed intervals after row id `$1`, by id, at most `$2`, packed as one
 /// JSON array of `[id, agent, status, started_at, ended_at, seq]`.
@@ -195,6 +208,13 @@ impl BulkWrites for SqliteConnection {
         Ok(())
     }
 
+    async fn latest_intervals(&mut self, agents: &[&str]) -> Result<Vec<LastRow>, sqlx::Error> {
+        sqlx::query_as(LATEST_INTERVALS)
+            .bind(json_rows(agents))
+            .fetch_all(&mut *self)
+            .await
+    }
+
     async fn closed_intervals_after(
         &mut self,
         after: i64,
@@ -224,6 +244,36 @@ impl BulkWrites for SqliteConnection {
                 )
             })
             .collect())
+    }
+
+    async fn insert_audits(&mut self, rows: &[AuditRow<'_>]) -> Result<(), sqlx::Error> {
+        for chunk in chunks(rows) {
+            let sql = format!(
+                "INSERT INTO command_audit (received_at, topic, request, action, queue, agent, \
+                 extension, outcome, error_code, error, upstream_latency_ms, \"transaction\") \
+                 VALUES {}",
+                placeholders(12, chunk.len())
+            );
+            let mut query = sqlx::query(&sql);
+            for row in chunk {
+                let entry = row.entry;
+                query = query
+                    .bind(row.received_at)
+                    .bind(&entry.topic)
+                    .bind(row.request.as_ref())
+                    .bind(&entry.action)
+                    .bind(&entry.queue)
+                    .bind(&entry.agent)
+                    .bind(&entry.extension)
+                    .bind(entry.outcome.as_str())
+                    .bind(&entry.error_code)
+                    .bind(&entry.error)
+                    .bind(entry.upstream_latency_ms)
+                    .bind(&entry.transaction);
+            }
+            query.execute(&mut *self).await?;
+        }
+        Ok(())
     }
 
     async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {

@@ -7,13 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rumqttc::QoS;
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use pbx2mqtt::commands::audit::{AuditSink, AuditWriter};
 use pbx2mqtt::commands::dispatcher::BACKLOG_PER_SLOT;
+use pbx2mqtt::commands::membership::RefreshRequests;
 use pbx2mqtt::commands::Dispatcher;
 use pbx2mqtt::config::Config;
 use pbx2mqtt::metrics::Metrics;
@@ -36,10 +37,11 @@ struct Harness {
     simulator: Simulator,
     store: Store,
     metrics: Arc<Metrics>,
-    requests: mpsc::Sender<Incoming>,
+    /// Requests to the dispatcher; `None` once closed (shutdown).
+    requests: Option<mpsc::Sender<Incoming>>,
     responses: mpsc::Receiver<Outgoing>,
-    /// The dispatcher's shutdown.
-    shutdown: CancellationToken,
+    /// The audit writer's sink (to wait until rows are stored).
+    audit: AuditSink,
     /// The simulator's shutdown (separate: the dispatcher's shutdown must
     /// not take TRiNG away from the commands it still runs).
     simulator_stop: CancellationToken,
@@ -135,14 +137,22 @@ impl Harness {
         let metrics = Arc::new(Metrics::default());
         let (requests, request_rx) = mpsc::channel(16);
         let (response_tx, responses) = mpsc::channel(64);
-        let dispatcher = Dispatcher::new(&config, client, store.clone(), metrics.clone());
+        let (audit_writer, audit) = AuditWriter::new(store.clone(), None, metrics.clone());
+        tokio::spawn(audit_writer.run());
+        let dispatcher = Dispatcher::new(
+            &config,
+            client,
+            audit.clone(),
+            RefreshRequests::default(),
+            metrics.clone(),
+        );
         Self {
             simulator,
             store,
             metrics,
-            requests,
+            requests: Some(requests),
             responses,
-            shutdown: CancellationToken::new(),
+            audit,
             simulator_stop,
             idle: Some((dispatcher, request_rx, response_tx)),
             dispatcher: None,
@@ -155,20 +165,20 @@ impl Harness {
     fn spawn(&mut self) {
         let (dispatcher, request_rx, response_tx) =
             self.idle.take().expect("the dispatcher runs already");
-        self.dispatcher = Some(tokio::spawn(dispatcher.run(
-            request_rx,
-            response_tx,
-            self.shutdown.clone(),
-        )));
+        self.dispatcher = Some(tokio::spawn(dispatcher.run(request_rx, response_tx)));
     }
 
     /// Sends a request on `pbx2mqtt/request/<suffix>`.
     async fn send(&self, suffix: &str, payload: &str, retain: bool) {
         self.requests
+            .as_ref()
+            .expect("requests are still taken")
             .send(Incoming {
                 topic: format!("pbx2mqtt/request/{suffix}"),
                 payload: payload.as_bytes().to_vec(),
                 retain,
+                response_topic: None,
+                correlation_data: None,
             })
             .await
             .unwrap();
@@ -207,7 +217,6 @@ impl Harness {
         let message = self.next().await;
         assert_eq!(message.topic, format!("pbx2mqtt/response/{suffix}"));
         assert!(!message.retain);
-        assert_eq!(message.qos, QoS::AtLeastOnce);
         serde_json::from_slice(&message.payload).unwrap()
     }
 
@@ -217,17 +226,25 @@ impl Harness {
         self.response(suffix).await
     }
 
-    /// Every audit row, newest first.
+    /// Every audit row, newest first (after the writer stored what it
+    /// was given).
     async fn audit(&self) -> Vec<AuditRecord> {
+        self.audit.flush().await;
         self.store
             .audit_since(DateTime::<Utc>::UNIX_EPOCH, 10_000)
             .await
             .unwrap()
     }
 
+    /// Closes the request channel, as the command connection does at
+    /// shutdown: the dispatcher answers what it has and stops.
+    fn close_requests(&mut self) {
+        self.requests = None;
+    }
+
     /// Stops the dispatcher (waiting for it) and the simulator.
     async fn stop(mut self) -> Vec<Outgoing> {
-        self.shutdown.cancel();
+        self.close_requests();
         let dispatcher = self.dispatcher.take().expect("the dispatcher runs");
         tokio::time::timeout(WAIT, dispatcher)
             .await
@@ -591,7 +608,7 @@ async fn retained_requests_are_not_executed_and_are_cleared() {
             topic: "pbx2mqtt/request/queue/500/clean".into(),
             payload: Vec::new(),
             retain: true,
-            qos: QoS::AtLeastOnce,
+            correlation_data: None,
         }
     );
     let response = h.response("queue/500/clean").await;
@@ -684,12 +701,10 @@ async fn shutdown_finishes_commands_in_flight() {
     })
     .await
     .unwrap();
-    h.shutdown.cancel();
+    h.close_requests();
     let response = h.response("queue/500/list").await;
     assert_eq!(response["transaction"], "in-flight");
     assert_eq!(response["status"], "ok");
-    // After shutdown no new request is taken.
-    assert!(h.requests.is_closed(), "the request channel is still open");
     let requests_before = h.simulator.counts().tring;
     let published = h.stop().await;
     assert_eq!(published.len(), 1);
@@ -784,7 +799,7 @@ async fn shutdown_answers_every_request_already_received() {
         false,
     )
     .await;
-    h.shutdown.cancel();
+    h.close_requests();
     h.spawn();
     let mut answers = Vec::new();
     for _ in 0..8 {
@@ -802,8 +817,6 @@ async fn shutdown_answers_every_request_already_received() {
     expected.sort();
     assert_eq!(answers, expected);
     assert_eq!(h.simulator.queue_members("500"), ["202", "201"]);
-    // Nothing more is taken after the shutdown.
-    assert!(h.requests.is_closed(), "the request channel is still open");
     assert_eq!(h.audit().await.len(), 8);
     let published = h.stop().await;
     assert_eq!(published.len(), 8);
