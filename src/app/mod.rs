@@ -128,7 +128,7 @@ impl Application {
         }
         // Before the first mark was stored, assume everything was delivered.
         let acked_seq = store
-            .acked_seq()
+            .acked_seq(&config.bridge.id)
             .await
             .context("cannot read the acknowledged event mark")?
             .unwrap_or(resume.last_seq);
@@ -248,6 +248,7 @@ impl Application {
             discovery,
             subscription: self.latest.subscribe(),
             store: self.store.clone(),
+            bridge: config.bridge.id.clone(),
             acked_seq: self.acked_seq,
             acked: acked_tx,
             rediscover: rediscover.clone(),
@@ -271,7 +272,8 @@ impl Application {
             self.clock.clone(),
             shutdown_timeout,
         )
-        .with_acked(acked_rx.clone());
+        .with_acked(acked_rx.clone())
+        .as_bridge(&config.bridge.id, false, None);
         let retention =
             (!config.commands.audit_retention.is_zero()).then_some(config.commands.audit_retention);
         let (audit_writer, audit) =
@@ -345,7 +347,7 @@ impl Application {
         // The publisher flushed after the writer stopped: store its final
         // mark (the writer is gone, so this is still the only writer).
         let acked = *acked_rx.borrow();
-        if let Err(error) = self.store.store_acked_seq(acked).await {
+        if let Err(error) = self.store.store_acked_seq(&config.bridge.id, acked).await {
             tracing::warn!(%error, "cannot store the acknowledged event mark");
         }
         if let Some(http) = http {

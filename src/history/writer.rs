@@ -28,7 +28,7 @@ use crate::clock::Clock;
 use crate::latest::LatestStates;
 use crate::metrics::Metrics;
 use crate::model::{AgentId, Change};
-use crate::store::Store;
+use crate::store::{assign_seqs, CommitOptions, CommitOutcome, Store};
 
 /// The most changes committed in one transaction. A commit costs one fsync
 /// (synchronous=FULL) whatever its size, so bursts are written in large
@@ -57,8 +57,16 @@ pub struct HistoryWriter {
     store: Store,
     /// Changes from the poller.
     changes: ChangeQueue,
-    /// The last seq given to a transition (from the resume, then ours).
+    /// The highest seq this writer committed (or resumed from).
     last_seq: u64,
+    /// This bridge's id (stored with its transitions).
+    bridge: String,
+    /// Check the agent leases in every batch (several bridges on one
+    /// database).
+    fenced: bool,
+    /// Where agents lost to fencing are reported (the cluster coordinator
+    /// stops polling them).
+    lost: Option<tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>>,
     /// The seq of each agent's latest transition, for non-transition changes.
     agent_seqs: HashMap<AgentId, u64>,
     /// What is committed, for the publisher and the HTTP API.
@@ -97,6 +105,9 @@ impl HistoryWriter {
             store,
             changes,
             last_seq,
+            bridge: "pbx2mqtt".to_owned(),
+            fenced: false,
+            lost: None,
             agent_seqs: HashMap::new(),
             latest,
             metrics,
@@ -108,6 +119,20 @@ impl HistoryWriter {
             acked: None,
             last_acked_store: None,
         }
+    }
+
+    /// Commits as `bridge`; with `fenced`, only for agents whose lease it
+    /// holds, reporting the others on `lost`.
+    pub fn as_bridge(
+        mut self,
+        bridge: &str,
+        fenced: bool,
+        lost: Option<tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>>,
+    ) -> Self {
+        self.bridge = bridge.to_owned();
+        self.fenced = fenced;
+        self.lost = lost;
+        self
     }
 
     /// Also stores the MQTT publisher's acknowledged-up-to mark.
@@ -133,7 +158,7 @@ impl HistoryWriter {
         }
         let mark = *acked.borrow_and_update();
         self.last_acked_store = Some(Instant::now());
-        if let Err(error) = self.store.store_acked_seq(mark).await {
+        if let Err(error) = self.store.store_acked_seq(&self.bridge, mark).await {
             tracing::warn!(%error, "cannot store the acknowledged event mark");
         }
     }
@@ -202,49 +227,53 @@ impl HistoryWriter {
         }
     }
 
-    /// Gives each transition the next seq and every other change its agent's
-    /// last seq.
-    fn assign_seqs(&mut self, batch: &mut [Change]) {
-        for change in batch {
-            let agent = &change.state.agent;
-            if change.previous.is_some() {
-                self.last_seq += 1;
-                change.state.seq = self.last_seq;
-                self.agent_seqs.insert(agent.clone(), self.last_seq);
-            } else if let Some(&seq) = self.agent_seqs.get(agent) {
-                change.state.seq = seq;
-            }
-        }
-    }
-
     /// Commits one batch, retrying until it is stored, then records it in
     /// [`LatestStates`]. False only when stopping and the shutdown deadline
     /// passed first.
     async fn commit(&mut self, mut batch: Vec<Change>) -> bool {
-        let first_seq = self.last_seq + 1;
-        self.assign_seqs(&mut batch);
-        let transitions = batch
-            .iter()
-            .filter(|change| change.previous.is_some())
-            .count();
-        let batch_max_seq = (transitions > 0).then_some(self.last_seq);
+        // Identifies the batch across retries (see `Store::batch_landed`).
+        let batch_id: i64 = rand::random();
         let mut backoff = RETRY_BACKOFF_MIN;
         let mut failed = false;
-        loop {
-            if failed && self.landed_despite_error(batch_max_seq).await {
-                break;
+        let first_seq = loop {
+            if failed {
+                // The last attempt may have been stored although its answer
+                // was lost (a PostgreSQL connection dropped at COMMIT):
+                // retrying would store its rows twice.
+                if let Ok(Some(first_seq)) = self.store.batch_landed(&self.bridge, batch_id).await {
+                    assign_seqs(&mut batch, first_seq);
+                    break first_seq;
+                }
             }
+            let options = CommitOptions {
+                bridge: &self.bridge,
+                fenced: self.fenced,
+                batch_id,
+                heartbeat_at: Some(self.clock.now()),
+            };
             let started = Instant::now();
-            match self
-                .store
-                .record_changes(&batch, Some(self.clock.now()))
-                .await
-            {
-                Ok(()) => {
+            match self.store.commit_changes(&mut batch, &options).await {
+                Ok(CommitOutcome::Stored { first_seq }) => {
                     self.metrics
                         .history_batch_duration
                         .observe(started.elapsed());
-                    break;
+                    break first_seq;
+                }
+                Ok(CommitOutcome::Fenced { lost }) => {
+                    // Another bridge owns these agents now: their changes are
+                    // its to record. The rest goes on at once.
+                    tracing::warn!(
+                        agents = lost.len(),
+                        "agents taken over by another bridge; their waiting changes are dropped"
+                    );
+                    batch.retain(|change| !lost.contains(&change.state.agent));
+                    if let Some(report) = &self.lost {
+                        let _ = report.send(lost);
+                    }
+                    if batch.is_empty() {
+                        return true;
+                    }
+                    continue;
                 }
                 Err(error) => {
                     failed = true;
@@ -259,9 +288,6 @@ impl HistoryWriter {
             }
             let wake = Instant::now() + backoff;
             if self.deadline().is_some_and(|deadline| wake >= deadline) {
-                // Nothing of this batch is stored: the next start must
-                // continue after the last stored seq.
-                self.last_seq = first_seq - 1;
                 return false;
             }
             let stop = self.stop.clone();
@@ -271,6 +297,21 @@ impl HistoryWriter {
                 () = stop.cancelled(), if self.stop_deadline.is_none() => {}
             }
             backoff = (backoff * 2).min(RETRY_BACKOFF_MAX);
+        };
+        let transitions = batch
+            .iter()
+            .filter(|change| change.previous.is_some())
+            .count();
+        if transitions > 0 {
+            self.last_seq = self.last_seq.max(first_seq + transitions as u64 - 1);
+        }
+        for change in &mut batch {
+            let agent = &change.state.agent;
+            if change.previous.is_some() {
+                self.agent_seqs.insert(agent.clone(), change.state.seq);
+            } else if let Some(&seq) = self.agent_seqs.get(agent) {
+                change.state.seq = seq;
+            }
         }
         self.last_heartbeat = Some(Instant::now());
         self.metrics
@@ -290,17 +331,6 @@ impl HistoryWriter {
         let states = batch.into_iter().map(|change| change.state).collect();
         self.latest.commit(states, events);
         true
-    }
-
-    /// After a failed commit: true when the batch was stored anyway (the
-    /// commit landed but its answer was lost, e.g. a PostgreSQL connection
-    /// dropped after COMMIT), known from `last_seq` having reached the
-    /// batch's highest seq. Retrying would store its rows twice.
-    async fn landed_despite_error(&self, batch_max_seq: Option<u64>) -> bool {
-        let Some(batch_max_seq) = batch_max_seq else {
-            return false;
-        };
-        matches!(self.store.last_seq().await, Ok(stored) if stored >= batch_max_seq)
     }
 
     /// Stores the heartbeat when none was stored for `HEARTBEAT_EVERY`.

@@ -91,6 +91,8 @@ pub struct PublisherParts {
     pub subscription: Subscription,
     /// Where events are read back from when they are no longer in memory.
     pub store: Store,
+    /// This bridge's id: its events are the ones it delivers.
+    pub bridge: String,
     /// Every event up to this seq was acknowledged (from history).
     pub acked_seq: u64,
     /// The acknowledged mark, for the history writer to store.
@@ -262,10 +264,11 @@ impl Publisher {
             RecentEvents::InHistory => {
                 let (done, loading) = oneshot::channel();
                 let store = self.parts.store.clone();
+                let bridge = self.parts.bridge.clone();
                 let after = self.next_seq - 1;
                 let committed = self.parts.subscription.latest().committed_seq();
                 tokio::spawn(async move {
-                    let _ = done.send(store.events_after(after, room).await);
+                    let _ = done.send(store.events_after(&bridge, after, room).await);
                 });
                 self.loading = Some((committed, loading));
             }

@@ -23,30 +23,39 @@ const EVENTS_AFTER: &str = "SELECT i.agent, i.status, i.started_at, i.seq, \
         ORDER BY p.started_at DESC, p.id DESC LIMIT 1), \
       (SELECT p.started_at FROM intervals p WHERE p.agent = i.agent AND p.started_at < i.started_at \
         ORDER BY p.started_at DESC, p.id DESC LIMIT 1) \
-    FROM intervals i WHERE i.seq > $1 ORDER BY i.seq LIMIT $2";
+    FROM intervals i WHERE i.seq > $1 AND (i.bridge = $3 OR i.bridge IS NULL) \
+    ORDER BY i.seq LIMIT $2";
 
 /// One row of [`EVENTS_AFTER`].
 type EventRow = (String, String, i64, i64, Option<String>, Option<i64>);
 
 impl Store {
-    /// The stored acknowledged mark; `None` before the first one was stored.
-    pub async fn acked_seq(&self) -> Result<Option<u64>, StoreError> {
-        let value: Option<i64> = with_pool!(&self.writer, |pool, _d| {
-            sqlx::query_scalar(READ_META)
-                .bind("acked_seq")
-                .fetch_optional(pool)
-                .await
-        })
-        .map_err(StoreError::query("reading acked_seq"))?;
+    /// `bridge`'s stored acknowledged mark (or, before it stored one, the
+    /// mark of a bridge from before several bridges could share a
+    /// database); `None` before the first one was stored.
+    pub async fn acked_seq(&self, bridge: &str) -> Result<Option<u64>, StoreError> {
+        let mut value: Option<i64> = None;
+        for key in [format!("acked_seq:{bridge}"), "acked_seq".to_owned()] {
+            value = with_pool!(&self.writer, |pool, _d| {
+                sqlx::query_scalar(READ_META)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await
+            })
+            .map_err(StoreError::query("reading acked_seq"))?;
+            if value.is_some() {
+                break;
+            }
+        }
         Ok(value.map(seq_from_db))
     }
 
     /// Stores the acknowledged mark (never lowering it: a late report
     /// cannot undo a newer one).
-    pub async fn store_acked_seq(&self, seq: u64) -> Result<(), StoreError> {
+    pub async fn store_acked_seq(&self, bridge: &str, seq: u64) -> Result<(), StoreError> {
         with_pool!(&self.writer, |pool, _d| {
             sqlx::query(RAISE_META)
-                .bind("acked_seq")
+                .bind(format!("acked_seq:{bridge}"))
                 .bind(seq_to_db(seq))
                 .execute(pool)
                 .await
@@ -55,10 +64,12 @@ impl Store {
         .map_err(StoreError::query("storing acked_seq"))
     }
 
-    /// The events of the transitions after seq `after`, oldest first, at
-    /// most `limit` of them.
+    /// The events of `bridge`'s transitions after seq `after` (and of
+    /// transitions recorded before bridges were told apart), oldest first,
+    /// at most `limit` of them.
     pub async fn events_after(
         &self,
+        bridge: &str,
         after: u64,
         limit: usize,
     ) -> Result<Vec<TransitionEvent>, StoreError> {
@@ -67,6 +78,7 @@ impl Store {
             sqlx::query_as(EVENTS_AFTER)
                 .bind(seq_to_db(after))
                 .bind(limit)
+                .bind(bridge)
                 .fetch_all(pool)
                 .await
         })

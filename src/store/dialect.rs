@@ -108,6 +108,15 @@ pub(crate) trait BulkWrites {
         rows: &[CloseById],
     ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
+    /// Of `agents`, those whose lease `bridge` holds now (by the database's
+    /// clock), locked until the transaction ends so no other bridge takes
+    /// them meanwhile. SQLite (one bridge per file) owns them all.
+    fn owned_agents(
+        &mut self,
+        agents: &[&str],
+        bridge: &str,
+    ) -> impl Future<Output = Result<Vec<String>, sqlx::Error>> + Send;
+
     /// Inserts intervals.
     fn insert_intervals(
         &mut self,

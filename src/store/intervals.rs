@@ -14,6 +14,14 @@ use super::rows::{
 };
 use super::{Store, StoreError};
 
+/// Gives the transitions of `changes` the seqs from `first` on, in order.
+pub fn assign_seqs(changes: &mut [Change], first: u64) {
+    let transitions = changes.iter_mut().filter(|c| c.previous.is_some());
+    for (seq, change) in (first..).zip(transitions) {
+        change.state.seq = seq;
+    }
+}
+
 /// Raises a `bridge_meta` value (`$1` the key, `$2` the value); it never
 /// goes down.
 pub(crate) const RAISE_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
@@ -67,61 +75,60 @@ pub struct ResumedAgents {
     pub last_seq: u64,
 }
 
+/// How the history writer commits a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitOptions<'a> {
+    /// The committing bridge: stored with its transitions, and the key of
+    /// its batch marker.
+    pub bridge: &'a str,
+    /// Check the bridge's agent leases in the transaction (several bridges
+    /// on one database): a batch with an agent the bridge no longer owns is
+    /// not stored.
+    pub fenced: bool,
+    /// Identifies the batch across retries: after an error whose outcome is
+    /// unknown (a connection lost at COMMIT), [`Store::batch_landed`] tells
+    /// whether it was stored.
+    pub batch_id: i64,
+    /// Also store this heartbeat.
+    pub heartbeat_at: Option<DateTime<Utc>>,
+}
+
+/// What [`Store::commit_changes`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// Stored; the transitions got the seqs from `first_seq` on, in order.
+    Stored {
+        /// The first transition's seq (0 when there was none).
+        first_seq: u64,
+    },
+    /// Not stored: the bridge no longer owns these agents (fencing); the
+    /// caller drops their changes and commits the rest.
+    Fenced {
+        /// The agents lost.
+        lost: Vec<AgentId>,
+    },
+}
+
+/// Adds `$1` to `last_seq` and returns the new value: the seqs of a batch,
+/// taken inside its transaction, so they are dense across every bridge
+/// writing to the database (the row lock orders them).
+const TAKE_SEQS: &str = "INSERT INTO bridge_meta (key, value) VALUES ('last_seq', $1) \
+     ON CONFLICT (key) DO UPDATE SET value = bridge_meta.value + excluded.value RETURNING value";
+
 impl Store {
     /// Records transitions (each state a new status interval with its `seq`
     /// already assigned, in order) in one transaction: each ends the agent's
     /// open interval at `state.since` and opens a new one there; `last_seq`
-    /// becomes the batch's highest seq if that is higher.
+    /// becomes the batch's highest seq if that is higher. For tests and
+    /// benchmarks; the bridge commits with [`Store::commit_changes`].
     pub async fn record(&self, transitions: &[AgentState]) -> Result<(), StoreError> {
-        let rows = batch_rows(transitions.iter().map(|state| (state, true)));
-        self.write_batch(&rows, None).await
-    }
-
-    /// Records a batch of the tracker's changes, seqs assigned, in one
-    /// transaction, as the history writer does: transitions as in
-    /// [`Store::record`]; other changes (reason, destination or extension
-    /// status only) update the agent's open interval in place, so there is
-    /// exactly one row per status interval. With `heartbeat_at`, the
-    /// heartbeat is written in the same transaction.
-    pub async fn record_changes(
-        &self,
-        changes: &[Change],
-        heartbeat_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
-        let rows = batch_rows(
-            changes
-                .iter()
-                .map(|change| (&change.state, change.previous.is_some())),
-        );
-        self.write_batch(&rows, heartbeat_at).await
-    }
-
-    /// Writes a batch's rows in one transaction: detail updates, closes,
-    /// inserts, then `last_seq` and the heartbeat.
-    async fn write_batch(
-        &self,
-        rows: &BatchRows<'_>,
-        heartbeat_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+        let rows = batch_rows(transitions.iter().map(|state| (state, true)), None);
         with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
                 .await
                 .map_err(StoreError::query("starting a history transaction"))?;
-            transaction
-                .update_details(&rows.detail_updates)
-                .await
-                .map_err(StoreError::query("updating open intervals"))?;
-            let mut closed = transaction
-                .close_open(&rows.closes)
-                .await
-                .map_err(StoreError::query("closing open intervals"))?;
-            transaction
-                .insert_intervals(&rows.inserts)
-                .await
-                .map_err(StoreError::query("inserting intervals"))?;
-            closed.extend(ClosedInterval::from_inserts(&rows.inserts));
-            self.add_daily(&mut *transaction, &closed).await?;
+            self.write_rows(&mut *transaction, &rows).await?;
             if let Some(max_seq) = rows.max_seq {
                 sqlx::query(RAISE_META)
                     .bind("last_seq")
@@ -130,7 +137,80 @@ impl Store {
                     .await
                     .map_err(StoreError::query("storing last_seq"))?;
             }
-            if let Some(at) = heartbeat_at {
+            transaction
+                .commit()
+                .await
+                .map_err(StoreError::query("committing a history batch"))
+        })
+    }
+
+    /// Commits a batch of the tracker's changes in one transaction, as the
+    /// history writer does: gives each transition the next seq (written into
+    /// `changes`), ends the agent's open interval at `state.since` and opens
+    /// a new one there; other changes (reason, destination or extension
+    /// status only) update the agent's open interval in place, so there is
+    /// exactly one row per status interval. See [`CommitOptions`].
+    pub async fn commit_changes(
+        &self,
+        changes: &mut [Change],
+        options: &CommitOptions<'_>,
+    ) -> Result<CommitOutcome, StoreError> {
+        let transitions = changes.iter().filter(|c| c.previous.is_some()).count();
+        with_pool!(&self.writer, |pool, _d| {
+            let mut transaction = pool
+                .begin_write()
+                .await
+                .map_err(StoreError::query("starting a history transaction"))?;
+            if options.fenced {
+                let mut agents: Vec<&str> =
+                    changes.iter().map(|c| c.state.agent.as_str()).collect();
+                agents.sort_unstable();
+                agents.dedup();
+                let owned = transaction
+                    .owned_agents(&agents, options.bridge)
+                    .await
+                    .map_err(StoreError::query("checking the agent leases"))?;
+                let lost: Vec<AgentId> = agents
+                    .iter()
+                    .filter(|agent| !owned.iter().any(|owned| owned == *agent))
+                    .filter_map(|agent| AgentId::parse(agent).ok())
+                    .collect();
+                if !lost.is_empty() {
+                    return Ok(CommitOutcome::Fenced { lost });
+                }
+            }
+            let mut first_seq = 0;
+            if transitions > 0 {
+                let last: i64 = sqlx::query_scalar(TAKE_SEQS)
+                    .bind(transitions as i64)
+                    .fetch_one(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("taking seqs"))?;
+                first_seq = seq_from_db(last) + 1 - transitions as u64;
+                assign_seqs(changes, first_seq);
+            }
+            for (key, value) in [
+                (format!("batch:{}", options.bridge), options.batch_id),
+                (
+                    format!("batch_seq:{}", options.bridge),
+                    seq_to_db(first_seq),
+                ),
+            ] {
+                sqlx::query(SET_META)
+                    .bind(key)
+                    .bind(value)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("storing the batch marker"))?;
+            }
+            let rows = batch_rows(
+                changes
+                    .iter()
+                    .map(|change| (&change.state, change.previous.is_some())),
+                Some(options.bridge),
+            );
+            self.write_rows(&mut *transaction, &rows).await?;
+            if let Some(at) = options.heartbeat_at {
                 sqlx::query(SET_META)
                     .bind("heartbeat_at")
                     .bind(to_millis(at))
@@ -141,8 +221,59 @@ impl Store {
             transaction
                 .commit()
                 .await
-                .map_err(StoreError::query("committing a history batch"))
+                .map_err(StoreError::query("committing a history batch"))?;
+            Ok(CommitOutcome::Stored { first_seq })
         })
+    }
+
+    /// After an error whose outcome is unknown: the first seq of batch
+    /// `batch_id` of `bridge` when it was stored after all (`Some(0)` when
+    /// it had no transitions), `None` when it was not.
+    pub async fn batch_landed(
+        &self,
+        bridge: &str,
+        batch_id: i64,
+    ) -> Result<Option<u64>, StoreError> {
+        let read = |key: String| async move {
+            with_pool!(&self.writer, |pool, _d| {
+                sqlx::query_scalar::<_, i64>(READ_META)
+                    .bind(key)
+                    .fetch_optional(pool)
+                    .await
+            })
+            .map_err(StoreError::query("reading the batch marker"))
+        };
+        if read(format!("batch:{bridge}")).await? != Some(batch_id) {
+            return Ok(None);
+        }
+        Ok(Some(
+            read(format!("batch_seq:{bridge}"))
+                .await?
+                .map_or(0, seq_from_db),
+        ))
+    }
+
+    /// Writes a batch's rows in the open transaction: detail updates,
+    /// closes, inserts, and the per-day totals of what they closed.
+    async fn write_rows<C: BulkWrites + Send>(
+        &self,
+        connection: &mut C,
+        rows: &BatchRows<'_>,
+    ) -> Result<(), StoreError> {
+        connection
+            .update_details(&rows.detail_updates)
+            .await
+            .map_err(StoreError::query("updating open intervals"))?;
+        let mut closed = connection
+            .close_open(&rows.closes)
+            .await
+            .map_err(StoreError::query("closing open intervals"))?;
+        connection
+            .insert_intervals(&rows.inserts)
+            .await
+            .map_err(StoreError::query("inserting intervals"))?;
+        closed.extend(ClosedInterval::from_inserts(&rows.inserts));
+        self.add_daily(connection, &closed).await
     }
 
     /// Stores the time the bridge was last known to be running; resume ends
@@ -289,6 +420,7 @@ impl Store {
                 started_at: to_millis(interval.started_at),
                 ended_at: interval.ended_at.map(to_millis),
                 seq: interval.seq.map(seq_to_db),
+                bridge: None,
             })
             .collect();
         let closed = ClosedInterval::from_inserts(&rows);

@@ -43,7 +43,7 @@ pub(crate) mod tests;
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord, MAX_REQUEST_CHARS};
 pub use daily::{DailyParts, DailyTotals};
 pub use error::StoreError;
-pub use intervals::ResumedAgents;
+pub use intervals::{assign_seqs, CommitOptions, CommitOutcome, ResumedAgents};
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
 pub use rows::Interval;
 pub use url::redact_url;

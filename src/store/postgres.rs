@@ -46,9 +46,19 @@ const ADD_DAILY_CALLS: &str =
 
 /// Inserts rows, one array per column.
 const INSERT_INTERVALS: &str = "INSERT INTO intervals \
-     (agent, status, reason, extension_status, destination, started_at, ended_at, seq) \
+     (agent, status, reason, extension_status, destination, started_at, ended_at, seq, bridge) \
      SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-         $6::bigint[], $7::bigint[], $8::bigint[])";
+         $6::bigint[], $7::bigint[], $8::bigint[], $9::text[])";
+
+/// The database's clock in ms since the epoch (every lease time is on it,
+/// so bridges on hosts with different clocks agree).
+#[allow(dead_code)]
+pub(crate) const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Of the agents in `$1`, those whose lease bridge `$2` holds now, locked
+/// against a take-over until the transaction ends.
+const OWNED_AGENTS: &str = "SELECT agent FROM agent_leases WHERE agent = ANY($1) AND bridge = $2 \
+     AND expires_at > (extract(epoch from clock_timestamp()) * 1000)::bigint FOR SHARE";
 
 /// The latest interval of each agent in `$1`, with the agent's latest
 /// seq; locked against a second bridge resuming at the same time.
@@ -138,6 +148,18 @@ impl BulkWrites for PgConnection {
             .await
     }
 
+    async fn owned_agents(
+        &mut self,
+        agents: &[&str],
+        bridge: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(OWNED_AGENTS)
+            .bind(agents)
+            .bind(bridge)
+            .fetch_all(&mut *self)
+            .await
+    }
+
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
         if rows.is_empty() {
             return Ok(());
@@ -151,6 +173,7 @@ impl BulkWrites for PgConnection {
             .bind(rows.iter().map(|row| row.started_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|row| row.ended_at).collect::<Vec<_>>())
             .bind(rows.iter().map(|row| row.seq).collect::<Vec<_>>())
+            .bind(rows.iter().map(|row| row.bridge).collect::<Vec<_>>())
             .execute(self)
             .await
             .map(drop)

@@ -70,6 +70,8 @@ pub(crate) struct NewInterval<'a> {
     pub ended_at: Option<i64>,
     /// The opening transition's seq; `None` when synthesised.
     pub seq: Option<i64>,
+    /// The bridge that recorded the transition; `None` when synthesised.
+    pub bridge: Option<&'a str>,
 }
 
 /// Ends an agent's open interval stored before this batch.
@@ -118,6 +120,7 @@ pub(crate) struct BatchRows<'a> {
 /// interval.
 pub(crate) fn batch_rows<'a>(
     items: impl IntoIterator<Item = (&'a AgentState, bool)>,
+    bridge: Option<&'a str>,
 ) -> BatchRows<'a> {
     let mut plan = BatchRows::default();
     // Index in `plan.inserts` of each agent's interval opened in this batch.
@@ -151,6 +154,7 @@ pub(crate) fn batch_rows<'a>(
                 started_at: since,
                 ended_at: None,
                 seq: Some(seq_to_db(state.seq)),
+                bridge,
             });
             plan.max_seq = Some(plan.max_seq.map_or(state.seq, |max| max.max(state.seq)));
         } else if let Some(&index) = open_in_batch.get(agent) {
@@ -282,6 +286,7 @@ pub(crate) fn resume_rows<'a>(
             started_at,
             ended_at,
             seq: None,
+            bridge: None,
         };
         let unknown = |started_at: i64, ended_at: Option<i64>| NewInterval {
             reason: None,
@@ -599,7 +604,7 @@ mod tests {
         let b1 = state("b", Status::Paused, 1_500, 2);
         let a2 = state("a", Status::OnCall, 2_000, 3);
         let a3 = state("a", Status::Wrapup, 3_000, 4);
-        let plan = batch_rows([(&a1, true), (&b1, true), (&a2, true), (&a3, true)]);
+        let plan = batch_rows([(&a1, true), (&b1, true), (&a2, true), (&a3, true)], None);
         assert_eq!(
             plan.closes,
             [
@@ -640,12 +645,15 @@ mod tests {
         let b1 = state("b", Status::Available, 2_000, 8);
         let mut b_detail = b1.clone();
         b_detail.extension_status = Some("idle".into());
-        let plan = batch_rows([
-            (&stored_update, false),
-            (&later_update, false),
-            (&b1, true),
-            (&b_detail, false),
-        ]);
+        let plan = batch_rows(
+            [
+                (&stored_update, false),
+                (&later_update, false),
+                (&b1, true),
+                (&b_detail, false),
+            ],
+            None,
+        );
         assert_eq!(
             plan.detail_updates,
             [DetailUpdate {
@@ -664,7 +672,7 @@ mod tests {
     fn a_clock_stepping_back_never_ends_an_interval_before_it_began() {
         let a1 = state("a", Status::Available, 5_000, 1);
         let a2 = state("a", Status::OnCall, 4_000, 2);
-        let plan = batch_rows([(&a1, true), (&a2, true)]);
+        let plan = batch_rows([(&a1, true), (&a2, true)], None);
         assert_eq!(plan.inserts[0].ended_at, Some(5_000));
     }
 

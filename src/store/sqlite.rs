@@ -62,8 +62,9 @@ const CLOSED_AFTER: &str = "SELECT json_group_array(json_array(id, agent, status
      ended_at, seq)) FROM (SELECT id, agent, status, started_at, ended_at, seq FROM intervals \
      WHERE id > $1 AND ended_at IS NOT NULL ORDER BY id LIMIT $2)";
 
-/// The largest number of rows one multi-row statement carries (8 bound
-/// values per interval row, well under SQLite's limit of 32766).
+/// The largest number of rows one multi-row statement carries (9 bound
+/// values per interval row, 12 per audit row: well under SQLite's limit of
+/// 32766).
 const CHUNK_ROWS: usize = 256;
 
 /// The row counts multi-row statements are built for: a batch is cut into as
@@ -121,13 +122,13 @@ fn close_open_sql(count: usize) -> String {
 }
 
 /// Inserts `count` rows, each bound as `(agent, status, reason,
-/// extension_status, destination, started_at, ended_at, seq)`.
+/// extension_status, destination, started_at, ended_at, seq, bridge)`.
 fn insert_intervals_sql(count: usize) -> String {
     format!(
         "INSERT INTO intervals \
-         (agent, status, reason, extension_status, destination, started_at, ended_at, seq) \
+         (agent, status, reason, extension_status, destination, started_at, ended_at, seq, bridge) \
          VALUES {}",
-        placeholders(8, count)
+        placeholders(9, count)
     )
 }
 
@@ -188,6 +189,14 @@ impl BulkWrites for SqliteConnection {
             .await
     }
 
+    async fn owned_agents(
+        &mut self,
+        agents: &[&str],
+        _bridge: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        Ok(agents.iter().map(|agent| (*agent).to_owned()).collect())
+    }
+
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
         for chunk in chunks(rows) {
             let sql = insert_intervals_sql(chunk.len());
@@ -201,7 +210,8 @@ impl BulkWrites for SqliteConnection {
                     .bind(row.destination)
                     .bind(row.started_at)
                     .bind(row.ended_at)
-                    .bind(row.seq);
+                    .bind(row.seq)
+                    .bind(row.bridge);
             }
             query.execute(&mut *self).await?;
         }
