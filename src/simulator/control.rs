@@ -95,6 +95,17 @@ pub(super) fn respond(shared: &Shared, request: &Request<'_>, reply: &mut Reply)
             }
             _ => method_not_allowed(reply),
         },
+        ("poll-log", None) => match method {
+            "GET" => match window(request.query) {
+                Ok(window) => json(reply, &shared.poll_log_snapshot(window)),
+                Err(message) => error(reply, 400, &message),
+            },
+            "DELETE" => {
+                shared.poll_log.reset();
+                json(reply, &shared.poll_log_snapshot(None))
+            }
+            _ => method_not_allowed(reply),
+        },
         ("queues", Some(queue)) => match method {
             "GET" => {
                 let members = lock(&shared.queues).members(&queue).to_vec();
@@ -133,6 +144,21 @@ pub(super) fn respond(shared: &Shared, request: &Request<'_>, reply: &mut Reply)
             _ => method_not_allowed(reply),
         },
         _ => not_found(reply),
+    }
+}
+
+/// The `window` of `?window=2s` (`None` when not given).
+fn window(query: Option<&str>) -> Result<Option<Duration>, String> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    match url::form_urlencoded::parse(query.as_bytes()).find(|(name, _)| name == "window") {
+        None => Ok(None),
+        Some((_, text)) => humantime::parse_duration(text.trim())
+            .map(Some)
+            .map_err(|failure| {
+                format!("window {text:?} is not a duration such as \"2s\" or \"500ms\": {failure}")
+            }),
     }
 }
 
@@ -234,9 +260,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn path_segments() {
+    fn path_segments_and_windows() {
         assert_eq!(percent_decoded("1001").as_deref(), Some("1001"));
         assert_eq!(percent_decoded("a%20b%2F%zz%").as_deref(), Some("a b/%zz%"));
         assert_eq!(percent_decoded("%FF"), None);
+        assert_eq!(window(None), Ok(None));
+        assert_eq!(window(Some("x=1")), Ok(None));
+        assert_eq!(window(Some("window=2s")), Ok(Some(Duration::from_secs(2))));
+        assert_eq!(
+            window(Some("window=1500ms")),
+            Ok(Some(Duration::from_millis(1500)))
+        );
+        assert!(window(Some("window=soon")).unwrap_err().contains("soon"));
     }
 }

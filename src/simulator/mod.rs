@@ -10,8 +10,12 @@
 //!   /control/agents/{ext}` (resume auto movement), `GET /control/agents`,
 //!   `POST /control/faults` (a [`Fault`]), `GET`/`DELETE /control/faults`,
 //!   `GET /control/stats` ([`RequestCounts`], with per-agent poll gaps),
-//!   `DELETE /control/poll-gaps` (reset the gaps), `GET`/`PUT
-//!   /control/queues/{queue}`, `POST /control/clock` (`{"advance":"1m"}`).
+//!   `DELETE /control/poll-gaps` (reset the gaps), `GET /control/poll-log`
+//!   (a [`PollLog`]: per agent, which user agents polled it, how often and
+//!   when; `?window=2s` lists as `overlaps` the agents polled by two
+//!   different user agents less than 2 s apart), `DELETE /control/poll-log`
+//!   (reset it), `GET`/`PUT /control/queues/{queue}`, `POST /control/clock`
+//!   (`{"advance":"1m"}`).
 //!
 //! The simulator's cost bounds every benchmark of the bridge, so serving a
 //! poll is kept lean by design: the server runs on its own thread with a
@@ -31,6 +35,7 @@ mod control;
 pub mod faults;
 mod http;
 pub mod poll_gaps;
+pub mod poll_log;
 mod server;
 pub mod tring;
 
@@ -50,11 +55,13 @@ use tokio_util::sync::CancellationToken;
 pub use agents::VirtualState;
 pub use faults::{Api, Fault, FaultKind};
 pub use poll_gaps::PollGaps;
+pub use poll_log::PollLog;
 pub use tring::QueueMember;
 
 use agents::{SimClock, VirtualAgent};
 use faults::FaultTable;
 use poll_gaps::PollGapRecorder;
+use poll_log::{ClientId, PollLogRecorder};
 use tring::{Queues, TringAccount, TringAction};
 
 /// The Belfabriek API path.
@@ -275,6 +282,8 @@ struct Shared {
     counters: Counters,
     /// Time between polls per agent, same order as `agents`.
     poll_gaps: PollGapRecorder,
+    /// Who polled each agent when, same order as `agents`.
+    poll_log: PollLogRecorder,
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain
@@ -327,6 +336,8 @@ impl Shared {
                 name: format!("Agent {number}"),
             });
         }
+        let poll_gaps = PollGapRecorder::new(config.agents as usize);
+        let poll_log = PollLogRecorder::new(config.agents as usize, poll_gaps.origin());
         Ok(Self {
             account_pin: config.account_pin.clone(),
             tring_account: TringAccount {
@@ -342,7 +353,8 @@ impl Shared {
             queues: Mutex::new(Queues::default()),
             faults: FaultTable::default(),
             counters: Counters::default(),
-            poll_gaps: PollGapRecorder::new(config.agents as usize),
+            poll_gaps,
+            poll_log,
         })
     }
 
@@ -372,6 +384,20 @@ impl Shared {
     fn with_agent<R>(&self, ext_id: &str, f: impl FnOnce(&mut VirtualAgent) -> R) -> Option<R> {
         let index = self.index_of(ext_id)?;
         Some(self.with_agent_at(index, f))
+    }
+
+    /// Notes an `ivr.getAgentAvail` request about the agent at `index` by
+    /// `client`: its poll gap and the poll log.
+    fn record_poll(&self, index: usize, client: ClientId) {
+        let now = self.poll_gaps.now_micros();
+        self.poll_gaps.record_at(index, now);
+        self.poll_log.record(index, client, now);
+    }
+
+    /// The poll log, with overlaps closer than `window`.
+    fn poll_log_snapshot(&self, window: Option<Duration>) -> PollLog {
+        self.poll_log
+            .snapshot(window, |index| self.infos[index].ext_id.clone())
     }
 
     /// Request counts with the poll gaps.
@@ -625,6 +651,20 @@ impl Simulator {
     /// start a measurement window.
     pub fn reset_poll_gaps(&self) {
         self.shared.poll_gaps.reset();
+    }
+
+    /// The poll log since the last [`Simulator::reset_poll_log`]: per agent,
+    /// which user agents polled it, how often and when; as `overlaps`, the
+    /// agents polled by two different user agents less than `window` apart
+    /// (`None`: at any distance). `GET /control/poll-log?window=...`.
+    pub fn poll_log(&self, window: Option<Duration>) -> PollLog {
+        self.shared.poll_log_snapshot(window)
+    }
+
+    /// Forgets every poll logged so far, to start a measurement window
+    /// (`DELETE /control/poll-log`).
+    pub fn reset_poll_log(&self) {
+        self.shared.poll_log.reset();
     }
 
     /// The extensions in `queue`, in the order they were added.

@@ -22,6 +22,7 @@ use super::belfabriek::{self, Answer, Call};
 use super::control;
 use super::faults::{Api, Decision, FaultKind};
 use super::http::{self, Parsed, Reply, Request};
+use super::poll_log::KnownClient;
 use super::tring::{self, TringAction, TringRequest};
 use super::{lock, Shared, BELFABRIEK_PATH, TRING_PATH};
 
@@ -74,6 +75,8 @@ struct Connection {
     chunked: Vec<u8>,
     /// The answer being built.
     reply: Reply,
+    /// The client's user agent as the poll log knows it.
+    client: KnownClient,
 }
 
 impl Connection {
@@ -85,6 +88,7 @@ impl Connection {
             output: Vec::with_capacity(INPUT_CAPACITY),
             chunked: Vec::new(),
             reply: Reply::default(),
+            client: KnownClient::default(),
         }
     }
 
@@ -99,7 +103,7 @@ impl Connection {
                 match http::parse_request(&self.input[consumed..], &mut self.chunked) {
                     Ok(Parsed::Request { request, length }) => {
                         continue_sent = false;
-                        respond(&self.shared, &request, &mut self.reply).await;
+                        respond(&self.shared, &request, &mut self.client, &mut self.reply).await;
                         close = !request.keep_alive;
                         http::write_reply(&mut self.output, &self.reply, close);
                         consumed += length;
@@ -160,9 +164,14 @@ impl Connection {
 }
 
 /// Routes one request.
-async fn respond(shared: &Shared, request: &Request<'_>, reply: &mut Reply) {
+async fn respond(
+    shared: &Shared,
+    request: &Request<'_>,
+    client: &mut KnownClient,
+    reply: &mut Reply,
+) {
     match (request.path, request.method) {
-        (BELFABRIEK_PATH, "POST") => belfabriek_endpoint(shared, request, reply).await,
+        (BELFABRIEK_PATH, "POST") => belfabriek_endpoint(shared, request, client, reply).await,
         (TRING_PATH, "GET") => tring_endpoint(shared, request, reply).await,
         (BELFABRIEK_PATH | TRING_PATH, _) => method_not_allowed(reply),
         (path, _) if path.starts_with("/control/") => control::respond(shared, request, reply),
@@ -219,7 +228,12 @@ async fn count_and_delay(shared: &Shared, decision: &Decision) {
     }
 }
 
-async fn belfabriek_endpoint(shared: &Shared, request: &Request<'_>, reply: &mut Reply) {
+async fn belfabriek_endpoint(
+    shared: &Shared,
+    request: &Request<'_>,
+    client: &mut KnownClient,
+    reply: &mut Reply,
+) {
     let call = Call::read(request.body);
     shared
         .counters
@@ -227,7 +241,8 @@ async fn belfabriek_endpoint(shared: &Shared, request: &Request<'_>, reply: &mut
     let extension = call.extension();
     if call.method() == Some(belfabriek::GET_AGENT_AVAIL) {
         if let Some(index) = extension.and_then(|extension| shared.index_of(extension)) {
-            shared.poll_gaps.record(index);
+            let client = client.id(request.user_agent, &shared.poll_log);
+            shared.record_poll(index, client);
         }
     }
     let decision = shared

@@ -714,6 +714,105 @@ fn command_line_defaults_match_the_default_config() {
     assert_eq!(parsed.tenant, "ACME");
 }
 
+#[tokio::test]
+async fn poll_log_tells_bridges_apart_and_finds_overlaps() {
+    let harness = start(SimulatorConfig {
+        agents: 3,
+        ..test_config()
+    })
+    .await;
+    let bridge = |id: &str| {
+        reqwest::Client::builder()
+            .user_agent(format!("pbx2mqtt/0.1.0 ({id})"))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (bridge("a"), bridge("b"));
+    let poll = |client: &reqwest::Client, body: String| {
+        let request = client
+            .post(harness.simulator.belfabriek_url())
+            .body(body)
+            .send();
+        async move { request.await.unwrap().bytes().await.unwrap() }
+    };
+    // Bridge a owns 1001, b owns 1002; 1003 is polled by both in turn.
+    poll(&a, avail_call("1234", "1001")).await;
+    poll(&a, avail_call("1234", "1001")).await;
+    poll(&b, avail_call("1234", "1002")).await;
+    poll(&a, avail_call("1234", "1003")).await;
+    poll(&b, avail_call("1234", "1003")).await;
+    // Not polls: the second request of a poll, an unknown agent.
+    poll(&b, status_call("1234", "1001")).await;
+    poll(&b, avail_call("1234", "4242")).await;
+
+    let (status, log) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=1m", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let log: PollLog = serde_json::from_value(log).unwrap();
+    assert_eq!(log.window_micros, Some(60_000_000));
+    assert_eq!(log.user_agents_of("1001"), ["pbx2mqtt/0.1.0 (a)"]);
+    assert_eq!(log.agents["1001"].polls, 2);
+    assert_eq!(log.agents["1001"].clients[0].polls, 2);
+    assert!(log.agents["1001"].clients[0].first < log.agents["1001"].clients[0].last);
+    assert_eq!(log.user_agents_of("1002"), ["pbx2mqtt/0.1.0 (b)"]);
+    assert_eq!(
+        log.user_agents_of("1003"),
+        ["pbx2mqtt/0.1.0 (a)", "pbx2mqtt/0.1.0 (b)"]
+    );
+    assert!(log.unpolled.is_empty());
+    assert_eq!(log.overlaps.len(), 1, "{log:?}");
+    let overlap = &log.overlaps[0];
+    assert_eq!((overlap.agent.as_str(), overlap.handovers), ("1003", 1));
+    assert_eq!(overlap.polls[0].user_agent, "pbx2mqtt/0.1.0 (a)");
+    assert_eq!(overlap.polls[1].user_agent, "pbx2mqtt/0.1.0 (b)");
+    assert!(overlap.polls[0].at <= overlap.polls[1].at);
+    assert!(overlap.gap_micros < 60_000_000);
+
+    // No window: any two clients count; a zero window: none can.
+    assert_eq!(harness.simulator.poll_log(None).overlaps.len(), 1);
+    let (_, none) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=0s", None)
+        .await;
+    assert_eq!(none["overlaps"], serde_json::json!([]));
+    // The Rust accessor shows the same log.
+    assert_eq!(
+        harness.simulator.poll_log(Some(Duration::from_secs(60))),
+        log
+    );
+    let (status, error) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=soon", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"].as_str().unwrap().contains("soon"), "{error}");
+
+    // A reset forgets it all; a client without a user agent is "".
+    let (status, empty) = harness
+        .control(reqwest::Method::DELETE, "/poll-log", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(empty["agents"], serde_json::json!({}));
+    assert_eq!(
+        empty["unpolled"],
+        serde_json::json!(["1001", "1002", "1003"])
+    );
+    let mut raw = tokio::net::TcpStream::connect(harness.simulator.addr())
+        .await
+        .unwrap();
+    let body = avail_call("1234", "1002");
+    let request = format!(
+        "POST {BELFABRIEK_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(&mut raw, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let log = harness.simulator.poll_log(None);
+    assert_eq!(log.user_agents_of("1002"), [""]);
+    assert_eq!(log.unpolled, ["1001", "1003"]);
+    harness.simulator.reset_poll_log();
+    assert!(harness.simulator.poll_log(None).agents.is_empty());
+}
+
 /// Writes `request` and reads until the server closes the connection.
 async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
