@@ -75,6 +75,30 @@ impl VirtualState {
         self.destination = Some(destination.to_owned());
         self
     }
+
+    /// The state borrowed (no destination: empty).
+    pub fn view(&self) -> StateView<'_> {
+        StateView {
+            available: self.available,
+            reason: &self.reason,
+            destination: self.destination.as_deref().unwrap_or_default(),
+            extension_status: &self.extension_status,
+        }
+    }
+}
+
+/// A [`VirtualState`] borrowed from the agent, so an answer is written
+/// without copying its texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateView<'a> {
+    /// `available`.
+    pub available: bool,
+    /// `availReason`.
+    pub reason: &'a str,
+    /// `extension`.
+    pub destination: &'a str,
+    /// The `Available` member of `general.getExtensionStatus`.
+    pub extension_status: &'a str,
 }
 
 /// The simulated clock: real monotonic time plus an offset that tests (or a
@@ -180,6 +204,17 @@ const AWAY_REASONS: [&str; 4] = ["lunch", "overleg", "training", "privé"];
 impl Phase {
     /// The upstream view of this phase at `destination`.
     pub fn state(self, destination: &str) -> VirtualState {
+        let view = self.view(destination);
+        VirtualState {
+            available: view.available,
+            reason: view.reason.to_owned(),
+            destination: Some(destination.to_owned()),
+            extension_status: view.extension_status.to_owned(),
+        }
+    }
+
+    /// The upstream view of this phase at `destination`, borrowed.
+    pub fn view(self, destination: &str) -> StateView<'_> {
         let (available, reason, extension_status) = match self {
             Phase::Offline => (false, "-", "idle"),
             Phase::Idle => (true, "-", "idle"),
@@ -190,11 +225,11 @@ impl Phase {
             Phase::Handling => (false, "handling", "called"),
             Phase::Away(reason) => (false, reason, "idle"),
         };
-        VirtualState {
+        StateView {
             available,
-            reason: reason.to_owned(),
-            destination: Some(destination.to_owned()),
-            extension_status: extension_status.to_owned(),
+            reason,
+            destination,
+            extension_status,
         }
     }
 
@@ -343,6 +378,14 @@ impl VirtualAgent {
                 break;
             }
             self.next_change_micros = self.next_change_micros.saturating_add(dwell);
+        }
+    }
+
+    /// The current state, borrowed (call [`Self::advance_to`] first).
+    pub fn view(&self) -> StateView<'_> {
+        match &self.frozen {
+            Some(state) => state.view(),
+            None => self.phase.view(self.destination()),
         }
     }
 

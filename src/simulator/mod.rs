@@ -10,26 +10,39 @@
 //!   /control/agents/{ext}` (resume auto movement), `GET /control/agents`,
 //!   `POST /control/faults` (a [`Fault`]), `GET`/`DELETE /control/faults`,
 //!   `GET /control/stats` ([`RequestCounts`], with per-agent poll gaps),
-//!   `DELETE /control/poll-gaps` (reset the gaps), `GET`/`PUT
-//!   /control/queues/{queue}`, `POST /control/clock` (`{"advance":"1m"}`).
+//!   `DELETE /control/poll-gaps` (reset the gaps), `GET /control/poll-log`
+//!   (a [`PollLog`]: per agent, which user agents polled it, how often and
+//!   when; `?window=2s` lists as `overlaps` the agents polled by two
+//!   different user agents less than 2 s apart), `DELETE /control/poll-log`
+//!   (reset it), `GET`/`PUT /control/queues/{queue}`, `POST /control/clock`
+//!   (`{"advance":"1m"}`).
 //!
-//! Virtual agents ([`agents`]) move lazily: an agent's state machine is
-//! advanced to "now" when it is read, under its own mutex, so thousands of
-//! agents cost nothing between polls and requests never share a global lock.
-//! This module owns the simulated services only; it must not depend on the
-//! bridge's clients, so it stays an independent stand-in for the real APIs.
+//! The simulator's cost bounds every benchmark of the bridge, so serving a
+//! poll is kept lean by design: the server runs on its own thread with a
+//! single-threaded runtime, frames HTTP/1.1 itself into reused buffers
+//! ([`server`], [`http`]), scans request bodies for the few members it reads
+//! and writes answers from the real service's layout ([`belfabriek`]), and
+//! counts with atomics. Virtual agents ([`agents`]) move lazily: an agent's
+//! state machine is advanced to "now" when it is read, under its own mutex,
+//! so thousands of agents cost nothing between polls and requests never
+//! share a global lock. This module owns the simulated services only; it
+//! must not depend on the bridge's clients, so it stays an independent
+//! stand-in for the real APIs.
 
 pub mod agents;
 pub mod belfabriek;
+mod control;
 pub mod faults;
+mod http;
 pub mod poll_gaps;
+pub mod poll_log;
 mod server;
 pub mod tring;
 
 #[cfg(test)]
 mod tests;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,11 +55,13 @@ use tokio_util::sync::CancellationToken;
 pub use agents::VirtualState;
 pub use faults::{Api, Fault, FaultKind};
 pub use poll_gaps::PollGaps;
+pub use poll_log::PollLog;
 pub use tring::QueueMember;
 
 use agents::{SimClock, VirtualAgent};
 use faults::FaultTable;
 use poll_gaps::PollGapRecorder;
+use poll_log::{ClientId, PollLogRecorder};
 use tring::{Queues, TringAccount, TringAction};
 
 /// The Belfabriek API path.
@@ -257,8 +272,8 @@ struct Shared {
     agents: Vec<Mutex<VirtualAgent>>,
     /// The agents' identifiers, same order.
     infos: Vec<VirtualAgentInfo>,
-    /// Belfabriek extension id → index.
-    by_extension: HashMap<String, usize>,
+    /// The Belfabriek extension id of the first agent (the others follow).
+    first_extension: u32,
     /// The TRiNG queues.
     queues: Mutex<Queues>,
     /// Armed faults.
@@ -267,6 +282,8 @@ struct Shared {
     counters: Counters,
     /// Time between polls per agent, same order as `agents`.
     poll_gaps: PollGapRecorder,
+    /// Who polled each agent when, same order as `agents`.
+    poll_log: PollLogRecorder,
 }
 
 /// Locks a mutex whose data stays valid even if a holder panicked (plain
@@ -303,7 +320,6 @@ impl Shared {
         let now = clock.now_micros();
         let mut agents = Vec::with_capacity(config.agents as usize);
         let mut infos = Vec::with_capacity(config.agents as usize);
-        let mut by_extension = HashMap::with_capacity(config.agents as usize);
         for offset in 0..config.agents {
             let number = config.first_extension + offset;
             let agent_seed = seed ^ u64::from(number).wrapping_mul(0x9E37_79B9_7F4A_7C15);
@@ -314,13 +330,14 @@ impl Shared {
                 now,
                 mean_dwell_micros,
             )));
-            by_extension.insert(number.to_string(), infos.len());
             infos.push(VirtualAgentInfo {
                 ext_id: number.to_string(),
                 tring_extension: (config.first_tring_extension + offset).to_string(),
                 name: format!("Agent {number}"),
             });
         }
+        let poll_gaps = PollGapRecorder::new(config.agents as usize);
+        let poll_log = PollLogRecorder::new(config.agents as usize, poll_gaps.origin());
         Ok(Self {
             account_pin: config.account_pin.clone(),
             tring_account: TringAccount {
@@ -332,29 +349,55 @@ impl Shared {
             clock,
             agents,
             infos,
-            by_extension,
+            first_extension: config.first_extension,
             queues: Mutex::new(Queues::default()),
             faults: FaultTable::default(),
             counters: Counters::default(),
-            poll_gaps: PollGapRecorder::new(config.agents as usize),
+            poll_gaps,
+            poll_log,
         })
+    }
+
+    /// The index of the agent with Belfabriek extension id `ext_id`: its
+    /// number written plainly (no sign, no leading zero), within range.
+    fn index_of(&self, ext_id: &str) -> Option<usize> {
+        let canonical = !ext_id.is_empty()
+            && ext_id.bytes().all(|b| b.is_ascii_digit())
+            && (ext_id == "0" || !ext_id.starts_with('0'));
+        if !canonical {
+            return None;
+        }
+        let number: u32 = ext_id.parse().ok()?;
+        let index = usize::try_from(number.checked_sub(self.first_extension)?).ok()?;
+        (index < self.agents.len()).then_some(index)
+    }
+
+    /// Runs `f` on the agent at `index` (which must exist), advanced to now.
+    fn with_agent_at<R>(&self, index: usize, f: impl FnOnce(&mut VirtualAgent) -> R) -> R {
+        let mut agent = lock(&self.agents[index]);
+        agent.advance_to(self.clock.now_micros(), self.mean_dwell_micros, self.auto);
+        f(&mut agent)
     }
 
     /// Runs `f` on the agent with Belfabriek extension id `ext_id`, advanced
     /// to now.
     fn with_agent<R>(&self, ext_id: &str, f: impl FnOnce(&mut VirtualAgent) -> R) -> Option<R> {
-        let index = *self.by_extension.get(ext_id)?;
-        let mut agent = lock(&self.agents[index]);
-        agent.advance_to(self.clock.now_micros(), self.mean_dwell_micros, self.auto);
-        Some(f(&mut agent))
+        let index = self.index_of(ext_id)?;
+        Some(self.with_agent_at(index, f))
     }
 
-    /// Notes an `ivr.getAgentAvail` request about `ext_id` (unknown
-    /// extensions are ignored).
-    fn record_poll(&self, ext_id: &str) {
-        if let Some(&index) = self.by_extension.get(ext_id) {
-            self.poll_gaps.record(index);
-        }
+    /// Notes an `ivr.getAgentAvail` request about the agent at `index` by
+    /// `client`: its poll gap and the poll log.
+    fn record_poll(&self, index: usize, client: ClientId) {
+        let now = self.poll_gaps.now_micros();
+        self.poll_gaps.record_at(index, now);
+        self.poll_log.record(index, client, now);
+    }
+
+    /// The poll log, with overlaps closer than `window`.
+    fn poll_log_snapshot(&self, window: Option<Duration>) -> PollLog {
+        self.poll_log
+            .snapshot(window, |index| self.infos[index].ext_id.clone())
     }
 
     /// Request counts with the poll gaps.
@@ -392,14 +435,12 @@ impl Shared {
     }
 
     fn snapshot(&self, index: usize) -> AgentSnapshot {
-        let mut agent = lock(&self.agents[index]);
-        agent.advance_to(self.clock.now_micros(), self.mean_dwell_micros, self.auto);
-        AgentSnapshot {
+        self.with_agent_at(index, |agent| AgentSnapshot {
             info: self.infos[index].clone(),
             state: agent.state(),
             frozen: agent.is_frozen(),
             changes: agent.changes(),
-        }
+        })
     }
 
     /// True when a TRiNG `extension` parameter is about the agent a fault
@@ -410,9 +451,8 @@ impl Shared {
         };
         extension == agent
             || self
-                .by_extension
-                .get(agent)
-                .is_some_and(|&index| self.infos[index].tring_extension == extension)
+                .index_of(agent)
+                .is_some_and(|index| self.infos[index].tring_extension == extension)
     }
 }
 
@@ -433,29 +473,71 @@ pub struct Simulator {
 impl Simulator {
     /// Binds `config.listen` (port 0 allowed), starts serving both APIs and
     /// the control API, and returns. The server stops when `shutdown` is
-    /// cancelled.
+    /// cancelled, or when the runtime `start` was called on shuts down.
+    ///
+    /// The server runs on a thread of its own with a single-threaded
+    /// runtime: it never competes with the caller's tasks for a worker, and
+    /// on a 2-core machine it costs less than a share of a multi-threaded
+    /// runtime (no work stealing, no cross-thread wake-ups). When it stops,
+    /// connections still open are closed at once.
     pub async fn start(
         config: SimulatorConfig,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Simulator> {
         let shared = Arc::new(Shared::new(&config)?);
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .with_context(|| {
-                format!(
-                    "cannot listen on {} for the simulator: is the port in use?",
-                    config.listen
-                )
-            })?;
+        let listener = std::net::TcpListener::bind(config.listen).with_context(|| {
+            format!(
+                "cannot listen on {} for the simulator: is the port in use?",
+                config.listen
+            )
+        })?;
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the simulator's socket non-blocking")?;
         let addr = listener
             .local_addr()
             .context("cannot read the simulator's bound address")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the simulator's runtime")?;
         let simulator = Simulator {
             shared: Arc::clone(&shared),
             addr,
             stopped: CancellationToken::new(),
             failure: Arc::new(Mutex::new(None)),
         };
+
+        // Stop with the caller's runtime too, as a server spawned on it
+        // would: its tasks are dropped when it shuts down, and this one
+        // cancels `stop` as it goes.
+        let stop = shutdown.child_token();
+        let caller_gone = stop.clone().drop_guard();
+        tokio::spawn(async move {
+            let _caller_gone = caller_gone;
+            std::future::pending::<()>().await
+        });
+
+        let stopped = simulator.stopped.clone();
+        let failure = Arc::clone(&simulator.failure);
+        std::thread::Builder::new()
+            .name("pbx-simulator".to_owned())
+            .spawn(move || {
+                let served = runtime.block_on(async move {
+                    let listener = tokio::net::TcpListener::from_std(listener)?;
+                    server::serve(listener, shared, stop).await;
+                    Ok::<_, std::io::Error>(())
+                });
+                // Closes every connection still open.
+                drop(runtime);
+                if let Err(error) = served {
+                    tracing::error!(%error, "pbx simulator stopped with an error");
+                    *lock(&failure) = Some(error.to_string());
+                }
+                stopped.cancel();
+            })
+            .context("cannot start the simulator's thread")?;
+
         tracing::info!(
             belfabriek_url = %simulator.belfabriek_url(),
             tring_url = %simulator.tring_url(),
@@ -466,15 +548,6 @@ impl Simulator {
             tenant = %config.tenant,
             "pbx simulator listening"
         );
-        let stopped = simulator.stopped.clone();
-        let failure = Arc::clone(&simulator.failure);
-        tokio::spawn(async move {
-            if let Err(error) = server::serve(listener, shared, shutdown).await {
-                tracing::error!(%error, "pbx simulator stopped with an error");
-                *lock(&failure) = Some(error.to_string());
-            }
-            stopped.cancel();
-        });
         Ok(simulator)
     }
 
@@ -578,6 +651,20 @@ impl Simulator {
     /// start a measurement window.
     pub fn reset_poll_gaps(&self) {
         self.shared.poll_gaps.reset();
+    }
+
+    /// The poll log since the last [`Simulator::reset_poll_log`]: per agent,
+    /// which user agents polled it, how often and when; as `overlaps`, the
+    /// agents polled by two different user agents less than `window` apart
+    /// (`None`: at any distance). `GET /control/poll-log?window=...`.
+    pub fn poll_log(&self, window: Option<Duration>) -> PollLog {
+        self.shared.poll_log_snapshot(window)
+    }
+
+    /// Forgets every poll logged so far, to start a measurement window
+    /// (`DELETE /control/poll-log`).
+    pub fn reset_poll_log(&self) {
+        self.shared.poll_log.reset();
     }
 
     /// The extensions in `queue`, in the order they were added.

@@ -83,8 +83,13 @@ impl PollGapRecorder {
         }
     }
 
+    /// The instant every recorded time is measured from.
+    pub fn origin(&self) -> Instant {
+        self.origin
+    }
+
     /// Microseconds since the recorder was made.
-    fn now_micros(&self) -> u64 {
+    pub fn now_micros(&self) -> u64 {
         u64::try_from(self.origin.elapsed().as_micros()).unwrap_or(u64::MAX - 1)
     }
 
@@ -95,7 +100,7 @@ impl PollGapRecorder {
 
     /// Records a poll of agent `index` at `now` (microseconds since the
     /// recorder was made). Unknown indexes are ignored.
-    fn record_at(&self, index: usize, now: u64) {
+    pub fn record_at(&self, index: usize, now: u64) {
         let Some(slot) = self.last_poll.get(index) else {
             return;
         };

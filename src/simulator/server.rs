@@ -1,73 +1,189 @@
-//! The simulator's HTTP side: routes, the two API handlers with fault
-//! injection applied, the control API, and the error pages.
+//! The simulator's HTTP side: the accept loop, one task per connection that
+//! owns its socket and buffers, and the two API endpoints with fault
+//! injection applied. The control API is in [`super::control`], framing in
+//! [`super::http`].
 //!
-//! Handlers only translate between HTTP and the pure modules
-//! ([`super::belfabriek`], [`super::tring`], [`super::faults`]); they hold a
-//! lock only for the instant it takes to read or change one agent or the
-//! queues, never across an `.await`.
+//! Everything runs on the simulator's own single-threaded runtime (see
+//! [`super::Simulator::start`]): no work stealing, no cross-thread wake-ups.
+//! A connection reads, answers every whole request it has (pipelined ones
+//! in one write), and reads again; its buffers are reused, so an answered
+//! poll allocates nothing. Handlers hold a lock only for the instant it
+//! takes to read or change one agent or the queues, never across an
+//! `.await` (the only one is an injected latency).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::xmlrpc;
-
-use super::belfabriek;
-use super::faults::{Api, Fault, FaultKind};
+use super::belfabriek::{self, Answer, Call};
+use super::control;
+use super::faults::{Api, Decision, FaultKind};
+use super::http::{self, Parsed, Reply, Request};
+use super::poll_log::KnownClient;
 use super::tring::{self, TringAction, TringRequest};
-use super::{lock, Shared, VirtualState, BELFABRIEK_PATH, TRING_PATH};
+use super::{lock, Shared, BELFABRIEK_PATH, TRING_PATH};
 
-/// Serves until `shutdown` is cancelled.
-pub(super) async fn serve(
-    listener: tokio::net::TcpListener,
+/// How long to wait after a failed accept (out of file descriptors and the
+/// like) before accepting again, rather than spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// The input buffer of a new connection.
+const INPUT_CAPACITY: usize = 4 * 1024;
+/// Free space to have in the input buffer before reading.
+const MIN_READ_SPACE: usize = 1024;
+/// An idle connection's buffers are shrunk back when they grew beyond this
+/// (after a large body).
+const MAX_IDLE_BUFFER: usize = 64 * 1024;
+
+/// Serves until `shutdown` is cancelled. Connections still open then are
+/// dropped with the runtime.
+pub(super) async fn serve(listener: TcpListener, shared: Arc<Shared>, shutdown: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _peer)) => {
+                // Small request/response pairs on kept-alive connections: no
+                // Nagle delay. Failing to set it only costs latency.
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(Connection::new(stream, Arc::clone(&shared)).run());
+            }
+            Err(error) => {
+                tracing::warn!(%error, "pbx simulator cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// One client connection.
+struct Connection {
+    /// The socket.
+    stream: TcpStream,
+    /// What the handlers share.
     shared: Arc<Shared>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    use axum::serve::ListenerExt as _;
-    // Small request/response pairs on kept-alive connections: no Nagle delay.
-    let listener = listener.tap_io(|stream| {
-        // Failing to set the option only costs latency, never correctness.
-        let _ = stream.set_nodelay(true);
-    });
-    axum::serve(listener, router(shared))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    /// Bytes received and not yet answered.
+    input: Vec<u8>,
+    /// Bytes to send.
+    output: Vec<u8>,
+    /// A chunked request body, decoded.
+    chunked: Vec<u8>,
+    /// The answer being built.
+    reply: Reply,
+    /// The client's user agent as the poll log knows it.
+    client: KnownClient,
 }
 
-fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
-        .route(BELFABRIEK_PATH, post(belfabriek_endpoint))
-        .route(TRING_PATH, get(tring_endpoint))
-        .route("/control/agents", get(list_agents))
-        .route(
-            "/control/agents/{ext}",
-            get(get_agent).post(set_agent).delete(resume_agent),
-        )
-        .route(
-            "/control/faults",
-            get(list_faults).post(inject_fault).delete(clear_faults),
-        )
-        .route("/control/stats", get(stats))
-        .route("/control/poll-gaps", axum::routing::delete(reset_poll_gaps))
-        .route("/control/queues/{queue}", get(get_queue).put(put_queue))
-        .route("/control/clock", post(advance_clock))
-        .fallback(not_found)
-        .with_state(shared)
+impl Connection {
+    fn new(stream: TcpStream, shared: Arc<Shared>) -> Self {
+        Self {
+            stream,
+            shared,
+            input: Vec::with_capacity(INPUT_CAPACITY),
+            output: Vec::with_capacity(INPUT_CAPACITY),
+            chunked: Vec::new(),
+            reply: Reply::default(),
+            client: KnownClient::default(),
+        }
+    }
+
+    /// Answers requests until the client closes, asks to close, sends
+    /// something that cannot be framed, or the socket fails.
+    async fn run(mut self) {
+        let mut continue_sent = false;
+        loop {
+            let mut consumed = 0;
+            let mut close = false;
+            while !close {
+                match http::parse_request(&self.input[consumed..], &mut self.chunked) {
+                    Ok(Parsed::Request { request, length }) => {
+                        continue_sent = false;
+                        respond(&self.shared, &request, &mut self.client, &mut self.reply).await;
+                        close = !request.keep_alive;
+                        http::write_reply(&mut self.output, &self.reply, close);
+                        consumed += length;
+                    }
+                    Ok(Parsed::Partial { expects_continue }) => {
+                        if expects_continue && !continue_sent {
+                            self.output.extend_from_slice(http::CONTINUE);
+                            continue_sent = true;
+                        }
+                        break;
+                    }
+                    Err(error) => {
+                        self.reply.set(
+                            error.status(),
+                            CONTENT_TYPE_TEXT,
+                            error.to_string().as_bytes(),
+                        );
+                        http::write_reply(&mut self.output, &self.reply, true);
+                        close = true;
+                    }
+                }
+            }
+            self.input.drain(..consumed);
+            if !self.output.is_empty() {
+                if self.stream.write_all(&self.output).await.is_err() {
+                    return;
+                }
+                self.output.clear();
+            }
+            if close {
+                let _ = self.stream.shutdown().await;
+                return;
+            }
+            self.make_room();
+            match self.stream.read_buf(&mut self.input).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    /// Room to read into; buffers that grew for a large request shrink back
+    /// once it is answered.
+    fn make_room(&mut self) {
+        if self.input.is_empty() && self.input.capacity() > MAX_IDLE_BUFFER {
+            self.input = Vec::with_capacity(INPUT_CAPACITY);
+        }
+        if self.output.capacity() > MAX_IDLE_BUFFER {
+            self.output = Vec::with_capacity(INPUT_CAPACITY);
+        }
+        if self.reply.body.capacity() > MAX_IDLE_BUFFER {
+            self.reply = Reply::default();
+        }
+        if self.input.capacity() - self.input.len() < MIN_READ_SPACE {
+            self.input.reserve(INPUT_CAPACITY);
+        }
+    }
 }
 
-const CONTENT_TYPE_XML: &str = "text/xml";
+/// Routes one request.
+async fn respond(
+    shared: &Shared,
+    request: &Request<'_>,
+    client: &mut KnownClient,
+    reply: &mut Reply,
+) {
+    match (request.path, request.method) {
+        (BELFABRIEK_PATH, "POST") => belfabriek_endpoint(shared, request, client, reply).await,
+        (TRING_PATH, "GET") => tring_endpoint(shared, request, reply).await,
+        (BELFABRIEK_PATH | TRING_PATH, _) => method_not_allowed(reply),
+        (path, _) if path.starts_with("/control/") => control::respond(shared, request, reply),
+        _ => not_found(reply),
+    }
+}
+
+pub(super) const CONTENT_TYPE_XML: &str = "text/xml";
 /// PHP's default content type: the TRiNG proxy sets no other.
 const CONTENT_TYPE_PHP: &str = "text/html; charset=UTF-8";
 const CONTENT_TYPE_HTML: &str = "text/html";
-const CONTENT_TYPE_TEXT: &str = "text/plain";
+pub(super) const CONTENT_TYPE_TEXT: &str = "text/plain";
 
 /// A response whose body does not parse as XML-RPC (a closing tag that does
 /// not match).
@@ -86,16 +202,20 @@ const MAINTENANCE_PAGE: &str = "<html>\n<head><title>Onderhoud / Maintenance</ti
 /// PHP printing a warning before the script's own output.
 const PHP_WARNING: &str = "<br />\n<b>Warning</b>:  mysqli::query(): MySQL server has gone away in <b>/var/www/pbx/proxyapi.php</b> on line <b>214</b><br />\n";
 
-fn body_response(
-    status: StatusCode,
-    content_type: &'static str,
-    body: impl Into<Bytes>,
-) -> Response {
-    (status, [(header::CONTENT_TYPE, content_type)], body.into()).into_response()
+/// The 404 page of every unknown path.
+const NOT_FOUND_PAGE: &str =
+    "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n";
+
+pub(super) fn not_found(reply: &mut Reply) {
+    reply.set(404, CONTENT_TYPE_HTML, NOT_FOUND_PAGE.as_bytes());
 }
 
-/// Sleeps for the decision's latency and counts the fault.
-async fn count_and_delay(shared: &Shared, decision: &super::faults::Decision) {
+pub(super) fn method_not_allowed(reply: &mut Reply) {
+    reply.set(405, CONTENT_TYPE_TEXT, b"");
+}
+
+/// Counts the fault and sleeps for the decision's latency.
+async fn count_and_delay(shared: &Shared, decision: &Decision) {
     if decision.is_clean() {
         return;
     }
@@ -108,228 +228,96 @@ async fn count_and_delay(shared: &Shared, decision: &super::faults::Decision) {
     }
 }
 
-/// Cuts a body in half (at least one byte short of whole).
-fn truncated(mut body: Vec<u8>) -> Vec<u8> {
-    body.truncate(body.len() / 2);
-    body
-}
-
-async fn belfabriek_endpoint(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
-    let call = xmlrpc::decode_call(&body);
-    let (method, extension) = match &call {
-        Ok((method, params)) => (method.as_str(), belfabriek::extension_of(params)),
-        Err(_) => ("other", None),
-    };
-    shared.counters.count_method(method);
-    if method == belfabriek::GET_AGENT_AVAIL {
-        if let Some(extension) = &extension {
-            shared.record_poll(extension);
+async fn belfabriek_endpoint(
+    shared: &Shared,
+    request: &Request<'_>,
+    client: &mut KnownClient,
+    reply: &mut Reply,
+) {
+    let call = Call::read(request.body);
+    shared
+        .counters
+        .count_method(call.method().unwrap_or("other"));
+    let extension = call.extension();
+    if call.method() == Some(belfabriek::GET_AGENT_AVAIL) {
+        if let Some(index) = extension.and_then(|extension| shared.index_of(extension)) {
+            let client = client.id(request.user_agent, &shared.poll_log);
+            shared.record_poll(index, client);
         }
     }
     let decision = shared
         .faults
-        .take(Api::Belfabriek, |agent| extension.as_deref() == Some(agent));
-    count_and_delay(&shared, &decision).await;
+        .take(Api::Belfabriek, |agent| extension == Some(agent));
+    count_and_delay(shared, &decision).await;
 
-    let answer = || {
-        let response = match &call {
-            Ok((method, params)) => {
-                belfabriek::answer(method, params, &shared.account_pin, |ext| {
-                    shared.agent_state(ext)
-                })
-            }
-            Err(error) => {
-                belfabriek::fault(belfabriek::FAULT_PARSE, format!("parse error: {error}"))
-            }
-        };
-        belfabriek::render(&response)
-    };
-    let xml = |body: Vec<u8>| body_response(StatusCode::OK, CONTENT_TYPE_XML, body);
+    reply.start(CONTENT_TYPE_XML);
     match decision.damage {
-        None | Some(FaultKind::Latency(_)) => xml(answer()),
-        Some(FaultKind::Http500) => body_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            CONTENT_TYPE_HTML,
-            IIS_500_PAGE,
-        ),
-        Some(FaultKind::XmlRpcFault) => xml(belfabriek::render(&belfabriek::fault(
+        None | Some(FaultKind::Latency(_)) => write_answer(shared, &call, &mut reply.body),
+        Some(FaultKind::Http500) => reply.set(500, CONTENT_TYPE_HTML, IIS_500_PAGE.as_bytes()),
+        Some(FaultKind::XmlRpcFault) => reply.body.extend(belfabriek::render(&belfabriek::fault(
             belfabriek::FAULT_INTERNAL,
             "internal error: database unavailable",
         ))),
-        Some(FaultKind::Malformed) => xml(MALFORMED_XML.to_vec()),
-        Some(FaultKind::Empty) => xml(Vec::new()),
-        Some(FaultKind::Truncated) => xml(truncated(answer())),
-        Some(FaultKind::HtmlErrorPage) => {
-            body_response(StatusCode::OK, CONTENT_TYPE_HTML, MAINTENANCE_PAGE)
+        Some(FaultKind::Malformed) => reply.body.extend_from_slice(MALFORMED_XML),
+        Some(FaultKind::Empty) => {}
+        Some(FaultKind::Truncated) => {
+            write_answer(shared, &call, &mut reply.body);
+            // At least one byte short of whole.
+            reply.body.truncate(reply.body.len() / 2);
         }
-        Some(FaultKind::PlainTextError(text)) => {
-            body_response(StatusCode::OK, CONTENT_TYPE_TEXT, text)
+        Some(FaultKind::HtmlErrorPage) => {
+            reply.set(200, CONTENT_TYPE_HTML, MAINTENANCE_PAGE.as_bytes())
+        }
+        Some(FaultKind::PlainTextError(text)) => reply.set(200, CONTENT_TYPE_TEXT, text.as_bytes()),
+    }
+}
+
+/// Appends the service's answer to `call` to `out`.
+fn write_answer(shared: &Shared, call: &Call<'_>, out: &mut Vec<u8>) {
+    match belfabriek::decide(call, &shared.account_pin, |extension| {
+        shared.index_of(extension)
+    }) {
+        Answer::AgentAvail(index) => shared.with_agent_at(index, |agent| {
+            let state = agent.view();
+            belfabriek::write_agent_avail(out, state.available, state.reason, state.destination);
+        }),
+        Answer::ExtensionStatus(index) => shared.with_agent_at(index, |agent| {
+            belfabriek::write_extension_status(out, agent.view().extension_status);
+        }),
+        Answer::Fault { code, message } => {
+            out.extend(belfabriek::render(&belfabriek::fault(code, message)));
         }
     }
 }
 
-async fn tring_endpoint(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
-    let request = TringRequest::parse(query.as_deref().unwrap_or_default());
-    shared.counters.count_action(TringAction::of(&request));
-    let extension = request.get("extension");
+async fn tring_endpoint(shared: &Shared, request: &Request<'_>, reply: &mut Reply) {
+    let query = TringRequest::parse(request.query.unwrap_or_default());
+    shared.counters.count_action(TringAction::of(&query));
+    let extension = query.get("extension");
     let decision = shared.faults.take(Api::Tring, |agent| {
         shared.tring_request_matches_agent(extension, agent)
     });
-    count_and_delay(&shared, &decision).await;
+    count_and_delay(shared, &decision).await;
 
     let execute = || {
         let mut queues = lock(&shared.queues);
-        tring::handle(&request, &shared.tring_account, &mut queues)
-            .body
-            .into_bytes()
+        tring::handle(&query, &shared.tring_account, &mut queues).body
     };
-    let php = |body: Vec<u8>| body_response(StatusCode::OK, CONTENT_TYPE_PHP, body);
+    let php = |body: &[u8], reply: &mut Reply| reply.set(200, CONTENT_TYPE_PHP, body);
     match decision.damage {
-        None | Some(FaultKind::Latency(_)) => php(execute()),
-        Some(FaultKind::Http500) => body_response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            CONTENT_TYPE_HTML,
-            APACHE_500_PAGE,
-        ),
-        Some(FaultKind::XmlRpcFault) => php(b"ERROR: internal error".to_vec()),
-        Some(FaultKind::Malformed) => {
-            let mut body = PHP_WARNING.as_bytes().to_vec();
-            body.extend(execute());
-            php(body)
-        }
+        None | Some(FaultKind::Latency(_)) => php(execute().as_bytes(), reply),
+        Some(FaultKind::Http500) => reply.set(500, CONTENT_TYPE_HTML, APACHE_500_PAGE.as_bytes()),
+        Some(FaultKind::XmlRpcFault) => php(b"ERROR: internal error", reply),
+        Some(FaultKind::Malformed) => php(format!("{PHP_WARNING}{}", execute()).as_bytes(), reply),
         Some(FaultKind::Empty) => {
             execute();
-            php(Vec::new())
+            php(b"", reply);
         }
-        Some(FaultKind::Truncated) => php(truncated(execute())),
-        Some(FaultKind::HtmlErrorPage) => php(MAINTENANCE_PAGE.as_bytes().to_vec()),
-        Some(FaultKind::PlainTextError(text)) => php(text.into_bytes()),
-    }
-}
-
-async fn not_found() -> Response {
-    body_response(
-        StatusCode::NOT_FOUND,
-        CONTENT_TYPE_HTML,
-        "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n",
-    )
-}
-
-/// A JSON error for the control API.
-fn control_error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(serde_json::json!({ "error": message.into() }))).into_response()
-}
-
-async fn list_agents(State(shared): State<Arc<Shared>>) -> Response {
-    let snapshots: Vec<_> = (0..shared.infos.len())
-        .map(|index| shared.snapshot(index))
-        .collect();
-    Json(snapshots).into_response()
-}
-
-async fn get_agent(State(shared): State<Arc<Shared>>, Path(ext): Path<String>) -> Response {
-    match shared.by_extension.get(&ext) {
-        Some(&index) => Json(shared.snapshot(index)).into_response(),
-        None => control_error(StatusCode::NOT_FOUND, format!("unknown agent {ext}")),
-    }
-}
-
-async fn set_agent(
-    State(shared): State<Arc<Shared>>,
-    Path(ext): Path<String>,
-    Json(state): Json<VirtualState>,
-) -> Response {
-    match shared.set_agent(&ext, state) {
-        Ok(state) => Json(state).into_response(),
-        Err(error) => control_error(StatusCode::NOT_FOUND, error.to_string()),
-    }
-}
-
-async fn resume_agent(State(shared): State<Arc<Shared>>, Path(ext): Path<String>) -> Response {
-    match shared.resume_agent(&ext) {
-        Ok(state) => Json(state).into_response(),
-        Err(error) => control_error(StatusCode::NOT_FOUND, error.to_string()),
-    }
-}
-
-async fn list_faults(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.faults.list()).into_response()
-}
-
-async fn inject_fault(State(shared): State<Arc<Shared>>, Json(fault): Json<Fault>) -> Response {
-    tracing::info!(api = ?fault.api, kind = ?fault.kind, agent = ?fault.agent, remaining = ?fault.remaining, "simulator fault armed");
-    shared.faults.inject(fault);
-    Json(shared.faults.list()).into_response()
-}
-
-async fn clear_faults(State(shared): State<Arc<Shared>>) -> Response {
-    shared.faults.clear();
-    Json(shared.faults.list()).into_response()
-}
-
-async fn stats(State(shared): State<Arc<Shared>>) -> Response {
-    Json(shared.stats()).into_response()
-}
-
-/// Forgets the poll gaps so far; answers with the (empty) statistics.
-async fn reset_poll_gaps(State(shared): State<Arc<Shared>>) -> Response {
-    shared.poll_gaps.reset();
-    Json(shared.poll_gaps_snapshot()).into_response()
-}
-
-async fn get_queue(State(shared): State<Arc<Shared>>, Path(queue): Path<String>) -> Response {
-    let members = lock(&shared.queues).members(&queue).to_vec();
-    Json(serde_json::json!({ "queue": queue, "members": members })).into_response()
-}
-
-async fn put_queue(
-    State(shared): State<Arc<Shared>>,
-    Path(queue): Path<String>,
-    Json(members): Json<Vec<QueueMemberInput>>,
-) -> Response {
-    let members: Vec<_> = members
-        .into_iter()
-        .map(QueueMemberInput::into_member)
-        .collect();
-    lock(&shared.queues).set_members(&queue, members.clone());
-    Json(serde_json::json!({ "queue": queue, "members": members })).into_response()
-}
-
-/// A queue member in `PUT /control/queues/{queue}`: `"201"` or
-/// `{"extension":"612345678","custom":true}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum QueueMemberInput {
-    /// An agent extension.
-    Extension(String),
-    /// A full member.
-    Member(tring::QueueMember),
-}
-
-impl QueueMemberInput {
-    fn into_member(self) -> tring::QueueMember {
-        match self {
-            QueueMemberInput::Extension(extension) => tring::QueueMember {
-                extension,
-                custom: false,
-            },
-            QueueMemberInput::Member(member) => member,
+        Some(FaultKind::Truncated) => {
+            let body = execute();
+            php(&body.as_bytes()[..body.len() / 2], reply);
         }
+        Some(FaultKind::HtmlErrorPage) => php(MAINTENANCE_PAGE.as_bytes(), reply),
+        Some(FaultKind::PlainTextError(text)) => php(text.as_bytes(), reply),
     }
-}
-
-/// The body of `POST /control/clock`: `{"advance":"1m"}`.
-#[derive(Debug, Deserialize)]
-struct ClockAdvance {
-    /// How far to move simulated time.
-    #[serde(with = "crate::config::duration_str")]
-    advance: Duration,
-}
-
-async fn advance_clock(
-    State(shared): State<Arc<Shared>>,
-    Json(body): Json<ClockAdvance>,
-) -> Response {
-    shared.clock.advance(body.advance);
-    Json(serde_json::json!({ "now_micros": shared.clock.now_micros() })).into_response()
 }

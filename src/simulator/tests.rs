@@ -714,58 +714,315 @@ fn command_line_defaults_match_the_default_config() {
     assert_eq!(parsed.tenant, "ACME");
 }
 
-/// Prints how many `ivr.getAgentAvail` requests per second the simulator
-/// serves on a single-threaded runtime (its own OS thread) to 64 kept-alive
-/// connections. Not a pass/fail check: run it by hand with
-/// `cargo test --release --lib simulator::tests::throughput -- --ignored --nocapture`.
-#[test]
-#[ignore = "manual throughput measurement"]
-fn throughput() {
+#[tokio::test]
+async fn poll_log_tells_bridges_apart_and_finds_overlaps() {
+    let harness = start(SimulatorConfig {
+        agents: 3,
+        ..test_config()
+    })
+    .await;
+    let bridge = |id: &str| {
+        reqwest::Client::builder()
+            .user_agent(format!("pbx2mqtt/0.1.0 ({id})"))
+            .build()
+            .unwrap()
+    };
+    let (a, b) = (bridge("a"), bridge("b"));
+    let poll = |client: &reqwest::Client, body: String| {
+        let request = client
+            .post(harness.simulator.belfabriek_url())
+            .body(body)
+            .send();
+        async move { request.await.unwrap().bytes().await.unwrap() }
+    };
+    // Bridge a owns 1001, b owns 1002; 1003 is polled by both in turn.
+    poll(&a, avail_call("1234", "1001")).await;
+    poll(&a, avail_call("1234", "1001")).await;
+    poll(&b, avail_call("1234", "1002")).await;
+    poll(&a, avail_call("1234", "1003")).await;
+    poll(&b, avail_call("1234", "1003")).await;
+    // Not polls: the second request of a poll, an unknown agent.
+    poll(&b, status_call("1234", "1001")).await;
+    poll(&b, avail_call("1234", "4242")).await;
+
+    let (status, log) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=1m", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let log: PollLog = serde_json::from_value(log).unwrap();
+    assert_eq!(log.window_micros, Some(60_000_000));
+    assert_eq!(log.user_agents_of("1001"), ["pbx2mqtt/0.1.0 (a)"]);
+    assert_eq!(log.agents["1001"].polls, 2);
+    assert_eq!(log.agents["1001"].clients[0].polls, 2);
+    assert!(log.agents["1001"].clients[0].first < log.agents["1001"].clients[0].last);
+    assert_eq!(log.user_agents_of("1002"), ["pbx2mqtt/0.1.0 (b)"]);
+    assert_eq!(
+        log.user_agents_of("1003"),
+        ["pbx2mqtt/0.1.0 (a)", "pbx2mqtt/0.1.0 (b)"]
+    );
+    assert!(log.unpolled.is_empty());
+    assert_eq!(log.overlaps.len(), 1, "{log:?}");
+    let overlap = &log.overlaps[0];
+    assert_eq!((overlap.agent.as_str(), overlap.handovers), ("1003", 1));
+    assert_eq!(overlap.polls[0].user_agent, "pbx2mqtt/0.1.0 (a)");
+    assert_eq!(overlap.polls[1].user_agent, "pbx2mqtt/0.1.0 (b)");
+    assert!(overlap.polls[0].at <= overlap.polls[1].at);
+    assert!(overlap.gap_micros < 60_000_000);
+
+    // No window: any two clients count; a zero window: none can.
+    assert_eq!(harness.simulator.poll_log(None).overlaps.len(), 1);
+    let (_, none) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=0s", None)
+        .await;
+    assert_eq!(none["overlaps"], serde_json::json!([]));
+    // The Rust accessor shows the same log.
+    assert_eq!(
+        harness.simulator.poll_log(Some(Duration::from_secs(60))),
+        log
+    );
+    let (status, error) = harness
+        .control(reqwest::Method::GET, "/poll-log?window=soon", None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"].as_str().unwrap().contains("soon"), "{error}");
+
+    // A reset forgets it all; a client without a user agent is "".
+    let (status, empty) = harness
+        .control(reqwest::Method::DELETE, "/poll-log", None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(empty["agents"], serde_json::json!({}));
+    assert_eq!(
+        empty["unpolled"],
+        serde_json::json!(["1001", "1002", "1003"])
+    );
+    let mut raw = tokio::net::TcpStream::connect(harness.simulator.addr())
+        .await
+        .unwrap();
+    let body = avail_call("1234", "1002");
+    let request = format!(
+        "POST {BELFABRIEK_PATH} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let answer = exchange(&mut raw, request.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    let log = harness.simulator.poll_log(None);
+    assert_eq!(log.user_agents_of("1002"), [""]);
+    assert_eq!(log.unpolled, ["1001", "1003"]);
+    harness.simulator.reset_poll_log();
+    assert!(harness.simulator.poll_log(None).agents.is_empty());
+}
+
+/// Writes `request` and reads until the server closes the connection.
+async fn exchange(stream: &mut tokio::net::TcpStream, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer))
+        .await
+        .expect("the simulator did not close the connection")
+        .unwrap();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn http_framing_over_a_real_socket() {
+    let harness = start(test_config()).await;
+    harness
+        .simulator
+        .set_agent("1001", VirtualState::available("called"))
+        .unwrap();
+    let connect = || tokio::net::TcpStream::connect(harness.simulator.addr());
+    let avail = avail_call("1234", "1001");
+    let status = status_call("1234", "1001");
+
+    // Three pipelined requests (one chunked) answered in order; the last
+    // asks to close.
+    let chunked: String = status
+        .as_bytes()
+        .chunks(100)
+        .map(|chunk| {
+            format!(
+                "{:x}\r\n{}\r\n",
+                chunk.len(),
+                String::from_utf8_lossy(chunk)
+            )
+        })
+        .collect();
+    let requests = format!(
+        "POST {BELFABRIEK_PATH} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{avail}\
+         POST {BELFABRIEK_PATH} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{chunked}0\r\n\r\n\
+         GET /control/stats HTTP/1.1\r\nConnection: close\r\n\r\n",
+        avail.len()
+    );
+    let answer = exchange(&mut connect().await.unwrap(), requests.as_bytes()).await;
+    let parts: Vec<&str> = answer.split("HTTP/1.1 200 OK\r\n").collect();
+    assert_eq!(parts.len(), 4, "{answer}");
+    assert!(parts[1].contains("<i4>1</i4>"), "{}", parts[1]);
+    assert!(parts[2].contains("<string>called</string>"), "{}", parts[2]);
+    assert!(parts[3].contains("connection: close\r\n"), "{}", parts[3]);
+    assert!(parts[3].contains("\"belfabriek\":2"), "{}", parts[3]);
+
+    // HTTP/1.0 closes by default; `Expect: 100-continue` gets its interim
+    // answer before the body is sent.
+    let answer = exchange(
+        &mut connect().await.unwrap(),
+        b"GET /control/agents/1001 HTTP/1.0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.contains("\"ext_id\":\"1001\""), "{answer}");
+    let mut stream = connect().await.unwrap();
+    {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let head = format!(
+            "POST {BELFABRIEK_PATH} HTTP/1.1\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            avail.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut interim = vec![0; http::CONTINUE.len()];
+        tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+            .await
+            .expect("no 100 Continue")
+            .unwrap();
+        assert_eq!(interim, http::CONTINUE);
+    }
+    let answer = exchange(&mut stream, avail.as_bytes()).await;
+    assert!(answer.contains("<i4>1</i4>"), "{answer}");
+
+    // Unknown paths, wrong methods, bad JSON, garbage.
+    for (request, expected) in [
+        (
+            "GET /nowhere HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n",
+        ),
+        (
+            "GET /control/agents/ HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n",
+        ),
+        (
+            "GET /control/agents/999 HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\n",
+        ),
+        (
+            "GET /xml/agent/xml.asp HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+        ),
+        (
+            "PUT /control/stats HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed\r\n",
+        ),
+        (
+            "POST /control/faults HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\n{x}",
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+        (
+            "POST /control/faults HTTP/1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+            "HTTP/1.1 422 Unprocessable Content\r\n",
+        ),
+        (
+            "\x16\x03\x01 not http\r\n\r\n",
+            "HTTP/1.1 400 Bad Request\r\n",
+        ),
+    ] {
+        let answer = exchange(&mut connect().await.unwrap(), request.as_bytes()).await;
+        assert!(answer.starts_with(expected), "{request:?}: {answer}");
+    }
+    // Nothing of that reached the APIs' counters but the requests above.
+    assert_eq!(harness.simulator.counts().belfabriek, 3);
+}
+
+#[tokio::test]
+async fn the_server_stops_with_the_runtime_that_started_it() {
     let (address_sender, address_receiver) = std::sync::mpsc::channel();
-    let shutdown = CancellationToken::new();
-    let server_shutdown = shutdown.clone();
-    let server = std::thread::spawn(move || {
+    let (stopped_sender, stopped_receiver) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async move {
-            let config = SimulatorConfig {
-                agents: 5_000,
-                auto: true,
-                mean_dwell: Duration::from_secs(5),
-                ..test_config()
-            };
-            let simulator = Simulator::start(config, server_shutdown).await.unwrap();
-            address_sender.send(simulator.belfabriek_url()).unwrap();
-            simulator.join().await.unwrap();
+        let simulator = runtime.block_on(async {
+            Simulator::start(test_config(), CancellationToken::new())
+                .await
+                .unwrap()
         });
-        thread_cpu_seconds()
+        address_sender.send(simulator.addr()).unwrap();
+        // Never cancelled: dropping the runtime must stop the server.
+        drop(runtime);
+        let _ = stopped_sender.send(simulator);
     });
-    let url = address_receiver.recv().unwrap();
+    let addr = address_receiver.recv().unwrap();
+    let simulator = stopped_receiver.await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), simulator.join())
+        .await
+        .expect("the simulator outlived its runtime")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Prints how many agent polls (`ivr.getAgentAvail`, then
+/// `general.getExtensionStatus` when available) per second the simulator
+/// serves to 64 kept-alive connections, and its CPU per request (its own
+/// thread, from `/proc`). Not a pass/fail check: run it by hand with
+/// `cargo test --release --lib simulator::tests::throughput -- --ignored --nocapture`.
+/// The client shares the machine, so on 2 cores the rate is a floor; the CPU
+/// per request is the figure to compare.
+#[test]
+#[ignore = "manual throughput measurement"]
+fn throughput() {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
+    let shutdown = CancellationToken::new();
+    let simulator = runtime
+        .block_on(Simulator::start(
+            SimulatorConfig {
+                agents: 5_000,
+                auto: true,
+                mean_dwell: Duration::from_secs(5),
+                ..test_config()
+            },
+            shutdown.clone(),
+        ))
+        .unwrap();
+    let url = simulator.belfabriek_url();
+    let measured = Duration::from_secs(5);
+    let cpu_before = simulator_thread_cpu_seconds();
     let total = runtime.block_on(async move {
         let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = Instant::now() + measured;
         let mut tasks = Vec::new();
         for worker in 0..64u32 {
             let client = client.clone();
             let url = url.clone();
             tasks.push(tokio::spawn(async move {
                 let mut done = 0u64;
+                let mut poll = 0u32;
                 while Instant::now() < deadline {
-                    let extension = 1001 + (worker * 997 + done as u32) % 5_000;
-                    let response = client
+                    let extension = (1001 + (worker * 997 + poll) % 5_000).to_string();
+                    poll += 1;
+                    let answer = client
                         .post(&url)
-                        .body(avail_call("1234", &extension.to_string()))
+                        .body(avail_call("1234", &extension))
                         .send()
                         .await
+                        .unwrap()
+                        .bytes()
+                        .await
                         .unwrap();
-                    let _ = response.bytes().await.unwrap();
                     done += 1;
+                    if answer.windows(10).any(|window| window == b"<i4>1</i4>") {
+                        let _ = client
+                            .post(&url)
+                            .body(status_call("1234", &extension))
+                            .send()
+                            .await
+                            .unwrap()
+                            .bytes()
+                            .await
+                            .unwrap();
+                        done += 1;
+                    }
                 }
                 done
             }));
@@ -776,22 +1033,33 @@ fn throughput() {
         }
         total
     });
+    let server_cpu = simulator_thread_cpu_seconds() - cpu_before;
     shutdown.cancel();
-    let server_cpu = server.join().unwrap();
+    runtime.block_on(simulator.join()).unwrap();
     println!(
-        "simulator throughput: {} requests/s; server thread used {server_cpu:.2} s CPU: {:.0} requests per CPU second",
-        total / 5,
-        total as f64 / server_cpu
+        "simulator: {} requests/s; its thread used {server_cpu:.2} s CPU: {:.1} µs per request",
+        total / measured.as_secs(),
+        server_cpu * 1e6 / total as f64
     );
 }
 
-/// CPU time (user + system) of the calling thread, from `/proc`.
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-    // Fields after the command name (which is in parentheses): utime and
-    // stime are the 12th and 13th, in clock ticks (100 per second on Linux).
-    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+/// CPU time (user + system) of this process's `pbx-simulator` threads, from
+/// `/proc`.
+fn simulator_thread_cpu_seconds() -> f64 {
+    let mut ticks = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let path = task.unwrap().path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if name.trim() != "pbx-simulator" {
+            continue;
+        }
+        let stat = std::fs::read_to_string(path.join("stat")).unwrap();
+        // Fields after the command name (which is in parentheses): utime and
+        // stime are the 12th and 13th, in clock ticks (100 per second on
+        // Linux).
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        let fields: Vec<&str> = after_name.split_whitespace().collect();
+        ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    }
     ticks as f64 / 100.0
 }
