@@ -151,6 +151,15 @@ impl LatestStates {
         shared.tell(|unseen| unseen.agents.extend(agents.iter().cloned()));
     }
 
+    /// Forgets agents (another bridge owns them now): they are no longer
+    /// shown or republished by this bridge.
+    pub fn remove(&self, agents: &[AgentId]) {
+        let mut shared = self.lock();
+        for agent in agents {
+            shared.states.remove(agent);
+        }
+    }
+
     /// Records a queue's current members and tells every subscriber.
     pub fn set_queue(&self, members: QueueMembers) {
         let mut shared = self.lock();

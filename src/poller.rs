@@ -14,12 +14,13 @@
 //! what it means is the tracker's.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt as _};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
@@ -29,7 +30,7 @@ use crate::config::{AgentConfig, PollConfig};
 use crate::history::pending::Pushed;
 use crate::history::ChangeQueue;
 use crate::metrics::Metrics;
-use crate::model::AgentReading;
+use crate::model::{AgentId, AgentReading};
 use crate::status::{Observation, Tracker};
 
 /// Something that can poll one agent's status (the Belfabriek client).
@@ -45,6 +46,16 @@ pub trait AgentSource: Send + Sync + 'static {
 
     /// A short name for the kind of a failure (for metrics), e.g. `timeout`.
     fn error_kind(error: &Self::Error) -> &'static str;
+}
+
+/// Which agents the poller polls, when several bridges share them (the
+/// cluster coordinator sends these).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PollerControl {
+    /// Start polling these agents from these states (taken over).
+    Gained(Vec<crate::model::AgentState>),
+    /// Stop polling these agents (another bridge has them).
+    Lost(Vec<crate::model::AgentId>),
 }
 
 /// Polls a set of agents until cancelled.
@@ -63,6 +74,9 @@ pub struct Poller<S> {
     metrics: Arc<Metrics>,
     /// The wall clock, never going backwards.
     clock: Clock,
+    /// Which agents to poll, when they change at run time (several
+    /// bridges); `None` polls every agent from the start.
+    control: Option<mpsc::Receiver<PollerControl>>,
 }
 
 /// One agent's place in the schedule.
@@ -72,6 +86,11 @@ struct Slot {
     planned: Instant,
     /// Consecutive failed polls.
     failures: u32,
+    /// Polled by this bridge now.
+    active: bool,
+    /// Bumped when the agent is (re)gained: schedule entries and polls of
+    /// an earlier generation are stale.
+    generation: u32,
 }
 
 impl<S: AgentSource> Poller<S> {
@@ -93,68 +112,130 @@ impl<S: AgentSource> Poller<S> {
             changes,
             metrics,
             clock,
+            control: None,
         }
+    }
+
+    /// Polls only the agents `control` says, from none at the start.
+    pub fn controlled_by(mut self, control: mpsc::Receiver<PollerControl>) -> Self {
+        self.control = Some(control);
+        self
     }
 
     /// Polls until `shutdown`; polls in flight then are dropped (their
     /// outcome would only be stale).
     pub async fn run(mut self, shutdown: CancellationToken) {
         let count = self.agents.len();
-        if count == 0 {
-            shutdown.cancelled().await;
-            return;
-        }
         let start = Instant::now();
-        let spread = self.config.interval / u32::try_from(count).unwrap_or(u32::MAX);
+        let spread = self.config.interval / u32::try_from(count.max(1)).unwrap_or(u32::MAX);
+        let all_active = self.control.is_none();
         let mut slots: Vec<Slot> = (0..count)
             .map(|index| Slot {
                 planned: start + spread * u32::try_from(index).unwrap_or(u32::MAX),
                 failures: 0,
+                active: all_active,
+                generation: 0,
             })
             .collect();
-        let mut due: BinaryHeap<Reverse<(Instant, usize)>> = slots
+        let index_of: HashMap<AgentId, usize> = self
+            .agents
             .iter()
             .enumerate()
-            .map(|(index, slot)| Reverse((slot.planned, index)))
+            .map(|(index, agent)| (agent.id.clone(), index))
+            .collect();
+        let mut due: BinaryHeap<Reverse<(Instant, usize, u32)>> = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, slot)| slot.active)
+            .map(|(index, slot)| Reverse((slot.planned, index, 0)))
             .collect();
         let concurrency = self.config.concurrency.max(1);
         let (source, agents) = (self.source.clone(), self.agents.clone());
-        let poll = |index: usize| {
+        let poll = |index: usize, generation: u32| {
             let source = source.clone();
             let agents = agents.clone();
             async move {
                 let started = Instant::now();
                 let outcome = source.poll(&agents[index]).await;
-                (index, outcome, started.elapsed())
+                (index, generation, outcome, started.elapsed())
             }
         };
+        let mut control = self.control.take();
         let mut in_flight = FuturesUnordered::new();
         loop {
             let now = Instant::now();
             while in_flight.len() < concurrency {
                 match due.peek() {
-                    Some(Reverse((at, index))) if *at <= now => {
-                        let index = *index;
-                        due.pop();
-                        in_flight.push(poll(index));
+                    Some(Reverse((at, _, _))) if *at <= now => {
+                        let Some(Reverse((_, index, generation))) = due.pop() else {
+                            break;
+                        };
+                        let slot = &slots[index];
+                        if slot.active && slot.generation == generation {
+                            in_flight.push(poll(index, generation));
+                        }
                     }
                     _ => break,
                 }
             }
             let next_due = (in_flight.len() < concurrency)
-                .then(|| due.peek().map(|Reverse((at, _))| *at))
+                .then(|| due.peek().map(|Reverse((at, _, _))| *at))
                 .flatten();
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return,
-                Some((index, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some(order) = next_control(&mut control) => {
+                    self.control_order(order, &mut slots, &index_of, &mut due, spread);
+                }
+                Some((index, generation, outcome, took)) = in_flight.next(), if !in_flight.is_empty() => {
+                    let slot = slots[index];
+                    if !slot.active || slot.generation != generation {
+                        continue; // Lost (or lost and regained) meanwhile.
+                    }
                     let failed = self.apply(index, outcome, took);
                     let slot = &mut slots[index];
                     slot.failures = if failed { slot.failures.saturating_add(1) } else { 0 };
                     slot.planned = next_poll(&self.config, slot.planned, Instant::now(), slot.failures);
-                    due.push(Reverse((slot.planned, index)));
+                    due.push(Reverse((slot.planned, index, generation)));
                 }
                 () = sleep_until(next_due), if next_due.is_some() => {}
+            }
+        }
+    }
+
+    /// Applies a change of the agents to poll.
+    fn control_order(
+        &mut self,
+        order: PollerControl,
+        slots: &mut [Slot],
+        index_of: &HashMap<AgentId, usize>,
+        due: &mut BinaryHeap<Reverse<(Instant, usize, u32)>>,
+        spread: Duration,
+    ) {
+        match order {
+            PollerControl::Gained(states) => {
+                let start = Instant::now();
+                for (position, state) in states.into_iter().enumerate() {
+                    let Some(&index) = index_of.get(&state.agent) else {
+                        continue;
+                    };
+                    let slot = &mut slots[index];
+                    slot.active = true;
+                    slot.failures = 0;
+                    slot.generation = slot.generation.wrapping_add(1);
+                    // Spread like at start, so a take-over is no burst.
+                    slot.planned = start + spread * u32::try_from(position).unwrap_or(u32::MAX);
+                    due.push(Reverse((slot.planned, index, slot.generation)));
+                    self.tracker.insert(state);
+                }
+            }
+            PollerControl::Lost(agents) => {
+                for agent in agents {
+                    if let Some(&index) = index_of.get(&agent) {
+                        slots[index].active = false;
+                        self.tracker.remove(&agent);
+                    }
+                }
             }
         }
     }
@@ -212,6 +293,22 @@ impl<S: AgentSource> Poller<S> {
         }
         Metrics::set(&self.metrics.history_queue_depth, self.changes.len() as u64);
         failed
+    }
+}
+
+/// The next order on the control channel; never completes without one.
+async fn next_control(
+    control: &mut Option<mpsc::Receiver<PollerControl>>,
+) -> Option<PollerControl> {
+    match control {
+        Some(receiver) => match receiver.recv().await {
+            Some(order) => Some(order),
+            None => {
+                *control = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
     }
 }
 

@@ -100,6 +100,18 @@ impl Tracker {
         }
     }
 
+    /// Starts tracking an agent from `state` (an agent taken over from
+    /// another bridge), or replaces its state.
+    pub fn insert(&mut self, state: AgentState) {
+        self.agents
+            .insert(state.agent.clone(), Tracked { state, failures: 0 });
+    }
+
+    /// Stops tracking an agent (another bridge polls it now).
+    pub fn remove(&mut self, agent: &AgentId) {
+        self.agents.remove(agent);
+    }
+
     /// How many polls of an agent failed in a row (0 for unknown agents).
     pub fn failures(&self, agent: &AgentId) -> u32 {
         self.agents.get(agent).map_or(0, |tracked| tracked.failures)

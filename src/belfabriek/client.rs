@@ -53,6 +53,23 @@ impl BelfabriekClient {
         pin: Secret,
         max_idle_per_host: usize,
     ) -> Result<Self, BelfabriekError> {
+        Self::for_bridge(config, pin, max_idle_per_host, "")
+    }
+
+    /// [`BelfabriekClient::new`] for bridge `bridge`, named in the
+    /// `User-Agent` (`pbx2mqtt/<version> (<bridge>)`), so the upstream (and
+    /// the simulator's poll log) can tell several bridges apart.
+    pub fn for_bridge(
+        config: &BelfabriekConfig,
+        pin: Secret,
+        max_idle_per_host: usize,
+        bridge: &str,
+    ) -> Result<Self, BelfabriekError> {
+        let user_agent = if bridge.is_empty() {
+            concat!("pbx2mqtt/", env!("CARGO_PKG_VERSION")).to_owned()
+        } else {
+            format!("pbx2mqtt/{} ({bridge})", env!("CARGO_PKG_VERSION"))
+        };
         let url = reqwest::Url::parse(&config.url).map_err(|error| BelfabriekError::Setup {
             detail: format!("belfabriek.url {:?} is not a url: {error}", config.url),
         })?;
@@ -61,7 +78,7 @@ impl BelfabriekClient {
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(max_idle_per_host)
             .tcp_nodelay(true)
-            .user_agent(concat!("pbx2mqtt/", env!("CARGO_PKG_VERSION")))
+            .user_agent(user_agent)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|error| BelfabriekError::Setup {

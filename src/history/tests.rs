@@ -80,9 +80,12 @@ async fn committed_events(latest: &LatestStates, from: u64, count: usize) -> Vec
 async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDatabase) {
     let store = database.open().await;
     // Seqs are taken from the database's counter, which a resume left at 10.
-    raw(&store, "INSERT INTO bridge_meta (key, value) VALUES ('last_seq', 10)")
-        .await
-        .unwrap();
+    raw(
+        &store,
+        "INSERT INTO bridge_meta (key, value) VALUES ('last_seq', 10)",
+    )
+    .await
+    .unwrap();
     let writer = spawn_writer(&store, 10, Duration::from_secs(10));
     let mut detail = state("alice", Status::Available, 0, 0);
     detail.extension_status = Some("idle".into());

@@ -102,6 +102,14 @@ pub(crate) trait BulkWrites {
         rows: &[Close<'_>],
     ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
+    /// Ends the open intervals of `agents` at `at` (never before their
+    /// start); the intervals it closed.
+    fn close_open_of(
+        &mut self,
+        agents: &[String],
+        at: i64,
+    ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
+
     /// Ends intervals by row id; the intervals it closed.
     fn close_by_id(
         &mut self,

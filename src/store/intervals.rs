@@ -10,7 +10,7 @@ use crate::model::{AgentId, AgentState, Change};
 use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::rows::{
     batch_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db, seq_to_db,
-    to_millis, BatchRows, ClosedInterval, Interval, IntervalRow, LastRow, NewInterval,
+    to_millis, BatchRows, ClosedInterval, Handover, Interval, IntervalRow, LastRow, NewInterval,
 };
 use super::{Store, StoreError};
 
@@ -317,6 +317,31 @@ impl Store {
         agents: &[(AgentId, String)],
         now: DateTime<Utc>,
     ) -> Result<ResumedAgents, StoreError> {
+        self.resume_with(agents, now, None).await
+    }
+
+    /// Takes agents over from other bridges (see [`Handover`]): each
+    /// agent's open interval goes on (a clean hand-over) or ends at its
+    /// previous owner's last heartbeat with the gap recorded as `unknown`,
+    /// as after a restart. Returns their states.
+    pub async fn take_over(
+        &self,
+        agents: &[(AgentId, String)],
+        now: DateTime<Utc>,
+        handovers: &std::collections::HashMap<AgentId, Handover>,
+    ) -> Result<Vec<AgentState>, StoreError> {
+        Ok(self.resume_with(agents, now, Some(handovers)).await?.states)
+    }
+
+    /// [`Store::resume`] (`handovers` is `None`: every agent restarts, open
+    /// intervals of agents no longer configured end, the heartbeat is
+    /// written) or [`Store::take_over`].
+    async fn resume_with(
+        &self,
+        agents: &[(AgentId, String)],
+        now: DateTime<Utc>,
+        handovers: Option<&std::collections::HashMap<AgentId, Handover>>,
+    ) -> Result<ResumedAgents, StoreError> {
         with_pool!(&self.writer, |pool, dialect| {
             let mut transaction = pool
                 .begin_write()
@@ -347,12 +372,19 @@ impl Store {
             for row in latest_rows {
                 latest.push(last_interval_from_row(row)?);
             }
-            for row in open_rows {
-                if !configured.contains(row.1.as_str()) {
-                    latest.push(last_interval_from_row(row)?);
+            if handovers.is_none() {
+                for row in open_rows {
+                    if !configured.contains(row.1.as_str()) {
+                        latest.push(last_interval_from_row(row)?);
+                    }
                 }
             }
-            let rows = resume_rows(&latest, agents, heartbeat, now)?;
+            let handover = |agent: &AgentId| {
+                handovers
+                    .and_then(|handovers| handovers.get(agent).copied())
+                    .unwrap_or(Handover::Restart)
+            };
+            let rows = resume_rows(&latest, agents, heartbeat, now, &handover)?;
             let mut closed = transaction
                 .close_by_id(&rows.closes)
                 .await
@@ -363,12 +395,14 @@ impl Store {
                 .map_err(StoreError::query("inserting intervals"))?;
             closed.extend(ClosedInterval::from_inserts(&rows.inserts));
             self.add_daily(&mut *transaction, &closed).await?;
-            sqlx::query(SET_META)
-                .bind("heartbeat_at")
-                .bind(to_millis(now))
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::query("storing the heartbeat"))?;
+            if handovers.is_none() {
+                sqlx::query(SET_META)
+                    .bind("heartbeat_at")
+                    .bind(to_millis(now))
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(StoreError::query("storing the heartbeat"))?;
+            }
             transaction
                 .commit()
                 .await
@@ -384,14 +418,38 @@ impl Store {
     /// the heartbeat, in one transaction; how many it ended. The next start
     /// records the time until then as `unknown`, as after a crash.
     pub async fn close_history(&self, at: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.close_open_intervals(None, at).await
+    }
+
+    /// [`Store::close_history`] for some agents only (the last bridge of
+    /// several leaving closes what it held).
+    pub(crate) async fn close_history_of(
+        &self,
+        agents: &[String],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.close_open_intervals(Some(agents), at).await
+    }
+
+    async fn close_open_intervals(
+        &self,
+        agents: Option<&[String]>,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
         let failed = || StoreError::query("closing the history");
         with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool.begin_write().await.map_err(failed())?;
-            let closed: Vec<ClosedInterval> = sqlx::query_as(CLOSE_ALL_OPEN)
-                .bind(to_millis(at))
-                .fetch_all(&mut *transaction)
-                .await
-                .map_err(failed())?;
+            let closed: Vec<ClosedInterval> = match agents {
+                None => sqlx::query_as(CLOSE_ALL_OPEN)
+                    .bind(to_millis(at))
+                    .fetch_all(&mut *transaction)
+                    .await
+                    .map_err(failed())?,
+                Some(agents) => transaction
+                    .close_open_of(agents, to_millis(at))
+                    .await
+                    .map_err(failed())?,
+            };
             self.add_daily(&mut *transaction, &closed).await?;
             sqlx::query(SET_META)
                 .bind("heartbeat_at")

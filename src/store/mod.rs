@@ -12,6 +12,8 @@
 //! - `delivery.rs`: which events the broker has acknowledged, and the
 //!   events after that mark, rebuilt from history;
 //! - `audit.rs`: the queue-command audit table;
+//! - `cluster.rs`: several bridges on one database (heartbeats, agent
+//!   leases);
 //! - `daily.rs`: per-day totals kept as history is written, for fast
 //!   reports over whole days;
 //! - `reports.rs`: the report queries;
@@ -23,6 +25,7 @@
 //! database password in an error or a log line.
 
 mod audit;
+mod cluster;
 mod daily;
 mod delivery;
 pub(crate) mod dialect;
@@ -41,11 +44,12 @@ pub(crate) mod test_database;
 pub(crate) mod tests;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord, MAX_REQUEST_CHARS};
+pub use cluster::{owner_of, ClusterTick};
 pub use daily::{DailyParts, DailyTotals};
 pub use error::StoreError;
 pub use intervals::{assign_seqs, CommitOptions, CommitOutcome, ResumedAgents};
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
-pub use rows::Interval;
+pub use rows::{Handover, Interval};
 pub use url::redact_url;
 
 use self::dialect::with_pool;

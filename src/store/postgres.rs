@@ -134,6 +134,22 @@ impl BulkWrites for PgConnection {
             .await
     }
 
+    async fn close_open_of(
+        &mut self,
+        agents: &[String],
+        at: i64,
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE intervals SET ended_at = GREATEST(started_at, $1) \
+             WHERE ended_at IS NULL AND agent = ANY($2) \
+             RETURNING agent, status, started_at, ended_at, seq",
+        )
+        .bind(at)
+        .bind(agents)
+        .fetch_all(&mut *self)
+        .await
+    }
+
     async fn close_by_id(
         &mut self,
         rows: &[CloseById],

@@ -225,6 +225,22 @@ pub(crate) struct ResumeRows<'a> {
     pub states: Vec<AgentState>,
 }
 
+/// How an agent comes to this bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handover {
+    /// The bridge (re)starts: an open interval ends at the last heartbeat.
+    Restart,
+    /// Its previous owner handed it over cleanly (released its lease) and
+    /// its open interval is still true: it goes on unchanged.
+    Released,
+    /// Its previous owner stopped renewing its lease (it died or hung): an
+    /// open interval ends at that bridge's last heartbeat (ms).
+    Expired {
+        /// The previous owner's last heartbeat, ms.
+        owner_alive: i64,
+    },
+}
+
 /// Plans the resume (see [`super::Store::resume`]). `latest` holds each
 /// configured agent's latest interval and every other agent's open one;
 /// `heartbeat` is the last stored heartbeat in ms, `now` the restart time.
@@ -239,6 +255,7 @@ pub(crate) fn resume_rows<'a>(
     configured: &[(AgentId, String)],
     heartbeat: Option<i64>,
     now: DateTime<Utc>,
+    handover: &dyn Fn(&AgentId) -> Handover,
 ) -> Result<ResumeRows<'a>, StoreError> {
     let now_ms = to_millis(now);
     let last_alive = heartbeat
@@ -272,9 +289,32 @@ pub(crate) fn resume_rows<'a>(
             ));
             continue;
         };
+        let handover = handover(agent);
+        if handover == Handover::Released && interval.ended_at.is_none() {
+            // Handed over cleanly: the open interval is still the truth.
+            let mut state = unknown_state(
+                agent.clone(),
+                name.clone(),
+                from_millis(interval.started_at)?,
+            );
+            state.status = interval.status;
+            state.on_a_call = interval.status.on_a_call();
+            state.available = available_for(interval.status);
+            state.reason = interval.reason.clone();
+            state.extension_status = interval.extension_status.clone();
+            state.destination = interval.destination.clone();
+            state.updated = from_millis(now_ms.max(interval.started_at))?;
+            state.seq = interval.last_seq;
+            plan.states.push(state);
+            continue;
+        }
+        let agent_alive = match handover {
+            Handover::Expired { owner_alive } => owner_alive,
+            Handover::Restart | Handover::Released => last_alive,
+        };
         let closed_at = match interval.ended_at {
             Some(ended_at) => ended_at,
-            None => last_alive.max(interval.started_at),
+            None => agent_alive.max(interval.started_at),
         };
         let resumed_at = now_ms.max(closed_at);
         let details = |status: Status, started_at: i64, ended_at: Option<i64>| NewInterval {
@@ -717,7 +757,14 @@ mod tests {
             closed(1, "a", Status::OnCall, (1_000, 5_000), 7),
             closed(2, "b", Status::Unknown, (2_000, 5_000), 8),
         ];
-        let plan = resume_rows(&stored, &configured(&["a", "b"]), Some(5_000), at(9_000)).unwrap();
+        let plan = resume_rows(
+            &stored,
+            &configured(&["a", "b"]),
+            Some(5_000),
+            at(9_000),
+            &|_| Handover::Restart,
+        )
+        .unwrap();
         assert!(plan.closes.is_empty(), "nothing is open");
         assert_eq!(
             inserted(&plan.inserts),
@@ -733,15 +780,68 @@ mod tests {
     }
 
     #[test]
+    fn a_take_over_continues_a_released_agent_and_records_a_dead_owners_gap() {
+        let stored = [
+            open(1, "released", Status::OnCall, 1_000, 3),
+            open(2, "expired", Status::Paused, 1_000, 4),
+        ];
+        let how = |agent: &AgentId| match agent.as_str() {
+            "released" => Handover::Released,
+            _ => Handover::Expired { owner_alive: 4_000 },
+        };
+        let plan = resume_rows(
+            &stored,
+            &configured(&["released", "expired"]),
+            Some(2_000),
+            at(9_000),
+            &how,
+        )
+        .unwrap();
+        assert_eq!(
+            plan.closes,
+            [CloseById {
+                id: 2,
+                ended_at: 4_000
+            }]
+        );
+        assert_eq!(
+            inserted(&plan.inserts),
+            [
+                ("expired", "unknown", 4_000, Some(9_000)),
+                ("expired", "paused", 9_000, None)
+            ]
+        );
+        let released = &plan.states[0];
+        assert_eq!(
+            (released.status, released.since, released.seq),
+            (Status::OnCall, at(1_000), 3)
+        );
+    }
+
+    #[test]
     fn a_clock_behind_the_stored_history_never_dates_an_interval_back() {
         // The last interval ended at 5_000 but the clock now says 3_000.
         let stored = [closed(1, "a", Status::Paused, (1_000, 5_000), 2)];
-        let plan = resume_rows(&stored, &configured(&["a"]), Some(5_000), at(3_000)).unwrap();
+        let plan = resume_rows(
+            &stored,
+            &configured(&["a"]),
+            Some(5_000),
+            at(3_000),
+            &|_| Handover::Restart,
+        )
+        .unwrap();
         assert_eq!(inserted(&plan.inserts), [("a", "paused", 5_000, None)]);
         assert_eq!(plan.states[0].since, at(5_000));
         // An open interval that started after the clock's `now`.
         let stored = [open(1, "a", Status::Paused, 8_000, 2)];
-        let plan = resume_rows(&stored, &configured(&["a"]), Some(6_000), at(3_000)).unwrap();
+        let plan = resume_rows(
+            &stored,
+            &configured(&["a"]),
+            Some(6_000),
+            at(3_000),
+            &|_| Handover::Restart,
+        )
+        .unwrap();
         assert_eq!(
             plan.closes,
             [CloseById {
@@ -765,8 +865,14 @@ mod tests {
             open(1, "a", Status::Paused, 1_000, 5),
             open(2, "gone", Status::Available, 1_500, 6),
         ];
-        let plan =
-            resume_rows(&stored, &configured(&["a", "new"]), Some(3_000), at(10_000)).unwrap();
+        let plan = resume_rows(
+            &stored,
+            &configured(&["a", "new"]),
+            Some(3_000),
+            at(10_000),
+            &|_| Handover::Restart,
+        )
+        .unwrap();
         assert_eq!(
             plan.closes,
             [
@@ -821,7 +927,10 @@ mod tests {
             open(1, "a", Status::OnCall, 1_000, 1),
             open(2, "b", Status::Available, 4_000, 2),
         ];
-        let plan = resume_rows(&stored, &configured(&["a", "b"]), None, at(9_000)).unwrap();
+        let plan = resume_rows(&stored, &configured(&["a", "b"]), None, at(9_000), &|_| {
+            Handover::Restart
+        })
+        .unwrap();
         assert_eq!(
             plan.closes,
             [
@@ -851,7 +960,14 @@ mod tests {
             open(1, "a", Status::Available, 1_000, 3),
             open(2, "b", Status::Unknown, 500, 4),
         ];
-        let plan = resume_rows(&stored, &configured(&["a", "b"]), Some(2_000), at(2_000)).unwrap();
+        let plan = resume_rows(
+            &stored,
+            &configured(&["a", "b"]),
+            Some(2_000),
+            at(2_000),
+            &|_| Handover::Restart,
+        )
+        .unwrap();
         assert_eq!(
             plan.closes,
             [CloseById {

@@ -175,6 +175,22 @@ impl BulkWrites for SqliteConnection {
         Ok(closed)
     }
 
+    async fn close_open_of(
+        &mut self,
+        agents: &[String],
+        at: i64,
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+        sqlx::query_as(
+            "UPDATE intervals SET ended_at = max(started_at, $1) \
+             WHERE ended_at IS NULL AND agent IN (SELECT value FROM json_each($2)) \
+             RETURNING agent, status, started_at, ended_at, seq",
+        )
+        .bind(at)
+        .bind(json_rows(agents))
+        .fetch_all(&mut *self)
+        .await
+    }
+
     async fn close_by_id(
         &mut self,
         rows: &[CloseById],
