@@ -9,18 +9,19 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 use crate::app::Application;
 use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Purpose, LOG_FORMAT_ENV};
 use crate::demo::DemoArgs;
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -36,8 +37,9 @@ pub struct Cli {
     /// Configuration file [default: $PBX2MQTT_CONFIG, else config/pbx2mqtt.toml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log output format [env: PBX2MQTT_LOG_FORMAT; the flag wins]
+    #[arg(long, global = true, value_enum, env = LOG_FORMAT_ENV, hide_env = true,
+          default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
@@ -109,12 +111,16 @@ pub fn main() -> ExitCode {
 
 /// Installs the tracing subscriber for `format`. Its `init` also installs
 /// the bridge for the `log` crate (tracing-subscriber's `tracing-log`
-/// feature), which rumqttc, reqwest and sqlx log through.
+/// feature), which rumqttc, reqwest and sqlx log through. Colours only when
+/// stderr is a terminal (never in files, pipes or `docker logs`) and
+/// `NO_COLOR` is not set.
 fn init_logging(format: LogFormat) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
@@ -123,18 +129,19 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let load = || Config::load(cli.config.as_deref());
+    let file = cli.config.as_deref();
+    let load = |purpose| Config::load_for(file, purpose).map(|loaded| loaded.config);
     match cli.command {
-        Command::Run => run(load()?).await,
+        Command::Run => run(file).await,
         Command::Demo(args) => demo(args).await,
         Command::Simulate(config) => simulate(config).await,
-        Command::Report(command) => command.run(&load()?).await,
-        Command::Queue(command) => command.run(&load()?).await,
-        Command::Agent(command) => command.run(&load()?).await,
-        Command::Audit(args) => args.run(&load()?).await,
-        Command::Check => crate::preflight::run(&load()?).await,
+        Command::Report(command) => command.run(&load(Purpose::History)?).await,
+        Command::Queue(command) => command.run(&load(Purpose::QueueCommands)?).await,
+        Command::Agent(command) => command.run(&load(Purpose::QueueCommands)?).await,
+        Command::Audit(args) => args.run(&load(Purpose::History)?).await,
+        Command::Check => crate::preflight::run(file).await,
         Command::Migrate => {
-            let config = load()?;
+            let config = load(Purpose::History)?;
             let store = crate::store::Store::open(&config.database.url)
                 .await
                 .context("cannot open the history database (database.url)")?;
@@ -182,8 +189,15 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
+/// `pbx2mqtt run`: the same loading and validation as `check`, every
+/// problem at once before anything touches the database; the warnings are
+/// logged once.
+async fn run(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let loaded = Config::load_for(file, Purpose::Service)?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let app = Application::build(loaded.config).await?;
     if let Some(addr) = app.http_addr() {
         info!(%addr, "http server listening");
     }

@@ -1,70 +1,44 @@
 //! Typed configuration, loaded in layers by figment: built-in defaults <
-//! TOML file < `PBX2MQTT_SECTION__KEY` environment variables (`product.md` §5).
+//! TOML file < `PBX2MQTT_SECTION__KEY` environment variables.
 //!
 //! Everything is parsed and checked here, once: durations carry a unit,
-//! secrets become [`Secret`]s (from the environment or a `*_file`), and a
-//! wrong key or value fails with a message that names it. Other modules take
-//! the typed sections and never see raw strings.
+//! secrets become [`Secret`]s (from the environment or a `*_file`), values
+//! are bounded, and every problem is collected with the key, where the value
+//! came from and what is allowed, so a user fixes them all in one go
+//! (`load`). Other modules take the typed sections and never see raw
+//! strings. `load` collects, `validate` decides what is acceptable, and
+//! `broker_url` parses `mqtt.url`.
 
-use std::collections::{BTreeMap, HashSet};
-use std::path::{Path, PathBuf};
+mod broker_url;
+mod load;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::model::{AgentId, Status};
 use crate::secret::Secret;
 
-/// The default path of the configuration file.
-pub const DEFAULT_CONFIG_PATH: &str = "config/pbx2mqtt.toml";
-
-/// Environment variable naming the configuration file.
-pub const CONFIG_ENV: &str = "PBX2MQTT_CONFIG";
-
-/// Why the configuration could not be loaded.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// A key is unknown, missing or has a value of the wrong type.
-    #[error("invalid configuration: {0}")]
-    Invalid(#[from] Box<figment::Error>),
-    /// A value parsed but is not acceptable.
-    #[error("invalid configuration: `{key}`: {message}")]
-    Value {
-        /// The dotted key, e.g. `poll.interval`.
-        key: String,
-        /// What is wrong and what to do.
-        message: String,
-    },
-    /// The file named by `--config` or `PBX2MQTT_CONFIG` does not exist.
-    #[error("configuration file {0} does not exist")]
-    MissingFile(PathBuf),
-    /// A `*_file` secret could not be read.
-    #[error("cannot read `{key}` file {path}: {source}")]
-    SecretFile {
-        /// The dotted key, e.g. `tring.key_file`.
-        key: String,
-        /// The file.
-        path: PathBuf,
-        /// The IO error.
-        source: std::io::Error,
-    },
-}
-
-fn value_error(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Value {
-        key: key.to_owned(),
-        message: message.into(),
-    }
-}
+pub use broker_url::{BrokerUrl, BrokerUrlError, MQTTS_PORT, MQTT_PORT};
+pub use load::{
+    Checked, ConfigError, ConfigFile, Loaded, Problem, Purpose, CONFIG_ENV, DEFAULT_CONFIG_PATH,
+    LOG_FORMAT_ENV,
+};
+pub use validate::{MIN_ACCOUNT_PIN_CHARS, MIN_TRING_KEY_CHARS};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// `[bridge]`: this bridge's identity and timings.
+    pub bridge: BridgeConfig,
     /// `[mqtt]`: the broker connection.
     pub mqtt: MqttConfig,
+    /// `[homeassistant]`: Home Assistant MQTT discovery.
+    pub homeassistant: HomeAssistantConfig,
     /// `[belfabriek]`: the agent status API.
     pub belfabriek: BelfabriekConfig,
     /// `[tring]`: the call-queue API.
@@ -85,13 +59,33 @@ pub struct Config {
     pub agents: Vec<AgentConfig>,
 }
 
+/// `[bridge]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeConfig {
+    /// This bridge's name among bridges sharing a broker and a database
+    /// (letters, digits, `_`, `-`). Unset: the host name, sanitised, else
+    /// `pbx2mqtt`.
+    pub id: String,
+    /// How long a graceful stop (SIGINT/SIGTERM) may take in every state.
+    #[serde(with = "duration_str")]
+    pub shutdown_timeout: Duration,
+    /// How long a bridge may be silent before another bridge takes over its
+    /// agents (PostgreSQL, several bridges).
+    #[serde(with = "duration_str")]
+    pub takeover_after: Duration,
+}
+
 /// `[mqtt]`
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MqttConfig {
-    /// Broker URL, `mqtt://host:port` (port defaults to 1883), parsed.
+    /// Broker URL, `mqtt://host:port` (port 1883) or `mqtts://host:port`
+    /// (TLS, port 8883), parsed.
     pub url: BrokerUrl,
-    /// MQTT client id.
+    /// MQTT protocol version.
+    pub protocol: MqttProtocol,
+    /// MQTT client id. Unset (or empty): `pbx2mqtt-<bridge.id>`.
     pub client_id: String,
     /// Prefix of every topic.
     pub base_topic: String,
@@ -102,117 +96,82 @@ pub struct MqttConfig {
     pub password: Option<Secret>,
     /// File holding the password (secret), instead of `password`.
     pub password_file: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for `mqtts://` instead of the system's
+    /// roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) for `mqtts://`; with `client_key_file`.
+    pub client_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM); with `client_cert_file`.
+    pub client_key_file: Option<PathBuf>,
+    /// The largest packet the bridge accepts (announced in CONNECT) and sends.
+    pub max_packet_size: u32,
+    /// How long the broker keeps the bridge's session while it is away.
+    #[serde(with = "duration_str")]
+    pub session_expiry: Duration,
+    /// MQTT keep-alive interval.
+    #[serde(with = "duration_str")]
+    pub keep_alive: Duration,
 }
 
-/// A broker address, parsed once when the configuration is read:
-/// `mqtt://host:port`, `tcp://host:port` or `host:port`; the port defaults to
-/// 1883. Shown (and serialized) as written.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
-pub struct BrokerUrl {
-    /// The URL as written.
-    raw: String,
-    /// The host name or address (IPv6 without brackets).
-    host: String,
-    /// The TCP port.
-    port: u16,
+/// `mqtt.protocol`: the MQTT version the bridge speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 5 (`"5"`), the default.
+    #[default]
+    V5,
+    /// MQTT 3.1.1 (`"3.1.1"`), for old brokers.
+    V311,
 }
 
-/// Why a broker URL is not usable.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BrokerUrlError {
-    /// A scheme other than `mqtt://` or `tcp://`.
-    #[error("unsupported scheme in {0:?}: use mqtt://host:port")]
-    Scheme(String),
-    /// No host.
-    #[error("no host in {0:?}: use mqtt://host:port")]
-    Host(String),
-    /// The port is not a number from 0 to 65535.
-    #[error("bad port in {0:?}: use mqtt://host:port")]
-    Port(String),
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://host:port`, `tcp://host:port` or `host:port`.
-    pub fn parse(url: &str) -> Result<Self, BrokerUrlError> {
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .unwrap_or(url);
-        if rest.contains("://") {
-            return Err(BrokerUrlError::Scheme(url.to_owned()));
-        }
-        let rest = rest.trim_end_matches('/');
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, _)) if !host.ends_with(']') && host.contains(':') => (rest, "1883"),
-            Some((host, port)) => (host, port),
-            None => (rest, "1883"),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(BrokerUrlError::Host(url.to_owned()));
-        }
-        let port = port
-            .parse::<u16>()
-            .map_err(|_| BrokerUrlError::Port(url.to_owned()))?;
-        Ok(Self {
-            raw: url.to_owned(),
-            host: host.to_owned(),
-            port,
-        })
-    }
-
-    /// `mqtt://127.0.0.1:1883`, the default.
-    pub fn localhost() -> Self {
-        Self {
-            raw: "mqtt://127.0.0.1:1883".to_owned(),
-            host: "127.0.0.1".to_owned(),
-            port: 1883,
+impl MqttProtocol {
+    /// As written in the configuration: `5` or `3.1.1`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MqttProtocol::V5 => "5",
+            MqttProtocol::V311 => "3.1.1",
         }
     }
-
-    /// The host name or address.
-    pub fn host(&self) -> &str {
-        &self.host
-    }
-
-    /// The TCP port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// The URL as written.
-    pub fn as_str(&self) -> &str {
-        &self.raw
-    }
 }
 
-impl std::fmt::Display for BrokerUrl {
+impl std::fmt::Display for MqttProtocol {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.raw)
+        f.write_str(self.as_str())
     }
 }
 
-impl std::str::FromStr for BrokerUrl {
-    type Err = BrokerUrlError;
-
-    fn from_str(url: &str) -> Result<Self, Self::Err> {
-        Self::parse(url)
+impl Serialize for MqttProtocol {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
-impl TryFrom<String> for BrokerUrl {
-    type Error = BrokerUrlError;
-
-    fn try_from(url: String) -> Result<Self, Self::Error> {
-        Self::parse(&url)
+impl<'de> Deserialize<'de> for MqttProtocol {
+    /// `"5"` or `"3.1.1"` (also the number `5`).
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let allowed = "(allowed: \"5\", \"3.1.1\")";
+        let raw = String::from(StringOrNumber::deserialize(deserializer).map_err(|_| {
+            serde::de::Error::custom(format!("expected an MQTT version {allowed}"))
+        })?);
+        match raw.trim() {
+            "5" | "5.0" => Ok(MqttProtocol::V5),
+            "3.1.1" => Ok(MqttProtocol::V311),
+            _ => Err(serde::de::Error::custom(format!(
+                "{raw:?} is not an MQTT version {allowed}"
+            ))),
+        }
     }
 }
 
-impl From<BrokerUrl> for String {
-    fn from(url: BrokerUrl) -> Self {
-        url.raw
-    }
+/// `[homeassistant]`
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantConfig {
+    /// Publish Home Assistant discovery configs.
+    pub enabled: bool,
+    /// Home Assistant's discovery prefix.
+    pub discovery_prefix: String,
+    /// Where Home Assistant announces `online` (then configs are republished).
+    pub status_topic: String,
 }
 
 /// `[belfabriek]`
@@ -288,11 +247,20 @@ pub struct PollConfig {
 }
 
 /// `[database]`
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// sqlx URL: `sqlite://relative.db`, `sqlite:///absolute.db` or `postgres://...`.
     pub url: String,
+}
+
+impl std::fmt::Debug for DatabaseConfig {
+    /// The URL without its password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::store::redact_url(&self.url))
+            .finish()
+    }
 }
 
 /// `[http]`
@@ -301,6 +269,9 @@ pub struct DatabaseConfig {
 pub struct HttpConfig {
     /// Address to listen on, e.g. `127.0.0.1:8080`; empty disables the server.
     pub listen: String,
+    /// The longest a request may take before it is answered 503.
+    #[serde(with = "duration_str")]
+    pub request_timeout: Duration,
 }
 
 /// `[report]`
@@ -309,6 +280,15 @@ pub struct HttpConfig {
 pub struct ReportConfig {
     /// IANA time zone in which report periods are cut.
     pub timezone: String,
+    /// The most cells (agents × periods) one summary may have.
+    pub max_cells: usize,
+    /// The most intervals one timeline may return.
+    pub max_timeline_rows: usize,
+    /// The longest one report may take.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+    /// Reports running at once (HTTP); more wait or are refused.
+    pub max_concurrent: usize,
 }
 
 impl ReportConfig {
@@ -335,6 +315,12 @@ pub struct CommandsConfig {
     pub max_payload_bytes: usize,
     /// At most this many commands run at once.
     pub concurrency: usize,
+    /// How often queue membership (`queue/<queue>/members`) is refreshed.
+    #[serde(with = "duration_str")]
+    pub membership_interval: Duration,
+    /// How long audit rows are kept; zero keeps them forever.
+    #[serde(with = "duration_str")]
+    pub audit_retention: Duration,
 }
 
 /// `[status]`
@@ -382,7 +368,9 @@ impl AgentConfig {
 /// The built-in defaults, as a serializable tree for figment's lowest layer.
 #[derive(Serialize)]
 struct Defaults {
+    bridge: BridgeConfig,
     mqtt: MqttConfig,
+    homeassistant: HomeAssistantConfig,
     belfabriek: BelfabriekConfig,
     tring: TringConfig,
     poll: PollConfig,
@@ -394,7 +382,7 @@ struct Defaults {
     agents: Vec<AgentConfig>,
 }
 
-/// The default reason table of `product.md` §1.
+/// The default reason table (the statuses table of the README).
 pub fn default_reasons() -> BTreeMap<String, Status> {
     [
         ("-", Status::Offline),
@@ -408,15 +396,37 @@ pub fn default_reasons() -> BTreeMap<String, Status> {
     .collect()
 }
 
+/// One day.
+const DAY: Duration = Duration::from_secs(24 * 60 * 60);
+
 fn defaults() -> Defaults {
     Defaults {
+        bridge: BridgeConfig {
+            // Resolved after loading: the host name (`load::default_bridge_id`).
+            id: String::new(),
+            shutdown_timeout: Duration::from_secs(10),
+            takeover_after: Duration::from_secs(10),
+        },
         mqtt: MqttConfig {
             url: BrokerUrl::localhost(),
-            client_id: "pbx2mqtt".into(),
+            protocol: MqttProtocol::V5,
+            // Resolved after loading: `pbx2mqtt-<bridge.id>`.
+            client_id: String::new(),
             base_topic: "pbx2mqtt".into(),
             username: None,
             password: None,
             password_file: None,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
+            max_packet_size: 256 * 1024,
+            session_expiry: Duration::from_secs(60 * 60),
+            keep_alive: Duration::from_secs(15),
+        },
+        homeassistant: HomeAssistantConfig {
+            enabled: true,
+            discovery_prefix: "homeassistant".into(),
+            status_topic: "homeassistant/status".into(),
         },
         belfabriek: BelfabriekConfig {
             url: "http://api1.belfabriek.nl/xml/agent/xml.asp".into(),
@@ -450,9 +460,14 @@ fn defaults() -> Defaults {
         },
         http: HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            request_timeout: Duration::from_secs(60),
         },
         report: ReportConfig {
             timezone: "Europe/Amsterdam".into(),
+            max_cells: 200_000,
+            max_timeline_rows: 500_000,
+            timeout: Duration::from_secs(30),
+            max_concurrent: 2,
         },
         commands: CommandsConfig {
             allowed_queues: Vec::new(),
@@ -460,6 +475,8 @@ fn defaults() -> Defaults {
             dedup_window: Duration::from_secs(600),
             max_payload_bytes: 4096,
             concurrency: 8,
+            membership_interval: Duration::from_secs(60),
+            audit_retention: 90 * DAY,
         },
         status: StatusConfig {
             reasons: default_reasons(),
@@ -469,54 +486,8 @@ fn defaults() -> Defaults {
 }
 
 impl Config {
-    /// The figment with defaults, the file (if any) and the environment.
-    ///
-    /// `file`: `Some(path)` must exist; `None` uses `PBX2MQTT_CONFIG` (must
-    /// exist) or [`DEFAULT_CONFIG_PATH`] (optional).
-    pub fn figment(file: Option<&Path>) -> Result<Figment, ConfigError> {
-        let env_file = std::env::var_os(CONFIG_ENV).map(PathBuf::from);
-        let (path, required) = match (file, env_file) {
-            (Some(path), _) => (path.to_path_buf(), true),
-            (None, Some(path)) => (path, true),
-            (None, None) => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
-        };
-        let mut figment = Figment::from(Serialized::defaults(defaults()));
-        if path.exists() {
-            figment = figment.merge(Toml::file(&path));
-        } else if required {
-            return Err(ConfigError::MissingFile(path));
-        }
-        Ok(figment.merge(env_provider()))
-    }
-
-    /// Loads, resolves secrets and validates.
-    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
-        Self::from_figment(Self::figment(file)?)
-    }
-
-    /// Defaults < `toml` < environment: for tests and the demo.
-    pub fn from_toml_str(toml: &str) -> Result<Self, ConfigError> {
-        Self::from_figment(
-            Figment::from(Serialized::defaults(defaults()))
-                .merge(Toml::string(toml))
-                .merge(env_provider()),
-        )
-    }
-
-    /// Extracts from a prepared figment, resolves secrets and validates.
-    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
-        let mut config: Config = figment.extract().map_err(Box::new)?;
-        // Reasons are looked up lowercased and trimmed; store keys that way.
-        config.status.reasons = std::mem::take(&mut config.status.reasons)
-            .into_iter()
-            .map(|(reason, status)| (reason.trim().to_lowercase(), status))
-            .collect();
-        config.resolve_secrets()?;
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// The Belfabriek PIN (empty when not configured; `check` reports that).
+    /// The Belfabriek PIN (empty when not configured; validation for `run`
+    /// and `check` refuses that).
     pub fn account_pin(&self) -> Secret {
         self.belfabriek.account_pin.clone().unwrap_or_default()
     }
@@ -538,155 +509,12 @@ impl Config {
         .filter(|secret| !secret.is_empty())
         .collect()
     }
-
-    fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
-        // Raw environment values win: figment would parse "01234" as a number.
-        let raw = |name: &str| std::env::var(name).ok().map(Secret::new);
-        if let Some(pin) = raw("PBX2MQTT_BELFABRIEK__ACCOUNT_PIN") {
-            self.belfabriek.account_pin = Some(pin);
-        }
-        if let Some(key) = raw("PBX2MQTT_TRING__KEY") {
-            self.tring.key = Some(key);
-        }
-        if let Some(password) = raw("PBX2MQTT_MQTT__PASSWORD") {
-            self.mqtt.password = Some(password);
-        }
-        read_secret_file(
-            "belfabriek.account_pin_file",
-            &self.belfabriek.account_pin_file,
-            &mut self.belfabriek.account_pin,
-        )?;
-        read_secret_file("tring.key_file", &self.tring.key_file, &mut self.tring.key)?;
-        read_secret_file(
-            "mqtt.password_file",
-            &self.mqtt.password_file,
-            &mut self.mqtt.password,
-        )?;
-        Ok(())
-    }
-
-    fn validate(&self) -> Result<(), ConfigError> {
-        for (key, url) in [
-            ("belfabriek.url", &self.belfabriek.url),
-            ("tring.url", &self.tring.url),
-        ] {
-            let parsed = url::Url::parse(url)
-                .map_err(|e| value_error(key, format!("{e}: expected an http(s) URL")))?;
-            if !matches!(parsed.scheme(), "http" | "https") {
-                return Err(value_error(key, "expected an http:// or https:// URL"));
-            }
-        }
-        let base = &self.mqtt.base_topic;
-        if base.is_empty()
-            || base.starts_with('/')
-            || base.ends_with('/')
-            || base.contains(['+', '#', '\0'])
-        {
-            return Err(value_error(
-                "mqtt.base_topic",
-                "must be a non-empty topic without wildcards or leading/trailing '/'",
-            ));
-        }
-        if self.mqtt.client_id.is_empty() {
-            return Err(value_error("mqtt.client_id", "must not be empty"));
-        }
-        if self.poll.interval.is_zero() {
-            return Err(value_error("poll.interval", "must be greater than zero"));
-        }
-        if self.poll.concurrency == 0 {
-            return Err(value_error("poll.concurrency", "must be at least 1"));
-        }
-        if self.poll.stale_after == 0 {
-            return Err(value_error("poll.stale_after", "must be at least 1"));
-        }
-        if self.commands.concurrency == 0 {
-            return Err(value_error("commands.concurrency", "must be at least 1"));
-        }
-        if self.report.timezone.parse::<chrono_tz::Tz>().is_err() {
-            return Err(value_error(
-                "report.timezone",
-                format!(
-                    "unknown time zone {:?}; use an IANA name like Europe/Amsterdam",
-                    self.report.timezone
-                ),
-            ));
-        }
-        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(value_error(
-                "http.listen",
-                "expected an address like 127.0.0.1:8080 (or empty to disable)",
-            ));
-        }
-        if let Some(queue) = self
-            .commands
-            .allowed_queues
-            .iter()
-            .find(|q| !is_plain_number(q))
-        {
-            return Err(value_error(
-                "commands.allowed_queues",
-                format!("{queue:?} is not a queue number"),
-            ));
-        }
-        let mut seen = HashSet::new();
-        for (index, agent) in self.agents.iter().enumerate() {
-            if !seen.insert(agent.id.as_str()) {
-                return Err(value_error(
-                    &format!("agents[{index}].id"),
-                    format!("duplicate agent id {:?}", agent.id.as_str()),
-                ));
-            }
-            if agent.extension_id.trim().is_empty() {
-                return Err(value_error(
-                    &format!("agents[{index}].extension_id"),
-                    "must not be empty",
-                ));
-            }
-            if let Some(ext) = &agent.queue_extension {
-                if !is_plain_number(ext) {
-                    return Err(value_error(
-                        &format!("agents[{index}].queue_extension"),
-                        format!("{ext:?} is not an extension number"),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
 }
 
 /// True for 1 to 20 ASCII digits: the only shape a queue or extension number
 /// may have before it goes into a TRiNG URL.
 pub fn is_plain_number(value: &str) -> bool {
     !value.is_empty() && value.len() <= 20 && value.bytes().all(|b| b.is_ascii_digit())
-}
-
-/// Secrets set in the environment are read raw by `resolve_secrets`, never
-/// parsed by figment (which would turn `01234` into `1234`).
-const SECRET_ENV_KEYS: [&str; 3] = ["belfabriek__account_pin", "tring__key", "mqtt__password"];
-
-fn env_provider() -> Env {
-    // Only `SECTION__KEY` variables: `PBX2MQTT_CONFIG` and the test variables
-    // (`PBX2MQTT_TEST_*`) are not configuration keys.
-    Env::prefixed("PBX2MQTT_")
-        .filter(|key| key.as_str().contains("__") && !SECRET_ENV_KEYS.contains(&key.as_str()))
-        .split("__")
-}
-
-fn read_secret_file(
-    key: &str,
-    path: &Option<PathBuf>,
-    target: &mut Option<Secret>,
-) -> Result<(), ConfigError> {
-    let Some(path) = path else { return Ok(()) };
-    let content = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
-        key: key.to_owned(),
-        path: path.clone(),
-        source,
-    })?;
-    *target = Some(Secret::new(content.trim_end_matches(['\r', '\n'])));
-    Ok(())
 }
 
 /// Serde adapter for durations written as `"2s"`, `"200ms"`, `"1m"`.
@@ -750,45 +578,42 @@ fn strings_or_numbers<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn load(toml: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(toml)
     }
 
+    fn load_error(toml: &str) -> String {
+        load(toml).unwrap_err().to_string()
+    }
+
+    /// Loads `toml` from a file for `purpose`: every problem and warning.
+    fn check(toml: &str, purpose: Purpose) -> Checked {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pbx2mqtt.toml");
+        std::fs::write(&path, toml).unwrap();
+        Config::check(Some(&path), purpose).unwrap()
+    }
+
+    const SERVICE_OK: &str = "[belfabriek]\naccount_pin = \"1234\"\n\
+        [tring]\nkey = \"simkey\"\ntenant = \"SIM\"\n\
+        [[agents]]\nid = \"alice\"\nextension_id = 1001\n";
+
     #[test]
-    fn broker_urls() {
-        let ok = |url: &str| {
-            let parsed = BrokerUrl::parse(url).unwrap();
-            assert_eq!(parsed.as_str(), url);
-            (parsed.host().to_owned(), parsed.port())
-        };
-        assert_eq!(ok("mqtt://127.0.0.1:1883"), ("127.0.0.1".into(), 1883));
-        assert_eq!(ok("tcp://broker:1884"), ("broker".into(), 1884));
-        assert_eq!(ok("mqtt://broker"), ("broker".into(), 1883));
-        assert_eq!(ok("broker:99"), ("broker".into(), 99));
-        assert_eq!(ok("mqtt://[::1]:1883"), ("::1".into(), 1883));
-        assert_eq!(
-            BrokerUrl::localhost(),
-            BrokerUrl::parse("mqtt://127.0.0.1:1883").unwrap()
-        );
-        for bad in [
-            "http://x:1",
-            "mqtt://:1883",
-            "mqtt://h:port",
-            "mqtt://h:70000",
-        ] {
-            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
-        }
-        let error = load("[mqtt]\nurl = \"http://broker\"\n")
-            .unwrap_err()
-            .to_string();
+    fn a_bad_broker_url_names_the_key() {
+        let error = load_error("[mqtt]\nurl = \"http://broker\"\n");
         assert!(error.contains("unsupported scheme"), "{error}");
         assert!(error.contains("mqtt.url"), "{error}");
+        let config = load("[mqtt]\nurl = \"mqtts://broker\"\n").unwrap();
+        assert!(config.mqtt.url.tls());
+        assert_eq!(config.mqtt.url.port(), MQTTS_PORT);
     }
 
     #[test]
-    fn defaults_are_valid_and_match_the_contract() {
+    fn defaults_are_valid_and_match_the_readme() {
         let config = load("").unwrap();
         assert_eq!(config.mqtt.base_topic, "pbx2mqtt");
         assert_eq!(config.belfabriek.account_param, "accountCode");
@@ -796,46 +621,310 @@ mod tests {
         assert_eq!(config.report.timezone, "Europe/Amsterdam");
         assert_eq!(config.status.reasons.get("pause"), Some(&Status::Paused));
         assert!(!config.commands.allow_clean);
+        // The new keys.
+        assert_eq!(config.mqtt.protocol, MqttProtocol::V5);
+        assert_eq!(config.mqtt.max_packet_size, 262_144);
+        assert_eq!(config.mqtt.session_expiry, Duration::from_secs(3600));
+        assert_eq!(config.mqtt.keep_alive, Duration::from_secs(15));
+        assert_eq!(config.mqtt.ca_file, None);
+        assert_eq!(config.bridge.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(config.bridge.takeover_after, Duration::from_secs(10));
+        assert!(config.homeassistant.enabled);
+        assert_eq!(config.homeassistant.discovery_prefix, "homeassistant");
+        assert_eq!(config.homeassistant.status_topic, "homeassistant/status");
+        assert_eq!(config.commands.membership_interval, Duration::from_secs(60));
+        assert_eq!(config.commands.audit_retention, 90 * DAY);
+        assert_eq!(config.report.max_cells, 200_000);
+        assert_eq!(config.report.max_timeline_rows, 500_000);
+        assert_eq!(config.report.timeout, Duration::from_secs(30));
+        assert_eq!(config.report.max_concurrent, 2);
+        assert_eq!(config.http.request_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn the_bridge_id_defaults_to_the_host_name_and_names_the_client() {
+        let config = load("").unwrap();
+        assert_eq!(config.bridge.id, load::default_bridge_id());
+        assert!(!config.bridge.id.is_empty());
+        assert_eq!(
+            config.mqtt.client_id,
+            format!("pbx2mqtt-{}", config.bridge.id)
+        );
+        let config = load("[bridge]\nid = \"east\"").unwrap();
+        assert_eq!(config.mqtt.client_id, "pbx2mqtt-east");
+        let config = load("[bridge]\nid = \"east\"\n[mqtt]\nclient_id = \"mine\"").unwrap();
+        assert_eq!(config.mqtt.client_id, "mine");
+        assert_eq!(load::sanitize_id("web1.example.com"), "web1-example-com");
+        assert_eq!(load::sanitize_id("..."), "");
+        assert!(load_error("[bridge]\nid = \"a b\"").contains("bridge.id"));
+    }
+
+    #[test]
+    fn the_protocol_is_5_or_3_1_1() {
+        assert_eq!(
+            load("[mqtt]\nprotocol = \"3.1.1\"").unwrap().mqtt.protocol,
+            MqttProtocol::V311
+        );
+        assert_eq!(
+            load("[mqtt]\nprotocol = 5").unwrap().mqtt.protocol,
+            MqttProtocol::V5
+        );
+        let error = load_error("[mqtt]\nprotocol = \"4\"");
+        assert!(
+            error.contains(
+                "mqtt.protocol: \"4\" is not an MQTT version (allowed: \"5\", \"3.1.1\")"
+            ),
+            "{error}"
+        );
     }
 
     #[test]
     fn durations_need_a_unit_and_errors_name_the_key() {
         let config = load("[poll]\ninterval = \"200ms\"").unwrap();
         assert_eq!(config.poll.interval, Duration::from_millis(200));
-        let error = load("[poll]\ninterval = \"fast\"").unwrap_err().to_string();
+        let error = load_error("[poll]\ninterval = \"fast\"");
         assert!(error.contains("poll.interval"), "{error}");
         let error = load("[poll]\ninterval = 2").unwrap_err().to_string();
         assert!(error.contains("poll.interval"), "{error}");
     }
 
     #[test]
-    fn unknown_keys_are_rejected_by_name() {
-        let error = load("[poll]\nintervall = \"2s\"").unwrap_err().to_string();
-        assert!(error.contains("intervall"), "{error}");
-        let error = load("[mqqt]\nurl = \"x\"").unwrap_err().to_string();
-        assert!(error.contains("mqqt"), "{error}");
+    fn an_unknown_key_is_one_clean_line_naming_the_file_and_the_allowed_keys() {
+        let checked = check("[poll]\nintervall = \"2s\"\n", Purpose::History);
+        let file = checked.file.path().unwrap().display().to_string();
+        let error = checked.into_loaded().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            format!(
+                "invalid configuration: {file}: unknown key poll.intervall \
+                 (allowed: interval, concurrency, stale_after, max_backoff)"
+            )
+        );
+        let error = error_of("[mqqt]\nurl = \"x\"");
+        assert!(
+            error.contains("unknown key mqqt (allowed: bridge, mqtt,"),
+            "{error}"
+        );
+        assert!(
+            !error.contains('`') && !error.contains("default."),
+            "{error}"
+        );
+    }
+
+    fn error_of(toml: &str) -> String {
+        check(toml, Purpose::History)
+            .into_loaded()
+            .unwrap_err()
+            .to_string()
     }
 
     #[test]
-    fn values_are_checked_with_the_key_named() {
-        for (toml, key) in [
+    fn every_problem_is_reported_at_once() {
+        let checked = check(
+            "[poll]\nintervall = \"2s\"\nconcurrency = 4000000000000000000\nstale_after = \"x\"\n\
+             [belfabriek]\ntimeout = \"0s\"\n\
+             [[agents]]\nid = \"a/b\"\nextension_id = 1\n\
+             [[agents]]\nid = \"bob\"\n\
+             [[agents]]\nid = \"carol\"\nextension_id = 3\nqueue_extension = \"3x\"\n",
+            Purpose::Service,
+        );
+        let keys: Vec<String> = checked.problems.iter().map(Problem::key).collect();
+        assert_eq!(
+            keys,
+            [
+                "poll.intervall",
+                "poll.stale_after",
+                "agents[0].id",
+                "agents[1].extension_id",
+                "belfabriek.timeout",
+                "belfabriek.account_pin",
+                "tring.key",
+                "tring.tenant",
+                "poll.concurrency",
+                "agents[2].queue_extension",
+            ]
+        );
+        // The good agent is kept; the config is usable for probing.
+        assert_eq!(checked.config.agents.len(), 1);
+        let message = checked.into_loaded().unwrap_err().to_string();
+        assert!(
+            message.starts_with("invalid configuration (10 problems):\n  "),
+            "{message}"
+        );
+        assert!(
+            message.contains(
+                "poll.concurrency: 4000000000000000000 is too large (allowed: 1 to 10000)"
+            ),
+            "{message}"
+        );
+        assert!(
+            message.contains("belfabriek.timeout: \"0s\" is too short (allowed: 100ms to 5m)"),
+            "{message}"
+        );
+        assert!(
+            message.contains("agents[1].extension_id: is required"),
+            "{message}"
+        );
+        assert_eq!(message.matches("agents[0]").count(), 1, "{message}");
+    }
+
+    #[test]
+    fn absurd_values_are_refused_with_bounds_naming_the_key() {
+        for (toml, expected) in [
+            ("[poll]\nconcurrency = 0", "poll.concurrency: 0 is too small (allowed: 1 to 10000)"),
+            ("[poll]\ninterval = \"50ms\"", "poll.interval: \"50ms\" is too short (allowed: 100ms to 1h)"),
+            ("[poll]\ninterval = \"2h\"\nmax_backoff = \"3h\"", "poll.interval: \"2h\" is too long"),
+            ("[poll]\nstale_after = 1001", "poll.stale_after: 1001 is too large (allowed: 1 to 1000)"),
+            ("[poll]\ninterval = \"5s\"\nmax_backoff = \"1s\"", "poll.max_backoff: \"1s\" is shorter than poll.interval \"5s\""),
+            ("[tring]\ntimeout = \"6m\"", "tring.timeout: \"6m\" is too long (allowed: 100ms to 5m)"),
+            ("[commands]\nconcurrency = 100000", "commands.concurrency: 100000 is too large (allowed: 1 to 256)"),
+            ("[commands]\ndedup_window = \"2d\"", "commands.dedup_window: \"2d\" is too long (allowed: 0s to 1d)"),
+            ("[commands]\nmax_payload_bytes = 10", "commands.max_payload_bytes: 10 is too small (allowed: 64 to 65536)"),
+            ("[commands]\nmembership_interval = \"1s\"", "commands.membership_interval: \"1s\" is too short (allowed: 5s to 1d)"),
+            ("[commands]\naudit_retention = \"1h\"", "commands.audit_retention: \"1h\" is out of range (allowed: 1d to 3650d, or 0s"),
+            ("[report]\nmax_concurrent = 0", "report.max_concurrent: 0 is too small (allowed: 1 to 64)"),
+            ("[report]\nmax_cells = 0", "report.max_cells: 0 is too small"),
+            ("[report]\nmax_timeline_rows = 0", "report.max_timeline_rows: 0 is too small"),
+            ("[report]\ntimeout = \"0s\"", "report.timeout: \"0s\" is too short (allowed: 1s to 1h)"),
+            ("[http]\nrequest_timeout = \"0s\"", "http.request_timeout: \"0s\" is too short (allowed: 1s to 1h)"),
+            ("[mqtt]\nmax_packet_size = 100", "mqtt.max_packet_size: 100 is too small (allowed: 1024 to 268435455)"),
+            ("[mqtt]\nkeep_alive = \"1s\"", "mqtt.keep_alive: \"1s\" is too short (allowed: 5s to 1h)"),
+            ("[mqtt]\nsession_expiry = \"400d\"", "mqtt.session_expiry: \"400d\" is too long"),
+            ("[bridge]\nshutdown_timeout = \"0s\"", "bridge.shutdown_timeout: \"0s\" is too short (allowed: 1s to 5m)"),
+            ("[bridge]\ntakeover_after = \"1s\"", "bridge.takeover_after: \"1s\" is too short (allowed: 2s to 5m)"),
+            ("[homeassistant]\ndiscovery_prefix = \"ha/#\"", "homeassistant.discovery_prefix: \"ha/#\" is not a usable topic"),
+            ("[homeassistant]\nstatus_topic = \"\"", "homeassistant.status_topic: \"\" is not a usable topic"),
+            ("[database]\nurl = \"mysql://u:hunter2@h/db\"", "database.url: \"mysql://u:%5Bredacted%5D@h/db\" is not a database URL"),
             ("[report]\ntimezone = \"Mars/Olympus\"", "report.timezone"),
             ("[mqtt]\nbase_topic = \"a/#\"", "mqtt.base_topic"),
-            ("[poll]\nconcurrency = 0", "poll.concurrency"),
             ("[commands]\nallowed_queues = [\"5&x\"]", "commands.allowed_queues"),
             ("[belfabriek]\nurl = \"ftp://x\"", "belfabriek.url"),
             (
                 "[[agents]]\nid = \"a\"\nextension_id = 1\n[[agents]]\nid = \"a\"\nextension_id = 2",
-                "agents[1].id",
+                "agents[1].id: duplicate agent id \"a\"",
             ),
+            ("[[agents]]\nid = \"a/b\"\nextension_id = 1", "agents[0].id"),
         ] {
-            let error = load(toml).unwrap_err().to_string();
-            assert!(error.contains(key), "{toml}: {error}");
+            let error = load_error(toml);
+            assert!(error.contains(expected), "{toml}:\n{error}");
+            assert!(error.starts_with("invalid configuration: "), "{toml}:\n{error}");
         }
-        let error = load("[[agents]]\nid = \"a/b\"\nextension_id = 1")
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("agents"), "{error}");
+        // Zero keeps the audit rows forever.
+        assert!(load("[commands]\naudit_retention = \"0s\"").is_ok());
+    }
+
+    #[test]
+    fn tls_files_must_exist_and_come_in_pairs() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let config = load(&format!(
+            "[mqtt]\nurl = \"mqtts://broker\"\nca_file = {ca:?}"
+        ))
+        .unwrap();
+        assert_eq!(config.mqtt.ca_file.as_deref(), Some(ca.as_path()));
+        let error = load_error("[mqtt]\nurl = \"mqtts://broker\"\nca_file = \"/no/such/ca.pem\"");
+        assert!(
+            error.contains("mqtt.ca_file: cannot read /no/such/ca.pem"),
+            "{error}"
+        );
+        let error = load_error(&format!(
+            "[mqtt]\nurl = \"mqtt://broker\"\nca_file = {ca:?}"
+        ));
+        assert!(
+            error.contains("mqtt.ca_file: is only used with TLS"),
+            "{error}"
+        );
+        let error = load_error(&format!(
+            "[mqtt]\nurl = \"mqtts://broker\"\nclient_cert_file = {ca:?}"
+        ));
+        assert!(
+            error.contains("mqtt.client_key_file: is not set, but mqtt.client_cert_file is"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn run_and_check_need_the_secrets_and_the_tenant() {
+        let checked = check("", Purpose::Service);
+        let keys: Vec<String> = checked.problems.iter().map(Problem::key).collect();
+        assert_eq!(
+            keys,
+            ["belfabriek.account_pin", "tring.key", "tring.tenant"]
+        );
+        assert!(checked
+            .warnings
+            .iter()
+            .any(|w| w.starts_with("no agents configured")));
+        let checked = check(SERVICE_OK, Purpose::Service);
+        assert_eq!(checked.problems, []);
+        // Reports need none of them; queue commands need TRiNG's.
+        assert_eq!(check("", Purpose::History).problems, []);
+        let keys: Vec<String> = check("", Purpose::QueueCommands)
+            .problems
+            .iter()
+            .map(Problem::key)
+            .collect();
+        assert_eq!(keys, ["tring.key", "tring.tenant"]);
+    }
+
+    #[test]
+    fn short_secrets_are_refused_without_showing_them() {
+        let checked = check(
+            "[belfabriek]\naccount_pin = \"7\"\n[tring]\nkey = \"k\"\ntenant = \"T\"",
+            Purpose::History,
+        );
+        let message = checked.into_loaded().unwrap_err().to_string();
+        assert!(
+            message.contains("belfabriek.account_pin: is shorter than 4 characters"),
+            "{message}"
+        );
+        assert!(
+            message.contains("tring.key: is shorter than 6 characters"),
+            "{message}"
+        );
+        assert!(
+            !message.contains("\"7\"") && !message.contains("\"k\""),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_plain_http_belfabriek_url_is_a_warning_unless_local() {
+        let warned = |url: &str| {
+            let toml = format!(
+                "[belfabriek]\nurl = {url:?}\naccount_pin = \"1234\"\n\
+                 [tring]\nkey = \"simkey\"\ntenant = \"SIM\"\n"
+            );
+            check(&toml, Purpose::Service)
+                .warnings
+                .iter()
+                .any(|w| w.contains("plain http://"))
+        };
+        assert!(warned("http://api1.belfabriek.nl/xml/agent/xml.asp"));
+        assert!(!warned("https://api1.belfabriek.nl/xml/agent/xml.asp"));
+        assert!(!warned("http://127.0.0.1:8090/xml/agent/xml.asp"));
+    }
+
+    #[test]
+    fn misspelt_variables_get_a_suggestion() {
+        assert_eq!(
+            load::env_suggestion("PBX2MQTT_POLL_INTERVALL").as_deref(),
+            Some("PBX2MQTT_POLL__INTERVAL")
+        );
+        assert_eq!(
+            load::env_suggestion("PBX2MQTT_BELFABRIEK_ACCOUNT_PIN").as_deref(),
+            Some("PBX2MQTT_BELFABRIEK__ACCOUNT_PIN")
+        );
+        assert_eq!(
+            load::env_suggestion("PBX2MQTT_HOMEASSISTANT_ENABLED").as_deref(),
+            Some("PBX2MQTT_HOMEASSISTANT__ENABLED")
+        );
+        assert_eq!(load::env_suggestion("PBX2MQTT_NOTHING"), None);
+        assert_eq!(
+            load::keys_of("poll"),
+            ["interval", "concurrency", "stale_after", "max_backoff"]
+        );
     }
 
     #[test]
@@ -850,17 +939,20 @@ mod tests {
         assert_eq!(config.agents[0].display_name(), "alice");
         assert_eq!(config.status.reasons.get("lunch"), Some(&Status::Paused));
         assert_eq!(config.status.reasons.get("handling"), Some(&Status::Busy));
+        let error = load_error("[status.reasons]\nlunch = \"napping\"");
+        assert!(
+            error.contains("status.reasons.lunch: \"napping\" is not allowed (allowed: offline,"),
+            "{error}"
+        );
     }
 
     #[test]
     fn numeric_secrets_load_from_toml_and_are_never_in_errors() {
-        let config = load("[belfabriek]\naccount_pin = 4321\n[tring]\nkey = 98765").unwrap();
+        let config = load("[belfabriek]\naccount_pin = 4321\n[tring]\nkey = 987654").unwrap();
         assert_eq!(config.account_pin().expose(), "4321");
-        assert_eq!(config.tring_key().expose(), "98765");
+        assert_eq!(config.tring_key().expose(), "987654");
         // A different error elsewhere in the file does not echo the secret.
-        let error = load("[belfabriek]\naccount_pin = 4321\n[poll]\ninterval = 5")
-            .unwrap_err()
-            .to_string();
+        let error = load_error("[belfabriek]\naccount_pin = 4321\n[poll]\ninterval = 5");
         assert!(!error.contains("4321"), "{error}");
     }
 
@@ -871,9 +963,9 @@ mod tests {
         let defaults = load("").unwrap();
         assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
         let missing = Config::load(Some(Path::new("no/such/file.toml"))).unwrap_err();
-        assert!(
-            missing.to_string().contains("no/such/file.toml"),
-            "{missing}"
+        assert_eq!(
+            missing.to_string(),
+            "configuration file no/such/file.toml (named by --config) does not exist"
         );
     }
 
@@ -883,16 +975,25 @@ mod tests {
         let path = dir.path().join("pin");
         std::fs::write(&path, "01234\n").unwrap();
         let config = load(&format!(
-            "[belfabriek]\naccount_pin_file = {:?}\n[tring]\nkey = \"sekrit\"",
+            "[belfabriek]\naccount_pin_file = {:?}\n[tring]\nkey = \"sekrit\"\n\
+             [database]\nurl = \"postgres://bridge:pg-pass-99@db/history\"",
             path.display().to_string()
         ))
         .unwrap();
         assert_eq!(config.account_pin().expose(), "01234");
         assert_eq!(config.tring_key().expose(), "sekrit");
         let printed = format!("{config:?}");
+        for secret in ["01234", "sekrit", "pg-pass-99"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
         assert!(
-            !printed.contains("01234") && !printed.contains("sekrit"),
+            printed.contains("postgres://bridge:%5Bredacted%5D@db/history"),
             "{printed}"
+        );
+        let error = load_error("[tring]\nkey_file = \"/no/such/key\"");
+        assert!(
+            error.contains("tring.key_file: cannot read /no/such/key"),
+            "{error}"
         );
     }
 }
