@@ -1,5 +1,6 @@
 //! Small text helpers shared by the upstream clients: cutting a quoted text
-//! short for an error message, and writing an error with its causes.
+//! short for an error message, capping an upstream value, and writing an
+//! error with its causes.
 //!
 //! Pure; it knows nothing of secrets. Callers redact before they cut, so a
 //! cut cannot leave half a secret behind.
@@ -9,6 +10,15 @@
 pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// At most `max_chars` characters of `text`, cut on a character boundary
+/// without a marker: for values (not messages) that must stay bounded.
+pub(crate) fn cap(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => text[..cut].to_owned(),
         None => text.to_owned(),
     }
 }
@@ -42,6 +52,8 @@ mod tests {
         check("abcd", 3, "abc...");
         check("ééééé", 2, "éé...");
         check("", 0, "");
+        assert_eq!(cap("ééé", 2), "éé");
+        assert_eq!(cap("ab", 5), "ab");
     }
 
     #[derive(Debug, thiserror::Error)]
