@@ -9,25 +9,21 @@
 //!
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
-use tracing_subscriber::EnvFilter;
 
 use crate::app::Application;
 use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
 use crate::config::{Config, ConfigError, Purpose, LOG_FORMAT_ENV};
 use crate::demo::DemoArgs;
+pub use crate::logging::LogFormat;
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
-
-/// Default log filter; `RUST_LOG` overrides it.
-const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttc=warn,sqlx=warn,hyper=warn";
 
 /// pbx2mqtt: call-center agent status to MQTT, queue commands from MQTT,
 /// status history and reports.
@@ -44,15 +40,6 @@ pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -84,7 +71,7 @@ pub enum Command {
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -106,25 +93,6 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    }
-}
-
-/// Installs the tracing subscriber for `format`. Its `init` also installs
-/// the bridge for the `log` crate (tracing-subscriber's `tracing-log`
-/// feature), which rumqttc, reqwest and sqlx log through. Colours only when
-/// stderr is a terminal (never in files, pipes or `docker logs`) and
-/// `NO_COLOR` is not set.
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(colour)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
     }
 }
 
