@@ -106,8 +106,8 @@ impl DemoArgs {
         let http_addr = app.http_addr();
         println!();
         println!(
-            "pbx2mqtt demo is running: {} simulated agents.",
-            self.agents
+            "pbx2mqtt demo is running: {} simulated.",
+            crate::text::count(self.agents as usize, "agent")
         );
         println!();
         println!(

@@ -18,6 +18,7 @@ use crate::belfabriek::BelfabriekClient;
 use crate::config::{Config, ConfigError, Problem, Purpose};
 use crate::mqtt::options::client_options;
 use crate::store::{redact_url, Store, StoreError};
+use crate::text::count;
 use crate::tring::TringClient;
 
 /// How long the broker check waits for CONNACK.
@@ -45,10 +46,9 @@ pub async fn run(file: Option<&Path>) -> anyhow::Result<()> {
         }
     }
     if checked.problems.is_empty() {
-        let agents = config.agents.len();
         println!(
-            "ok    configuration ({agents} {})",
-            if agents == 1 { "agent" } else { "agents" }
+            "ok    configuration ({})",
+            count(config.agents.len(), "agent")
         );
     }
     // A probe whose settings have problems is not tried with the defaults
@@ -84,10 +84,7 @@ pub async fn run(file: Option<&Path>) -> anyhow::Result<()> {
         .into());
     }
     if failed > 0 {
-        return Err(anyhow!(
-            "{failed} {} failed",
-            if failed == 1 { "check" } else { "checks" }
-        ));
+        return Err(anyhow!("{} failed", count(failed, "check")));
     }
     Ok(())
 }
@@ -165,10 +162,9 @@ async fn check_tring(config: &Config) -> anyhow::Result<Probe> {
     let client = TringClient::new(&config.tring, config.tring_key())?;
     let queues = client.agent_queues(extension).await?;
     Ok(Probe::Ok(format!(
-        "{} is in {} {}",
+        "{} is in {}",
         agent.id,
-        queues.len(),
-        if queues.len() == 1 { "queue" } else { "queues" }
+        count(queues.len(), "queue")
     )))
 }
 

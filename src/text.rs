@@ -23,6 +23,24 @@ pub(crate) fn cap(text: &str, max_chars: usize) -> String {
     }
 }
 
+/// `word` with its indefinite article: `an add`, `a remove`, `an array`.
+pub(crate) fn with_article(word: &str) -> String {
+    let vowel = word
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {word}", if vowel { "an" } else { "a" })
+}
+
+/// `1 agent`, `2 agents`.
+pub(crate) fn count(number: usize, noun: &str) -> String {
+    if number == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{number} {noun}s")
+    }
+}
+
 /// The error and its causes, `: `-separated; a cause whose text the message
 /// already contains is not repeated.
 pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
@@ -54,6 +72,16 @@ mod tests {
         check("", 0, "");
         assert_eq!(cap("ééé", 2), "éé");
         assert_eq!(cap("ab", 5), "ab");
+    }
+
+    #[test]
+    fn articles_and_counts_read_right() {
+        assert_eq!(with_article("add"), "an add");
+        assert_eq!(with_article("remove"), "a remove");
+        assert_eq!(with_article("array"), "an array");
+        assert_eq!(count(1, "agent"), "1 agent");
+        assert_eq!(count(0, "agent"), "0 agents");
+        assert_eq!(count(36, "agent"), "36 agents");
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@
 use super::BelfabriekError;
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::secret::Secret;
-use crate::text::{cap, shorten};
+use crate::text::{cap, shorten, with_article};
 use crate::xmlrpc::{self, Response, Value};
 
 /// The method that says whether an agent is enabled.
@@ -101,7 +101,7 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
         let shown = available
             .as_text_lenient()
             .map(|text| format!("{:?}", shorten(&pin.redact_in(&text), 40)))
-            .unwrap_or_else(|| format!("a {}", available.kind()));
+            .unwrap_or_else(|| with_article(available.kind()));
         malformed(
             method,
             format!("member \"available\" is {shown}, expected 0 or 1"),
@@ -143,7 +143,10 @@ pub fn interpret_extension_status(body: &[u8], pin: &Secret) -> Result<String, B
     let text = status.as_text_lenient().ok_or_else(|| {
         malformed(
             method,
-            format!("the status is a {}, expected a string", status.kind()),
+            format!(
+                "the status is {}, expected a string",
+                with_article(status.kind())
+            ),
         )
     })?;
     Ok(cap(text.trim(), MAX_EXTENSION_STATUS_CHARS).to_lowercase())
@@ -172,7 +175,10 @@ fn answer_struct(
         Some(value @ Value::Struct(_)) => Ok(value),
         Some(other) => Err(malformed(
             method,
-            format!("the answer is a {}, expected a struct", other.kind()),
+            format!(
+                "the answer is {}, expected a struct",
+                with_article(other.kind())
+            ),
         )),
         None => Err(malformed(method, "the answer has no params".to_owned())),
     }
@@ -275,7 +281,7 @@ mod tests {
             (answer(&[("availReason", "-".into())]), Err("no member \"available\"")),
             (answer(&[("available", "maybe".into())]), Err("\"maybe\", expected 0 or 1")),
             (answer(&[("available", PIN.into())]), Err("\"[redacted]\", expected 0 or 1")),
-            (answer(&[("available", Value::Array(vec![]))]), Err("is a array")),
+            (answer(&[("available", Value::Array(vec![]))]), Err("is an array")),
             (
                 encode_response(&Response::Params(vec!["x".into()]), Encoding::Utf8),
                 Err("the answer is a string, expected a struct"),

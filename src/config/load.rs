@@ -729,7 +729,11 @@ fn describe(kind: &Kind) -> String {
             format!("expected {}, found {actual}", expected(what))
         }
         Kind::InvalidLength(length, what) => {
-            format!("expected {}, found {length} values", expected(what))
+            format!(
+                "expected {}, found {}",
+                expected(what),
+                crate::text::count(*length, "value")
+            )
         }
         Kind::UnknownVariant(value, allowed) => {
             format!("{value:?} is not allowed (allowed: {})", allowed.join(", "))
