@@ -973,3 +973,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub(super) fn keys_of(section: &str) -> &'static [&'static str] {
     section_fields(section)
 }
+
+/// Exposed for tests: the sections.
+#[cfg(test)]
+pub(super) fn sections() -> &'static [&'static str] {
+    section_names()
+}

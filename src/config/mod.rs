@@ -970,6 +970,33 @@ mod tests {
     }
 
     #[test]
+    fn every_key_is_documented_in_the_readme_and_the_example_config() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+        let example = std::fs::read_to_string(root.join("config/pbx2mqtt.example.toml")).unwrap();
+        for section in load::sections() {
+            if *section == "agents" {
+                continue;
+            }
+            assert!(
+                example.contains(&format!("\n[{section}]\n"))
+                    || example.contains(&format!("\n[{section}.")),
+                "[{section}] is not in the example config"
+            );
+            for key in load::keys_of(section) {
+                assert!(
+                    readme.contains(&format!("`{section}.{key}")),
+                    "{section}.{key} is not in the README's configuration table"
+                );
+                let documented = example.contains(&format!("\n{key} ="))
+                    || example.contains(&format!("\n# {key} ="))
+                    || example.contains(&format!("\n[{section}.{key}]"));
+                assert!(documented, "{section}.{key} is not in the example config");
+            }
+        }
+    }
+
+    #[test]
     fn secrets_come_from_files_and_never_print() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("pin");

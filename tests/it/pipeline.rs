@@ -6,7 +6,8 @@ use pbx2mqtt::simulator::{Api, Fault, FaultKind};
 
 use crate::helpers::{spawn_app, Options, SOON};
 
-/// (available, reason, extension status) → the status `product.md` §1 gives.
+/// (available, reason, extension status) → the status the README's statuses
+/// table gives.
 const STEPS: [(bool, &str, &str, &str); 9] = [
     (false, "pause", "idle", "paused"),
     (false, "handling", "idle", "busy"),
