@@ -21,7 +21,7 @@ use crate::app::Application;
 #[cfg(feature = "embedded-broker")]
 use crate::broker::EmbeddedBroker;
 use crate::commands::cli::AuditArgs;
-use crate::config::Config;
+use crate::config::{Config, Purpose};
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
 
@@ -102,6 +102,9 @@ impl DemoArgs {
             &self.database,
         );
         let config = Config::from_toml_str(&toml).context("demo configuration")?;
+        config
+            .validate_for(Purpose::Service)
+            .context("demo configuration")?;
         let app = Application::build(config).await?;
         let http_addr = app.http_addr();
         println!();

@@ -348,6 +348,24 @@ impl Config {
             .into_loaded()?
             .config)
     }
+
+    /// Validates a configuration already loaded (or built in code, as the
+    /// demo and the tests do) for `purpose`, as loading for it would: every
+    /// problem in one error, else the warnings.
+    pub fn validate_for(&self, purpose: Purpose) -> Result<Vec<String>, ConfigError> {
+        let mut warnings = Vec::new();
+        let agent_index: Vec<usize> = (0..self.agents.len()).collect();
+        let problems = validate(self, purpose, &agent_index, &mut warnings);
+        if problems.is_empty() {
+            Ok(warnings)
+        } else {
+            Err(ConfigError::Invalid {
+                file: ConfigFile::Inline,
+                problems,
+                warnings,
+            })
+        }
+    }
 }
 
 fn defaults_figment() -> Figment {

@@ -856,6 +856,19 @@ mod tests {
             .warnings
             .iter()
             .any(|w| w.starts_with("no agents configured")));
+        // The same for a configuration built in code.
+        let message = load("")
+            .unwrap()
+            .validate_for(Purpose::Service)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("invalid configuration (3 problems):"),
+            "{message}"
+        );
+        let built = load(SERVICE_OK).unwrap();
+        let warnings = built.validate_for(Purpose::Service).unwrap();
+        assert_eq!(warnings.len(), 1, "the plain-http warning: {warnings:?}");
         let checked = check(SERVICE_OK, Purpose::Service);
         assert_eq!(checked.problems, []);
         // Reports need none of them; queue commands need TRiNG's.
