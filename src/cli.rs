@@ -51,7 +51,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the simulated Belfabriek and TRiNG APIs.
     Simulate(SimulatorConfig),
-    /// Reports on status history.
+    /// Reports on status history (never creates or writes a database).
     #[command(subcommand)]
     Report(ReportCommand),
     /// Manage call-queue members through TRiNG.
@@ -62,7 +62,8 @@ pub enum Command {
     Agent(AgentCommand),
     /// Show the queue-command audit log.
     Audit(AuditArgs),
-    /// Validate the configuration and reach the APIs, broker and database.
+    /// Validate the configuration as `run` does, then try the database, both
+    /// APIs and the broker (changes nothing).
     Check,
     /// Apply database migrations and exit.
     Migrate,
