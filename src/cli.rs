@@ -13,20 +13,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
-use tracing::info;
-use tracing_subscriber::EnvFilter;
+use tracing::{info, warn};
 
 use crate::app::Application;
 use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Purpose, LOG_FORMAT_ENV};
 use crate::demo::DemoArgs;
+pub use crate::logging::LogFormat;
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
-
-/// Default log filter; `RUST_LOG` overrides it.
-const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttc=warn,sqlx=warn,hyper=warn";
 
 /// pbx2mqtt: call-center agent status to MQTT, queue commands from MQTT,
 /// status history and reports.
@@ -36,21 +33,13 @@ pub struct Cli {
     /// Configuration file [default: $PBX2MQTT_CONFIG, else config/pbx2mqtt.toml]
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Log output format.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    /// Log output format [env: PBX2MQTT_LOG_FORMAT; the flag wins]
+    #[arg(long, global = true, value_enum, env = LOG_FORMAT_ENV, hide_env = true,
+          default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Log output formats.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 /// The subcommands.
@@ -62,7 +51,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Serve the simulated Belfabriek and TRiNG APIs.
     Simulate(SimulatorConfig),
-    /// Reports on status history.
+    /// Reports on status history (never creates or writes a database).
     #[command(subcommand)]
     Report(ReportCommand),
     /// Manage call-queue members through TRiNG.
@@ -73,7 +62,8 @@ pub enum Command {
     Agent(AgentCommand),
     /// Show the queue-command audit log.
     Audit(AuditArgs),
-    /// Validate the configuration and reach the APIs, broker and database.
+    /// Validate the configuration as `run` does, then try the database, both
+    /// APIs and the broker (changes nothing).
     Check,
     /// Apply database migrations and exit.
     Migrate,
@@ -82,7 +72,7 @@ pub enum Command {
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -107,34 +97,20 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Installs the tracing subscriber for `format`. Its `init` also installs
-/// the bridge for the `log` crate (tracing-subscriber's `tracing-log`
-/// feature), which rumqttc, reqwest and sqlx log through.
-fn init_logging(format: LogFormat) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {
-    let load = || Config::load(cli.config.as_deref());
+    let file = cli.config.as_deref();
+    let load = |purpose| Config::load_for(file, purpose).map(|loaded| loaded.config);
     match cli.command {
-        Command::Run => run(load()?).await,
+        Command::Run => run(file).await,
         Command::Demo(args) => demo(args).await,
         Command::Simulate(config) => simulate(config).await,
-        Command::Report(command) => command.run(&load()?).await,
-        Command::Queue(command) => command.run(&load()?).await,
-        Command::Agent(command) => command.run(&load()?).await,
-        Command::Audit(args) => args.run(&load()?).await,
-        Command::Check => crate::preflight::run(&load()?).await,
+        Command::Report(command) => command.run(&load(Purpose::History)?).await,
+        Command::Queue(command) => command.run(&load(Purpose::QueueCommands)?).await,
+        Command::Agent(command) => command.run(&load(Purpose::QueueCommands)?).await,
+        Command::Audit(args) => args.run(&load(Purpose::History)?).await,
+        Command::Check => crate::preflight::run(file).await,
         Command::Migrate => {
-            let config = load()?;
+            let config = load(Purpose::History)?;
             let store = crate::store::Store::open(&config.database.url)
                 .await
                 .context("cannot open the history database (database.url)")?;
@@ -182,8 +158,15 @@ async fn wait_for_signal() {
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let app = Application::build(config).await?;
+/// `pbx2mqtt run`: the same loading and validation as `check`, every
+/// problem at once before anything touches the database; the warnings are
+/// logged once.
+async fn run(file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let loaded = Config::load_for(file, Purpose::Service)?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    let app = Application::build(loaded.config).await?;
     if let Some(addr) = app.http_addr() {
         info!(%addr, "http server listening");
     }

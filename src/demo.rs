@@ -3,6 +3,11 @@
 //! and an SQLite file. It builds a configuration in memory and runs the same
 //! [`Application`] as `pbx2mqtt run`.
 //!
+//! `pbx2mqtt demo report ...` and `pbx2mqtt demo audit` are the `report`
+//! and `audit` commands pointed at the demo's database (`--database`), so
+//! a newcomer reports on what they just watched without writing a
+//! configuration.
+//!
 //! The embedded broker is the cargo feature `embedded-broker` (on by
 //! default). A build without it still has the subcommand, which then fails
 //! at once saying how to get a broker.
@@ -15,8 +20,13 @@ use tokio_util::sync::CancellationToken;
 use crate::app::Application;
 #[cfg(feature = "embedded-broker")]
 use crate::broker::EmbeddedBroker;
-use crate::config::Config;
+use crate::commands::cli::AuditArgs;
+use crate::config::{Config, Purpose};
+use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
+
+/// Where the demo keeps its history unless `--database` says otherwise.
+pub const DEMO_DATABASE: &str = "sqlite://data/demo.db";
 
 /// Options of `pbx2mqtt demo`.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,16 +41,40 @@ pub struct DemoArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http: SocketAddr,
     /// SQLite history file.
-    #[arg(long, default_value = "sqlite://data/demo.db")]
+    #[arg(long, default_value = DEMO_DATABASE)]
     pub database: String,
     /// Mean time an agent stays in a state.
     #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
     pub dwell: std::time::Duration,
+    /// Instead of running the demo: report on its history.
+    #[command(subcommand)]
+    pub command: Option<DemoCommand>,
+}
+
+/// What `pbx2mqtt demo` can do besides running.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DemoCommand {
+    /// Reports on the demo's history (`--database`), like `pbx2mqtt report`.
+    #[command(subcommand)]
+    Report(ReportCommand),
+    /// The demo's queue-command audit log, like `pbx2mqtt audit`.
+    Audit(AuditArgs),
 }
 
 impl DemoArgs {
-    /// Runs the demo until `shutdown`.
+    /// Runs the demo until `shutdown`, or the report or audit subcommand on
+    /// the demo's database.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        if let Some(command) = self.command.clone() {
+            // The demo's database with the built-in defaults (time zone
+            // included); the environment may still override them.
+            let config = Config::from_toml_str(&format!("[database]\nurl = {:?}\n", self.database))
+                .context("demo configuration")?;
+            return match command {
+                DemoCommand::Report(report) => report.run(&config).await,
+                DemoCommand::Audit(audit) => audit.run(&config).await,
+            };
+        }
         let broker = start_broker(self.mqtt_port)?;
         let simulator_config = SimulatorConfig {
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
@@ -68,12 +102,15 @@ impl DemoArgs {
             &self.database,
         );
         let config = Config::from_toml_str(&toml).context("demo configuration")?;
+        config
+            .validate_for(Purpose::Service)
+            .context("demo configuration")?;
         let app = Application::build(config).await?;
         let http_addr = app.http_addr();
         println!();
         println!(
-            "pbx2mqtt demo is running: {} simulated agents.",
-            self.agents
+            "pbx2mqtt demo is running: {} simulated.",
+            crate::text::count(self.agents as usize, "agent")
         );
         println!();
         println!(
@@ -95,6 +132,12 @@ impl DemoArgs {
             simulator.addr()
         );
         println!("  History:            {}", self.database);
+        let database = if self.database == DEMO_DATABASE {
+            String::new()
+        } else {
+            format!(" --database {}", self.database)
+        };
+        println!("  Report on it:       pbx2mqtt demo{database} report summary   (also: report timeline --agent agent-1001, audit)");
         println!();
         println!("Press Ctrl-C to stop.");
         app.run(shutdown).await
@@ -139,7 +182,8 @@ fn demo_config(
     database: &str,
 ) -> String {
     let mut toml = format!(
-        "[mqtt]\nurl = {broker:?}\nclient_id = \"pbx2mqtt-demo\"\n\
+        // The embedded broker (rumqttd) serves MQTT 3.1.1 on its port.
+        "[mqtt]\nurl = {broker:?}\nclient_id = \"pbx2mqtt-demo\"\nprotocol = \"3.1.1\"\n\
          [belfabriek]\nurl = {belfabriek:?}\naccount_pin = {pin:?}\n\
          [tring]\nurl = {tring:?}\nkey = {key:?}\ntenant = {tenant:?}\n\
          [poll]\ninterval = \"1s\"\n\

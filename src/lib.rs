@@ -17,6 +17,7 @@ pub mod homeassistant;
 pub mod http;
 pub mod latest;
 pub mod localtime;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

@@ -1,5 +1,6 @@
 //! Small text helpers shared by the upstream clients: cutting a quoted text
-//! short for an error message, and writing an error with its causes.
+//! short for an error message, capping an upstream value, and writing an
+//! error with its causes.
 //!
 //! Pure; it knows nothing of secrets. Callers redact before they cut, so a
 //! cut cannot leave half a secret behind.
@@ -10,6 +11,33 @@ pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
     match text.char_indices().nth(max_chars) {
         Some((cut, _)) => format!("{}...", &text[..cut]),
         None => text.to_owned(),
+    }
+}
+
+/// At most `max_chars` characters of `text`, cut on a character boundary
+/// without a marker: for values (not messages) that must stay bounded.
+pub(crate) fn cap(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((cut, _)) => text[..cut].to_owned(),
+        None => text.to_owned(),
+    }
+}
+
+/// `word` with its indefinite article: `an add`, `a remove`, `an array`.
+pub(crate) fn with_article(word: &str) -> String {
+    let vowel = word
+        .chars()
+        .next()
+        .is_some_and(|c| "aeiouAEIOU".contains(c));
+    format!("{} {word}", if vowel { "an" } else { "a" })
+}
+
+/// `1 agent`, `2 agents`.
+pub(crate) fn count(number: usize, noun: &str) -> String {
+    if number == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{number} {noun}s")
     }
 }
 
@@ -42,6 +70,18 @@ mod tests {
         check("abcd", 3, "abc...");
         check("ééééé", 2, "éé...");
         check("", 0, "");
+        assert_eq!(cap("ééé", 2), "éé");
+        assert_eq!(cap("ab", 5), "ab");
+    }
+
+    #[test]
+    fn articles_and_counts_read_right() {
+        assert_eq!(with_article("add"), "an add");
+        assert_eq!(with_article("remove"), "a remove");
+        assert_eq!(with_article("array"), "an array");
+        assert_eq!(count(1, "agent"), "1 agent");
+        assert_eq!(count(0, "agent"), "0 agents");
+        assert_eq!(count(36, "agent"), "36 agents");
     }
 
     #[derive(Debug, thiserror::Error)]

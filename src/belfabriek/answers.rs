@@ -8,7 +8,7 @@
 use super::BelfabriekError;
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::secret::Secret;
-use crate::text::shorten;
+use crate::text::{cap, shorten, with_article};
 use crate::xmlrpc::{self, Response, Value};
 
 /// The method that says whether an agent is enabled.
@@ -19,6 +19,18 @@ pub const METHOD_EXTENSION_STATUS: &str = "general.getExtensionStatus";
 
 /// Longest upstream text quoted in an error.
 pub const SNIPPET_CHARS: usize = 200;
+
+/// Longest `availReason` kept (a real one is a word or two). Upstream may
+/// send anything up to the body limit, and the reason goes into retained
+/// state payloads and history rows.
+pub const MAX_REASON_CHARS: usize = 256;
+
+/// Longest destination (`extension`/`endpoint`: a phone number or SIP
+/// address) kept.
+pub const MAX_DESTINATION_CHARS: usize = 64;
+
+/// Longest extension status kept (`idle`, `calling`, `called`, `wrapup`).
+pub const MAX_EXTENSION_STATUS_CHARS: usize = 256;
 
 /// What `ivr.getAgentAvail` says about an agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,8 +88,9 @@ pub fn extension_status_call(
 }
 
 /// Reads an `ivr.getAgentAvail` answer leniently: `available` as int, i4,
-/// boolean or string; `availReason` (any scalar, trimmed); the destination
-/// from `extension` or `endpoint`. Member names match in any case.
+/// boolean or string; `availReason` (any scalar, trimmed, at most
+/// [`MAX_REASON_CHARS`]); the destination from `extension` or `endpoint`
+/// (at most [`MAX_DESTINATION_CHARS`]). Member names match in any case.
 pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, BelfabriekError> {
     let method = METHOD_AGENT_AVAIL;
     let answer = answer_struct(method, body, pin)?;
@@ -88,7 +101,7 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
         let shown = available
             .as_text_lenient()
             .map(|text| format!("{:?}", shorten(&pin.redact_in(&text), 40)))
-            .unwrap_or_else(|| format!("a {}", available.kind()));
+            .unwrap_or_else(|| with_article(available.kind()));
         malformed(
             method,
             format!("member \"available\" is {shown}, expected 0 or 1"),
@@ -97,13 +110,13 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
     let reason = answer
         .member_ci("availReason")
         .and_then(Value::as_text_lenient)
-        .map(|text| text.trim().to_owned())
+        .map(|text| cap(text.trim(), MAX_REASON_CHARS))
         .unwrap_or_default();
     let destination = answer
         .member_ci("extension")
         .or_else(|| answer.member_ci("endpoint"))
         .and_then(Value::as_text_lenient)
-        .map(|text| text.trim().to_owned())
+        .map(|text| cap(text.trim(), MAX_DESTINATION_CHARS))
         .filter(|text| !text.is_empty());
     Ok(AgentAvail {
         available,
@@ -113,7 +126,8 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
 }
 
 /// Reads a `general.getExtensionStatus` answer: the status from member
-/// `status` or `Available` (any case), lowercased and trimmed.
+/// `status` or `Available` (any case), lowercased and trimmed, at most
+/// [`MAX_EXTENSION_STATUS_CHARS`].
 pub fn interpret_extension_status(body: &[u8], pin: &Secret) -> Result<String, BelfabriekError> {
     let method = METHOD_EXTENSION_STATUS;
     let answer = answer_struct(method, body, pin)?;
@@ -129,10 +143,13 @@ pub fn interpret_extension_status(body: &[u8], pin: &Secret) -> Result<String, B
     let text = status.as_text_lenient().ok_or_else(|| {
         malformed(
             method,
-            format!("the status is a {}, expected a string", status.kind()),
+            format!(
+                "the status is {}, expected a string",
+                with_article(status.kind())
+            ),
         )
     })?;
-    Ok(text.trim().to_lowercase())
+    Ok(cap(text.trim(), MAX_EXTENSION_STATUS_CHARS).to_lowercase())
 }
 
 /// Decodes a body and returns its first param, which must be a struct.
@@ -158,7 +175,10 @@ fn answer_struct(
         Some(value @ Value::Struct(_)) => Ok(value),
         Some(other) => Err(malformed(
             method,
-            format!("the answer is a {}, expected a struct", other.kind()),
+            format!(
+                "the answer is {}, expected a struct",
+                with_article(other.kind())
+            ),
         )),
         None => Err(malformed(method, "the answer has no params".to_owned())),
     }
@@ -261,7 +281,7 @@ mod tests {
             (answer(&[("availReason", "-".into())]), Err("no member \"available\"")),
             (answer(&[("available", "maybe".into())]), Err("\"maybe\", expected 0 or 1")),
             (answer(&[("available", PIN.into())]), Err("\"[redacted]\", expected 0 or 1")),
-            (answer(&[("available", Value::Array(vec![]))]), Err("is a array")),
+            (answer(&[("available", Value::Array(vec![]))]), Err("is an array")),
             (
                 encode_response(&Response::Params(vec!["x".into()]), Encoding::Utf8),
                 Err("the answer is a string, expected a struct"),
@@ -282,6 +302,31 @@ mod tests {
         for (body, expected) in cases {
             check_avail(&body, expected);
         }
+    }
+
+    #[test]
+    fn huge_upstream_strings_are_capped() {
+        let huge = |c: &str| c.repeat(1 << 20);
+        let body = answer(&[
+            ("available", Value::Int(0)),
+            ("availReason", huge("r").into()),
+            ("extension", huge("3").into()),
+        ]);
+        let avail = interpret_agent_avail(&body, &pin()).unwrap();
+        assert_eq!(avail.reason, "r".repeat(MAX_REASON_CHARS));
+        assert_eq!(avail.destination, Some("3".repeat(MAX_DESTINATION_CHARS)));
+        let body = answer(&[("status", format!("  {}", huge("É")).into())]);
+        let status = interpret_extension_status(&body, &pin()).unwrap();
+        assert_eq!(status, "é".repeat(MAX_EXTENSION_STATUS_CHARS));
+        // Short values are untouched.
+        let body = answer(&[
+            ("available", Value::Int(0)),
+            ("availReason", " Lunch ".into()),
+        ]);
+        assert_eq!(
+            interpret_agent_avail(&body, &pin()).unwrap().reason,
+            "Lunch"
+        );
     }
 
     #[test]

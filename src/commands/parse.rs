@@ -23,6 +23,7 @@ use super::{Command, CommandError, ErrorCode, Member, Transaction};
 use crate::config::{is_plain_number, Config};
 use crate::model::AgentId;
 use crate::mqtt::topics::RequestTopic;
+use crate::text::with_article;
 
 /// The longest piece of user input quoted back in an error message.
 const QUOTE_CHARS: usize = 40;
@@ -354,8 +355,9 @@ fn member_body(
         return Err(CommandError::new(
             ErrorCode::InvalidRequest,
             format!(
-                "unknown field {} in a {name} request; the fields are agent, extension, type and transaction",
-                quote(field)
+                "unknown field {} in {} request; the fields are agent, extension, type and transaction",
+                quote(field),
+                with_article(name)
             ),
         ));
     }
@@ -456,8 +458,9 @@ fn no_fields_body(name: &str, body: Body) -> Result<(), CommandError> {
             Some(field) => Err(CommandError::new(
                 ErrorCode::InvalidRequest,
                 format!(
-                    "unknown field {} in a {name} request; it takes only transaction",
-                    quote(field)
+                    "unknown field {} in {} request; it takes only transaction",
+                    quote(field),
+                    with_article(name)
                 ),
             )),
         },
@@ -468,7 +471,10 @@ fn no_fields_body(name: &str, body: Body) -> Result<(), CommandError> {
 fn not_an_object(name: &str) -> CommandError {
     CommandError::new(
         ErrorCode::InvalidRequest,
-        format!("a {name} request must be a JSON object (or, for add and remove, a bare extension number)"),
+        format!(
+            "{} request must be a JSON object (or, for add and remove, a bare extension number)",
+            with_article(name)
+        ),
     )
 }
 
@@ -682,7 +688,7 @@ mod tests {
                 queue("500", "add"),
                 r#""201""#,
                 InvalidRequest,
-                "JSON object",
+                "an add request must be a JSON object",
             ),
             (queue("500", "add"), "", InvalidRequest, "needs a member"),
             (
@@ -701,7 +707,7 @@ mod tests {
                 queue("500", "add"),
                 r#"{"extension":"201","queue":"501"}"#,
                 InvalidRequest,
-                "unknown field \"queue\"",
+                "unknown field \"queue\" in an add request",
             ),
             (
                 queue("500", "add"),
@@ -745,7 +751,12 @@ mod tests {
                 InvalidRequest,
                 "unknown field \"agent\"",
             ),
-            (queue("500", "list"), "201", InvalidRequest, "JSON object"),
+            (
+                queue("500", "list"),
+                "201",
+                InvalidRequest,
+                "a list request must be a JSON object",
+            ),
             (
                 queue("500", "clean"),
                 "",

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use super::client::{Protocol, Settings, Will};
 use super::topics::Topics;
-use crate::config::MqttConfig;
+use crate::config::{MqttConfig, MqttProtocol};
 
 /// The largest MQTT packet there is (the protocol's limit, 256 MiB): what a
 /// 3.1.1 command connection accepts, so that no message, however large, can
@@ -46,9 +46,9 @@ impl BrokerOptions {
     /// The options of `[mqtt]`.
     pub fn from_config(config: &MqttConfig) -> Self {
         Self {
-            protocol: match config.protocol.as_str() {
-                "3.1.1" | "3.1" | "4" | "v311" => Protocol::V311,
-                _ => Protocol::V5,
+            protocol: match config.protocol {
+                MqttProtocol::V311 => Protocol::V311,
+                MqttProtocol::V5 => Protocol::V5,
             },
             max_packet_size: config.max_packet_size,
             session_expiry: config.session_expiry,

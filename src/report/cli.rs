@@ -78,7 +78,8 @@ impl ReportCommand {
     /// The report text `run` prints, with open intervals counted up to `now`.
     pub async fn output(self, config: &Config, now: DateTime<Utc>) -> anyhow::Result<String> {
         let settings = ReportSettings::from_config(&config.report, &config.agents);
-        let store = Store::open(&config.database.url)
+        // Reports never create, migrate or write a database.
+        let store = Store::open_existing(&config.database.url)
             .await
             .context("cannot open the history database (database.url)")?;
         let output = self.render(&store, &settings, now).await;

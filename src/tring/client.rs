@@ -374,6 +374,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_one_character_key_does_not_mangle_error_texts() {
+        // A host that never resolves: the resolver's words come back whole.
+        let config = TringConfig {
+            url: "http://pbx2mqtt-no-such-host.invalid/proxyapi.php".into(),
+            key: None,
+            key_file: None,
+            tenant: "ACME".into(),
+            timeout: Duration::from_secs(5),
+        };
+        let client = TringClient::new(&config, Secret::new("k")).unwrap();
+        let message = client.list("500").await.unwrap_err().to_string();
+        assert!(!message.contains("[redacted]"), "{message}");
+        assert!(
+            message.contains("lookup") || message.contains("resolve"),
+            "{message}"
+        );
+    }
+
+    #[tokio::test]
     async fn non_numbers_never_reach_the_wire() {
         // Port 9 on 127.0.0.1: nothing listens, but the check comes first.
         let config = TringConfig {

@@ -189,3 +189,211 @@ async fn demo_without_the_embedded_broker_says_what_to_do() {
         "nothing is started without a broker"
     );
 }
+
+/// Runs the binary in `dir` with only `env` set (no `PBX2MQTT_*` from the
+/// test environment), so messages are exactly what a user sees.
+async fn pbx2mqtt_in(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
+        .args(args)
+        .current_dir(dir)
+        .env_clear()
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .expect("run the pbx2mqtt binary")
+}
+
+fn example_config() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/config/pbx2mqtt.example.toml").to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_fails_on_the_example_config_exactly_where_run_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = example_config();
+    let run = pbx2mqtt_in(dir.path(), &["run", "--config", &example], &[]).await;
+    let run_err = text(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{run_err}");
+    let check = pbx2mqtt_in(dir.path(), &["check", "--config", &example], &[]).await;
+    let check_out = text(&check.stdout);
+    assert_eq!(
+        check.status.code(),
+        Some(2),
+        "{check_out}{}",
+        text(&check.stderr)
+    );
+    for key in ["belfabriek.account_pin", "tring.key", "tring.tenant"] {
+        assert!(
+            run_err.contains(&format!("{key}: is not set")),
+            "run: {key}:\n{run_err}"
+        );
+        assert!(
+            check_out
+                .lines()
+                .any(|l| l.starts_with("FAIL  configuration: ") && l.contains(key)),
+            "check: {key}:\n{check_out}"
+        );
+    }
+    assert!(
+        run_err.starts_with("error: invalid configuration (3 problems):\n"),
+        "{run_err}"
+    );
+    // The same three, no more: every problem line of run is a FAIL line of check.
+    let fails = check_out
+        .lines()
+        .filter(|l| l.starts_with("FAIL  configuration"))
+        .count();
+    assert_eq!(fails, 3, "{check_out}");
+    // Both warn about what works but is probably not meant.
+    for warning in ["no agents configured", "plain http://"] {
+        assert!(run_err.contains(warning), "{run_err}");
+        assert!(
+            check_out
+                .lines()
+                .any(|l| l.starts_with("warn  ") && l.contains(warning)),
+            "{check_out}"
+        );
+    }
+    // The probes whose settings are broken are not tried; the rest are.
+    assert!(
+        check_out.contains("skip  belfabriek: not tried: belfabriek.account_pin"),
+        "{check_out}"
+    );
+    assert!(
+        check_out.contains("skip  tring: not tried: tring.key, tring.tenant"),
+        "{check_out}"
+    );
+    assert!(check_out.contains("ok    database: "), "{check_out}");
+    assert!(
+        check_out.lines().any(|l| l.contains(" mqtt: ")),
+        "{check_out}"
+    );
+    assert!(
+        text(&check.stderr).contains("error: invalid configuration: 3 problems (listed above)"),
+        "{}",
+        text(&check.stderr)
+    );
+    // Neither created a database: validation comes before anything else.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_config_file_run_says_so_first_and_lists_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = pbx2mqtt_in(dir.path(), &["run"], &[]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let first = stderr.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(&format!(
+            "error: no configuration file found: looked for config/pbx2mqtt.toml in {}",
+            dir.path().display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        first.contains("--config FILE or PBX2MQTT_CONFIG=FILE"),
+        "{stderr}"
+    );
+    assert!(first.ends_with("leave 3 problems:"), "{stderr}");
+    for key in ["belfabriek.account_pin", "tring.key", "tring.tenant"] {
+        assert!(
+            stderr.contains(&format!("\n  {key}: is not set")),
+            "{stderr}"
+        );
+    }
+    assert!(!dir.path().join("data").exists(), "nothing written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_typo_is_one_clean_line_and_every_problem_comes_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::write(
+        dir.path().join("config/pbx2mqtt.toml"),
+        "[poll]\nintervall = \"2s\"\n",
+    )
+    .unwrap();
+    let out = pbx2mqtt_in(dir.path(), &["report", "summary"], &[]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        text(&out.stderr),
+        "error: invalid configuration: config/pbx2mqtt.toml: unknown key poll.intervall \
+         (allowed: interval, concurrency, stale_after, max_backoff)\n"
+    );
+
+    // Absurd values, a bad key from the environment, a short key: all named.
+    std::fs::write(
+        dir.path().join("config/pbx2mqtt.toml"),
+        "[poll]\nconcurrency = 4000000000000000000\n[belfabriek]\ntimeout = \"0s\"\n\
+         [tring]\nkey = \"k\"\ntenant = \"T\"\n",
+    )
+    .unwrap();
+    let out = pbx2mqtt_in(
+        dir.path(),
+        &["run"],
+        &[
+            ("PBX2MQTT_POLL__INTERVALL", "1s"),
+            ("PBX2MQTT_POLL__STALE_AFTER", "many"),
+            ("PBX2MQTT_BELFABRIEK__ACCOUNT_PIN", "7"),
+            ("PBX2MQTT_COMMANDS_CONCURRENCY", "4"),
+        ],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for line in [
+        "error: invalid configuration (6 problems):",
+        "  environment variable PBX2MQTT_POLL__INTERVALL: unknown key poll.intervall (allowed: interval, concurrency, stale_after, max_backoff)",
+        "  environment variable PBX2MQTT_POLL__STALE_AFTER: poll.stale_after: expected a whole number, found string \"many\"",
+        "  config/pbx2mqtt.toml: belfabriek.timeout: \"0s\" is too short (allowed: 100ms to 5m)",
+        "  environment variable PBX2MQTT_BELFABRIEK__ACCOUNT_PIN: belfabriek.account_pin: is shorter than 4 characters (allowed: the account PIN from Belfabriek; check the value)",
+        "  config/pbx2mqtt.toml: tring.key: is shorter than 6 characters (allowed: the API key from your TRiNG supplier; check the value)",
+        "  config/pbx2mqtt.toml: poll.concurrency: 4000000000000000000 is too large (allowed: 1 to 10000)",
+        "warning: environment variable PBX2MQTT_COMMANDS_CONCURRENCY is ignored: configuration variables are PBX2MQTT_<SECTION>__<KEY>, with two underscores between section and key; did you mean PBX2MQTT_COMMANDS__CONCURRENCY?",
+    ] {
+        assert!(stderr.lines().any(|l| l == line), "missing {line:?} in:\n{stderr}");
+    }
+    assert!(
+        !stderr.contains('`') && !stderr.contains("default."),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_logs_its_warnings_once_at_start() {
+    let app = prepare_app(Options::default()).await;
+    // No agents, and a misspelt variable. The HTTP port is taken, so the
+    // bridge stops right after logging them (before any MQTT connection).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let config = app.dir.path().join("no-agents.toml");
+    let toml = std::fs::read_to_string(app.dir.path().join("pbx2mqtt.toml")).unwrap();
+    let toml = toml.split("[[agents]]").next().unwrap().replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"{}\"", taken.local_addr().unwrap()),
+    );
+    std::fs::write(&config, toml).unwrap();
+    let out = pbx2mqtt_in(
+        app.dir.path(),
+        &["run", "--config", &config.display().to_string()],
+        &[("PBX2MQTT_POLL_INTERVALL", "1s")],
+    )
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for warning in [
+        "no agents configured: nothing will be polled",
+        "environment variable PBX2MQTT_POLL_INTERVALL is ignored",
+        "did you mean PBX2MQTT_POLL__INTERVAL?",
+    ] {
+        assert_eq!(stderr.matches(warning).count(), 1, "{warning}:\n{stderr}");
+    }
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("no agents")),
+        "{stderr}"
+    );
+    // Not a terminal: no colour codes.
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}

@@ -829,7 +829,7 @@ async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
     let mut h = Harness::prepare(Setup {
         commands_toml: "",
         tring_timeout: "10s",
-        key: "5678",
+        key: "567890",
         pin: Some("1234"),
     })
     .await;
@@ -843,18 +843,22 @@ async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
             json!("t1234")
         )
     );
-    let add_key_like = r#"{"extension":"205678","transaction":5678}"#;
-    let response = h.request("queue/5678/add", add_key_like).await;
-    assert_eq!(response["data"]["extension"], "205678", "{response}");
-    assert_eq!(response["data"]["queue"], "5678", "{response}");
-    let response = h.request("queue/5678/list", "").await;
-    assert_eq!(response["data"]["members"], json!(["205678"]), "{response}");
+    let add_key_like = r#"{"extension":"20567890","transaction":567890}"#;
+    let response = h.request("queue/567890/add", add_key_like).await;
+    assert_eq!(response["data"]["extension"], "20567890", "{response}");
+    assert_eq!(response["data"]["queue"], "567890", "{response}");
+    let response = h.request("queue/567890/list", "").await;
+    assert_eq!(
+        response["data"]["members"],
+        json!(["20567890"]),
+        "{response}"
+    );
 
     // TRiNG quoting the key: that text loses it.
     h.simulator.inject(
         Fault::always(
             Api::Tring,
-            FaultKind::PlainTextError("ERROR: key 5678 not valid".into()),
+            FaultKind::PlainTextError("ERROR: key 567890 not valid".into()),
         )
         .times(1),
     );
@@ -862,7 +866,7 @@ async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
     assert_eq!(response["code"], "upstream_rejected", "{response}");
     let error = response["error"].as_str().unwrap();
     assert!(
-        !error.contains("5678") && error.contains("[redacted]"),
+        !error.contains("567890") && error.contains("[redacted]"),
         "{error}"
     );
 
@@ -874,13 +878,13 @@ async fn short_numeric_secrets_do_not_corrupt_numbers_topics_or_requests() {
     assert_eq!(entries[0].extension.as_deref(), Some("201234"));
     assert_eq!(entries[0].request, add_pin_like);
     assert_eq!(entries[0].transaction.as_deref(), Some("\"t1234\""));
-    assert_eq!(entries[1].topic, "pbx2mqtt/request/queue/5678/add");
-    assert_eq!(entries[1].queue.as_deref(), Some("5678"));
-    assert_eq!(entries[1].extension.as_deref(), Some("205678"));
+    assert_eq!(entries[1].topic, "pbx2mqtt/request/queue/567890/add");
+    assert_eq!(entries[1].queue.as_deref(), Some("567890"));
+    assert_eq!(entries[1].extension.as_deref(), Some("20567890"));
     assert_eq!(entries[1].request, add_key_like);
-    assert_eq!(entries[1].transaction.as_deref(), Some("5678"));
+    assert_eq!(entries[1].transaction.as_deref(), Some("567890"));
     let audited_error = entries[3].error.as_deref().unwrap();
-    assert!(!audited_error.contains("5678"), "{audited_error}");
+    assert!(!audited_error.contains("567890"), "{audited_error}");
     h.stop().await;
 }
 

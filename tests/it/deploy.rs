@@ -11,7 +11,7 @@ use pbx2mqtt::config::Config;
 use pbx2mqtt::simulator::{Simulator, SimulatorConfig};
 use tokio_util::sync::CancellationToken;
 
-use crate::helpers::{broker_url, wait_until, SOON};
+use crate::helpers::{broker_url, clear_retained, wait_until, SOON};
 use crate::mqtt_client::TestClient;
 
 const DOCKERFILE: &str = include_str!("../../Dockerfile");
@@ -169,4 +169,5 @@ async fn docker_config_polls_the_simulators_default_agents() {
 
     stop.cancel();
     bridge.await.unwrap().unwrap();
+    clear_retained(&broker_url(), &base).await.unwrap();
 }

@@ -97,6 +97,9 @@ pub struct Options {
     pub stale_after: u32,
     pub extra_toml: String,
     pub broker_url: Option<String>,
+    /// `mqtt.protocol`; by default MQTT 5, or 3.1.1 on the embedded broker
+    /// (rumqttd serves MQTT 5 on a separate listener only).
+    pub protocol: Option<&'static str>,
 }
 
 impl Default for Options {
@@ -107,8 +110,14 @@ impl Default for Options {
             stale_after: 3,
             extra_toml: String::new(),
             broker_url: None,
+            protocol: None,
         }
     }
+}
+
+/// True when the tests use the embedded broker (no external one named).
+pub fn uses_embedded_broker() -> bool {
+    std::env::var("PBX2MQTT_TEST_MQTT_URL").map_or(true, |url| url.is_empty())
 }
 
 /// A running bridge with its own simulator, database and topic tree.
@@ -221,12 +230,110 @@ impl TestApp {
 }
 
 impl Drop for TestApp {
+    /// Stops the bridge and the simulator, and clears every retained
+    /// message the test left on the broker (even when it failed), so test
+    /// runs do not pile up retained topics on a shared broker.
     fn drop(&mut self) {
-        if let Some((stop, _)) = &self.bridge {
+        let bridge = self.bridge.take();
+        if let Some((stop, _)) = &bridge {
             stop.cancel();
         }
         self.simulator_stop.cancel();
+        let broker = self.broker_url.clone();
+        let base = self.base.clone();
+        let handle = bridge.map(|(_, handle)| handle);
+        // Drop cannot await: a thread with its own runtime waits for the
+        // bridge to finish (it publishes `offline` last), then clears.
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async {
+                if let Some(handle) = handle {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
+                }
+                if let Err(error) = clear_retained(&broker, &base).await {
+                    eprintln!("could not clear the retained topics under {base}: {error}");
+                }
+            });
+        });
+        let _ = cleanup.join();
     }
+}
+
+/// Clears (with an empty retained message) every retained message under
+/// `base`, and every Home Assistant discovery config naming the test's
+/// unique id; the number cleared. Never panics: it runs in `Drop`.
+pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, String> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+    let url = pbx2mqtt::config::BrokerUrl::parse(broker_url).map_err(|e| e.to_string())?;
+    let unique = base.rsplit('/').next().unwrap_or(base).to_owned();
+    let mut options = MqttOptions::new(
+        format!("cleanup-{:016x}", rand::random::<u64>()),
+        url.host(),
+        url.port(),
+    );
+    options.set_max_packet_size(1 << 24, 1 << 24);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    let filters = [format!("{base}/#"), "homeassistant/#".to_owned()];
+    let marker = |n: u32| format!("{base}/cleanup-marker/{n}");
+    let ours = |topic: &str| {
+        topic.starts_with(&format!("{base}/"))
+            || (topic.starts_with("homeassistant/") && topic.contains(&unique))
+    };
+    let work = async {
+        let mut retained = std::collections::BTreeSet::<String>::new();
+        let mut subacks = 0;
+        loop {
+            match eventloop.poll().await.map_err(|e| e.to_string())? {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    for filter in &filters {
+                        client
+                            .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => {
+                    subacks += 1;
+                    if subacks == filters.len() {
+                        // Everything retained is delivered before this.
+                        client
+                            .try_publish(marker(1), QoS::AtLeastOnce, false, "")
+                            .map_err(|e| e.to_string())?;
+                    }
+                }
+                Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(1) => {
+                    for topic in &retained {
+                        client
+                            .try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
+                            .map_err(|e| e.to_string())?;
+                    }
+                    // The broker handles a client's messages in order: when
+                    // this comes back, every clear before it is done.
+                    client
+                        .try_publish(marker(2), QoS::AtLeastOnce, false, "")
+                        .map_err(|e| e.to_string())?;
+                }
+                Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(2) => {
+                    let _ = client.try_disconnect();
+                    return Ok(retained.len());
+                }
+                Event::Incoming(Packet::Publish(publish))
+                    if publish.retain && !publish.payload.is_empty() && ours(&publish.topic) =>
+                {
+                    retained.insert(publish.topic.clone());
+                }
+                _ => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), work)
+        .await
+        .map_err(|_| "no answer from the broker within 10 s".to_owned())?
 }
 
 /// With `PBX2MQTT_TEST_LOG=<filter>`, logs go to stderr (for debugging).
@@ -272,9 +379,17 @@ pub async fn prepare_app(options: Options) -> TestApp {
     let database_url = format!("sqlite://{}", dir.path().join("history.db").display());
     let unique: u32 = rand::random();
     let base = format!("pbx2mqtt-test/{unique:08x}");
+    let protocol =
+        options
+            .protocol
+            .unwrap_or(if options.broker_url.is_none() && uses_embedded_broker() {
+                "3.1.1"
+            } else {
+                "5"
+            });
     let broker_url = options.broker_url.clone().unwrap_or_else(broker_url);
     let mut toml = format!(
-        "[mqtt]\nurl = {broker_url:?}\nclient_id = \"bridge-{unique:08x}\"\nbase_topic = {base:?}\n\
+        "[mqtt]\nurl = {broker_url:?}\nclient_id = \"bridge-{unique:08x}\"\nbase_topic = {base:?}\nprotocol = {protocol:?}\n\
          [belfabriek]\nurl = {bel:?}\naccount_pin = {TEST_PIN:?}\ntimeout = \"1s\"\n\
          [tring]\nurl = {tring:?}\nkey = {TEST_KEY:?}\ntenant = \"TEST\"\ntimeout = \"1s\"\n\
          [poll]\ninterval = {interval:?}\nstale_after = {stale}\nmax_backoff = \"200ms\"\n\

@@ -9,6 +9,7 @@ mod broker_restart;
 mod cli;
 mod commands;
 mod commands_end_to_end;
+mod demo;
 mod deploy;
 mod fault_proxy;
 mod faults;

@@ -6,7 +6,8 @@ use pbx2mqtt::simulator::{Api, Fault, FaultKind};
 
 use crate::helpers::{spawn_app, Options, SOON};
 
-/// (available, reason, extension status) → the status `product.md` §1 gives.
+/// (available, reason, extension status) → the status the README's statuses
+/// table gives.
 const STEPS: [(bool, &str, &str, &str); 9] = [
     (false, "pause", "idle", "paused"),
     (false, "handling", "idle", "busy"),
@@ -264,4 +265,41 @@ async fn the_http_api_serves_current_state_health_metrics_and_reports() {
         .unwrap();
     assert_eq!(bad.status(), reqwest::StatusCode::BAD_REQUEST);
     sub.clear_retained().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_upstream_values_are_capped_in_state_and_history() {
+    let app = spawn_app(Options {
+        agents: 1,
+        ..Options::default()
+    })
+    .await;
+    let mut sub = app.subscriber().await;
+    let state_topic = app.topic(1, "");
+    // Close to the 1 MiB body limit, so the answer is still read.
+    let huge_reason = "r".repeat(1_000_000);
+    app.simulator
+        .set_agent(
+            &app.ext(1),
+            pbx2mqtt::simulator::VirtualState {
+                available: false,
+                reason: huge_reason,
+                destination: Some("3".repeat(20_000)),
+                extension_status: "idle".into(),
+            },
+        )
+        .unwrap();
+    let state = sub
+        .wait_for(SOON, "unavailable", |m| {
+            m.topic == state_topic && m.json()["status"] == "unavailable"
+        })
+        .await;
+    assert!(state.payload.len() < 2_000, "{} bytes", state.payload.len());
+    let state = state.json();
+    assert_eq!(state["reason"], "r".repeat(256));
+    assert_eq!(state["destination"], "3".repeat(64));
+    let history = app.history(1).await;
+    let last = history.last().expect("an interval");
+    assert_eq!(last.reason.as_deref().map(str::len), Some(256), "{last:?}");
+    assert_eq!(last.destination.as_deref().map(str::len), Some(64));
 }
