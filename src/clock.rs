@@ -93,7 +93,10 @@ impl Clock {
     /// How far the underlying clock is behind the latest time handed out,
     /// in ms (0 when it is not): how far it was stepped back.
     pub fn behind_ms(&self) -> i64 {
-        (self.floor_ms.load(Ordering::SeqCst) - self.reading_ms()).max(0)
+        self.floor_ms
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.reading_ms())
+            .max(0)
     }
 }
 
@@ -109,6 +112,12 @@ mod tests {
 
     fn at(seconds: i64) -> DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + seconds, 0).unwrap()
+    }
+
+    #[test]
+    fn a_fresh_clock_is_not_behind() {
+        assert_eq!(Clock::system().behind_ms(), 0);
+        assert_eq!(Clock::manual(at(0)).behind_ms(), 0);
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod belfabriek;
 pub mod broker;
 pub mod cli;
 pub mod clock;
+pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod demo;

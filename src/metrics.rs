@@ -147,6 +147,23 @@ pub struct Metrics {
     /// Request messages ignored before parsing (not a request topic, an
     /// oversized topic).
     pub requests_ignored: AtomicU64,
+    /// Several bridges on one database: the last coordination step's view
+    /// (`None` with one bridge on SQLite).
+    pub cluster: Mutex<Option<ClusterView>>,
+}
+
+/// What this bridge knows about the bridges sharing its database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// This bridge's id.
+    pub bridge: String,
+    /// Agents held by each live bridge, by id.
+    pub shares: Vec<(String, usize)>,
+    /// Agents this bridge polls now.
+    pub owned: usize,
+    /// False once coordination has failed for longer than a lease: this
+    /// bridge polls nothing until it coordinates again.
+    pub coordinated: bool,
 }
 
 impl Metrics {
@@ -158,6 +175,22 @@ impl Metrics {
     /// Sets a gauge.
     pub fn set(gauge: &AtomicU64, value: u64) {
         gauge.store(value, Ordering::Relaxed);
+    }
+
+    /// The cluster view, if several bridges may share the database.
+    pub fn cluster_view(&self) -> Option<ClusterView> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Replaces the cluster view.
+    pub fn set_cluster_view(&self, view: ClusterView) {
+        *self
+            .cluster
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view);
     }
 
     /// Counts a failed poll of `kind`.
@@ -333,6 +366,28 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
+        }
+        if let Some(view) = self.cluster_view() {
+            let _ = writeln!(
+                out,
+                "# HELP pbx2mqtt_cluster_agents Agents held by each live bridge\n\
+                 # TYPE pbx2mqtt_cluster_agents gauge"
+            );
+            for (bridge, count) in &view.shares {
+                let _ = writeln!(
+                    out,
+                    "pbx2mqtt_cluster_agents{{bridge=\"{bridge}\"}} {count}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "# HELP pbx2mqtt_cluster_owned_agents Agents this bridge polls now\n\
+                 # TYPE pbx2mqtt_cluster_owned_agents gauge\npbx2mqtt_cluster_owned_agents {}\n\
+                 # HELP pbx2mqtt_cluster_coordinated 1 while this bridge coordinates with the others\n\
+                 # TYPE pbx2mqtt_cluster_coordinated gauge\npbx2mqtt_cluster_coordinated {}",
+                view.owned,
+                u8::from(view.coordinated)
             );
         }
         out

@@ -28,22 +28,23 @@ use tracing::info;
 
 use crate::belfabriek::BelfabriekClient;
 use crate::clock::Clock;
+use crate::cluster::{Coordinator, Timings};
 use crate::commands::audit::AuditWriter;
 use crate::commands::membership::{MembershipTask, RefreshRequests};
-use crate::commands::Dispatcher;
+use crate::commands::{Dispatcher, SharedTransactions};
 use crate::config::Config;
-use crate::history::{ChangeQueue, HistoryWriter};
+use crate::history::{ChangeQueue, ClusterMember, HistoryWriter};
 use crate::homeassistant::Discovery;
 use crate::http::{HttpServer, HttpState};
 use crate::latest::LatestStates;
 use crate::metrics::Metrics;
-use crate::mqtt::commands::{CommandConnection, Subscriptions};
+use crate::mqtt::commands::{CommandConnection, Presence, Subscriptions};
 use crate::mqtt::publisher::{BridgeInfo, Publisher, PublisherParts};
 use crate::mqtt::settings::{self, BrokerOptions};
 use crate::mqtt::topics::Topics;
 use crate::poller::Poller;
 use crate::status::Tracker;
-use crate::store::{DailyTotals, Store};
+use crate::store::{DailyTotals, ResumedAgents, Store};
 use crate::tring::TringClient;
 
 /// Request messages waiting for the dispatcher. The dispatcher answers a
@@ -53,6 +54,13 @@ const REQUESTS_CAPACITY: usize = 1024;
 
 /// Responses waiting for the command connection, which always drains them.
 const RESPONSES_CAPACITY: usize = 1024;
+
+/// Orders from the cluster coordinator to the poller waiting at most.
+const CONTROL_CAPACITY: usize = 64;
+
+/// The shared subscription group of the request topics when several
+/// bridges share the work: each request goes to one of them.
+const SHARE_GROUP: &str = "pbx2mqtt";
 
 /// Added to `bridge.shutdown_timeout` for the final flush to the broker
 /// after the history writer used its share.
@@ -80,6 +88,12 @@ pub struct Application {
     acked_seq: u64,
     /// The wall clock, never going backwards.
     clock: Clock,
+    /// Several bridges share the database (PostgreSQL): agents are polled
+    /// by the bridge holding their lease (see [`crate::cluster`]).
+    cluster: Option<Timings>,
+    /// SQLite: the lock that keeps a second bridge off the file, held while
+    /// the bridge runs.
+    _single_bridge: Option<std::fs::File>,
 }
 
 impl Application {
@@ -90,9 +104,13 @@ impl Application {
 
     /// [`Application::build`] with a given clock (tests).
     pub async fn build_with_clock(config: Config, clock: Clock) -> anyhow::Result<Self> {
+        let single_bridge = Store::lock_single_bridge(&config.database.url)?;
         let mut store = Store::open(&config.database.url)
             .await
             .context("cannot open the history database (database.url)")?;
+        let cluster = store
+            .is_shared()
+            .then(|| Timings::from_takeover(config.bridge.takeover_after));
         let started = std::time::Instant::now();
         match store
             .keep_daily_totals(config.report.tz())
@@ -112,10 +130,18 @@ impl Application {
             .iter()
             .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
             .collect();
-        let resume = store
-            .resume(&agents, clock.now())
-            .await
-            .context("cannot resume from history")?;
+        let resume = if cluster.is_some() {
+            // Agents come with their leases, once the bridge runs.
+            ResumedAgents {
+                states: Vec::new(),
+                last_seq: store.last_seq().await.context("cannot read the last seq")?,
+            }
+        } else {
+            store
+                .resume(&agents, clock.now())
+                .await
+                .context("cannot resume from history")?
+        };
         // Nothing is ever stamped before the history already stored.
         for state in &resume.states {
             clock.raise_to(state.since.max(state.updated));
@@ -163,6 +189,8 @@ impl Application {
             last_seq: resume.last_seq,
             acked_seq,
             clock,
+            cluster,
+            _single_bridge: single_bridge,
         })
     }
 
@@ -189,13 +217,18 @@ impl Application {
         let broker = BrokerOptions::from_config(&config.mqtt);
         let publisher_settings =
             settings::publisher(&config.mqtt, &broker, &topics).context("mqtt TLS settings")?;
-        let commands_settings =
-            settings::commands(&config.mqtt, &broker).context("mqtt TLS settings")?;
+        let commands_settings = settings::commands(
+            &config.mqtt,
+            &broker,
+            topics.bridge_member_state(&config.bridge.id),
+        )
+        .context("mqtt TLS settings")?;
         let belfabriek = Arc::new(
-            BelfabriekClient::new(
+            BelfabriekClient::for_bridge(
                 &config.belfabriek,
                 config.account_pin(),
                 config.poll.concurrency,
+                &config.bridge.id,
             )
             .context("cannot build the Belfabriek client")?,
         );
@@ -208,6 +241,7 @@ impl Application {
         let (responses_tx, responses_rx) = mpsc::channel(RESPONSES_CAPACITY);
         let (acked_tx, acked_rx) = watch::channel(self.acked_seq);
         let rediscover = Arc::new(Notify::new());
+        let reannounce = Arc::new(Notify::new());
         let refresh = RefreshRequests::default();
 
         let agent_extensions: Vec<_> = config
@@ -241,6 +275,12 @@ impl Application {
             discovery: discovery
                 .as_ref()
                 .map(|discovery| (discovery.own_configs_filter(), discovery.config_topics())),
+            shared_group: self.cluster.map(|_| SHARE_GROUP.to_owned()),
+            presence: Presence {
+                own: topics.bridge_member_state(&config.bridge.id),
+                overall: self.cluster.map(|_| topics.bridge_state()),
+                reannounce: reannounce.clone(),
+            },
         };
         let publisher = Publisher::new(PublisherParts {
             topics: topics.clone(),
@@ -252,6 +292,7 @@ impl Application {
             acked_seq: self.acked_seq,
             acked: acked_tx,
             rediscover: rediscover.clone(),
+            reannounce,
             agent_extensions: agent_extensions.clone(),
             metrics: self.metrics.clone(),
         });
@@ -272,8 +313,15 @@ impl Application {
             self.clock.clone(),
             shutdown_timeout,
         )
-        .with_acked(acked_rx.clone())
-        .as_bridge(&config.bridge.id, false, None);
+        .with_acked(acked_rx.clone());
+        let (fenced_tx, fenced_rx) = mpsc::unbounded_channel();
+        let writer = writer.as_bridge(
+            &config.bridge.id,
+            self.cluster.map(|timings| ClusterMember {
+                lease_ms: timings.lease_ms(),
+                lost: fenced_tx,
+            }),
+        );
         let retention =
             (!config.commands.audit_retention.is_zero()).then_some(config.commands.audit_retention);
         let (audit_writer, audit) =
@@ -287,7 +335,15 @@ impl Application {
             refresh.clone(),
             self.clock.clone(),
         );
-        let dispatcher = Dispatcher::new(&config, tring, audit, refresh, self.metrics.clone());
+        let mut dispatcher = Dispatcher::new(&config, tring, audit, refresh, self.metrics.clone());
+        if let Some(timings) = self.cluster {
+            dispatcher = dispatcher.shared_with(SharedTransactions {
+                store: self.store.clone(),
+                bridge: config.bridge.id.clone(),
+                window: config.commands.dedup_window,
+                alive: timings.lease,
+            });
+        }
         let poller = Poller::new(
             belfabriek,
             config.agents.clone(),
@@ -297,6 +353,28 @@ impl Application {
             self.metrics.clone(),
             self.clock.clone(),
         );
+        let (poller, coordinator) = match self.cluster {
+            None => (poller, None),
+            Some(timings) => {
+                let (control_tx, control_rx) = mpsc::channel(CONTROL_CAPACITY);
+                let coordinator = Coordinator::new(
+                    self.store.clone(),
+                    config.bridge.id.clone(),
+                    config
+                        .agents
+                        .iter()
+                        .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
+                        .collect(),
+                    timings,
+                    control_tx,
+                    self.latest.clone(),
+                    fenced_rx,
+                    self.clock.clone(),
+                    self.metrics.clone(),
+                );
+                (poller.controlled_by(control_rx), Some(coordinator))
+            }
+        };
 
         // Each stage stops on its own token, cancelled in order below.
         let writer_stop = CancellationToken::new();
@@ -312,10 +390,17 @@ impl Application {
         let membership = tokio::spawn(membership.run(shutdown.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx));
         let poller = tokio::spawn(poller.run(shutdown.clone()));
+        let coordinator =
+            coordinator.map(|coordinator| tokio::spawn(coordinator.run(shutdown.clone())));
         let http = self
             .http
             .map(|server| tokio::spawn(server.run(shutdown.clone())));
-        info!(agents = config.agents.len(), "bridge running");
+        info!(
+            agents = config.agents.len(),
+            bridge = %config.bridge.id,
+            several_bridges = self.cluster.is_some(),
+            "bridge running"
+        );
 
         shutdown.cancelled().await;
         info!(
@@ -324,6 +409,10 @@ impl Application {
         );
         let ordered = async {
             poller.await.context("poller task panicked")?;
+            // No coordination step may run once the writer leaves.
+            if let Some(coordinator) = coordinator {
+                coordinator.await.context("cluster coordinator panicked")?;
+            }
             membership.await.context("membership task panicked")?;
             writer_stop.cancel();
             commands_stop.cancel();

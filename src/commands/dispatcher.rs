@@ -55,6 +55,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::topics::{RequestTopic, Topics};
 use crate::mqtt::{Incoming, Outgoing};
 use crate::secret::Secret;
+use crate::store::Claim;
 use crate::tring::TringClient;
 
 /// How long the empty message echoing our own clear of a retained request
@@ -93,6 +94,30 @@ struct Context {
     membership: RefreshRequests,
     /// Outcome counters.
     metrics: Arc<Metrics>,
+    /// Transactions shared with other bridges, when there are several.
+    shared: Option<SharedTransactions>,
+}
+
+/// Transactions claimed in the database shared by several bridges, so a
+/// request that reaches a second bridge (a resend, a redelivery after a
+/// bridge died) runs once (`store/transactions.rs`).
+#[derive(Debug, Clone)]
+pub struct SharedTransactions {
+    /// The shared database.
+    pub store: crate::store::Store,
+    /// This bridge's id.
+    pub bridge: String,
+    /// How long a transaction is remembered (`commands.dedup_window`).
+    pub window: Duration,
+    /// A bridge silent this long no longer runs what it claimed (its lease
+    /// time).
+    pub alive: Duration,
+}
+
+impl SharedTransactions {
+    fn millis(duration: Duration) -> i64 {
+        i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+    }
 }
 
 /// One request message as it was received: its topics, payload and parse
@@ -130,8 +155,9 @@ struct Waiting {
 
 /// What a command task hands back to the loop.
 struct Finished {
-    /// The response to publish.
-    response: Outgoing,
+    /// The response to publish; `None` when another bridge runs the same
+    /// transaction and answers it.
+    response: Option<Outgoing>,
     /// True for `ok`.
     ok: bool,
 }
@@ -205,6 +231,7 @@ impl Dispatcher {
                 tring_key: config.tring_key(),
                 membership,
                 metrics,
+                shared: None,
             }),
             concurrency,
             max_backlog: BACKLOG_PER_SLOT * concurrency,
@@ -218,6 +245,14 @@ impl Dispatcher {
                 used: 0,
             },
         }
+    }
+
+    /// Shares transactions with the other bridges on the database.
+    pub fn shared_with(mut self, shared: SharedTransactions) -> Self {
+        if let Some(context) = Arc::get_mut(&mut self.context) {
+            context.shared = Some(shared);
+        }
+        self
     }
 
     /// Serves requests until `requests` closes, then finishes every
@@ -379,9 +414,9 @@ impl Dispatcher {
             dedup_key,
             span,
         } = waiting;
-        let handle = self
-            .commands
-            .spawn(run_command(self.context.clone(), request, command).instrument(span));
+        let handle = self.commands.spawn(
+            run_command(self.context.clone(), request, command, dedup_key.clone()).instrument(span),
+        );
         self.running.insert(handle.id(), dedup_key);
     }
 
@@ -420,9 +455,17 @@ impl Dispatcher {
                 } else {
                     &self.context.metrics.commands_failed
                 });
-                let waiting = match self.running.remove(&id).flatten() {
+                let key = self.running.remove(&id).flatten();
+                let Some(response) = finished.response else {
+                    // Another bridge runs it and answers.
+                    if let Some(key) = key {
+                        self.dedup.abandon(&key);
+                    }
+                    return;
+                };
+                let waiting = match key {
                     Some(key) => {
-                        let waiting = self.dedup.complete(&key, finished.response.payload.clone());
+                        let waiting = self.dedup.complete(&key, response.payload.clone());
                         if !finished.ok {
                             // Only successes are remembered: a retry after an
                             // error runs again (every operation is repeatable).
@@ -433,9 +476,9 @@ impl Dispatcher {
                     None => 0,
                 };
                 for _ in 0..waiting {
-                    send(responses, finished.response.clone()).await;
+                    send(responses, response.clone()).await;
                 }
-                send(responses, finished.response).await;
+                send(responses, response).await;
             }
             Err(error) => {
                 // A command task panicked: forget its transaction so a retry
@@ -473,8 +516,67 @@ async fn run_command(
     context: Arc<Context>,
     request: ReceivedRequest,
     command: Command,
+    key: Option<DedupKey>,
 ) -> Finished {
-    let execution = execute(&context.client, &command).await;
+    let shared = context.shared.as_ref().zip(key.as_ref());
+    if let Some((shared, key)) = shared {
+        let claim = shared
+            .store
+            .claim_transaction(
+                &key.topic,
+                &key.transaction,
+                &shared.bridge,
+                SharedTransactions::millis(shared.window),
+                SharedTransactions::millis(shared.alive),
+            )
+            .await;
+        match claim {
+            Ok(Claim::Run) => {}
+            Ok(Claim::RunningOn(bridge)) => {
+                tracing::info!(%bridge, "duplicate request: another bridge runs it and answers");
+                return Finished {
+                    response: None,
+                    ok: true,
+                };
+            }
+            Ok(Claim::Answered(payload)) => {
+                tracing::info!(
+                    "duplicate request answered from the shared history, not executed again"
+                );
+                let answer = response(request.response_topic, payload, request.correlation_data);
+                return Finished {
+                    response: Some(answer),
+                    ok: true,
+                };
+            }
+            Err(error) => {
+                // Every operation is safe to repeat: running it beats not
+                // answering.
+                tracing::warn!(%error, "cannot check the transaction with the other bridges; running it");
+            }
+        }
+    }
+    let finished = execute_command(&context, &request, &command).await;
+    if let (Some((shared, key)), Some(answer)) = (shared, &finished.response) {
+        let stored = finished.ok.then_some(answer.payload.as_slice());
+        if let Err(error) = shared
+            .store
+            .finish_transaction(&key.topic, &key.transaction, stored)
+            .await
+        {
+            tracing::warn!(%error, "cannot share the transaction's answer with the other bridges");
+        }
+    }
+    finished
+}
+
+/// Runs one valid command against TRiNG (see [`run_command`]).
+async fn execute_command(
+    context: &Context,
+    request: &ReceivedRequest,
+    command: &Command,
+) -> Finished {
+    let execution = execute(&context.client, command).await;
     let ok = execution.outcome.is_ok();
     if let Command::Add { queue, .. } | Command::Remove { queue, .. } | Command::Clean { queue } =
         &command
@@ -484,13 +586,16 @@ async fn run_command(
         context.membership.refresh(queue);
     }
     let response = conclude(
-        &context,
-        &request,
+        context,
+        request,
         execution.outcome,
         Some(execution.upstream_latency),
         true,
     );
-    Finished { response, ok }
+    Finished {
+        response: Some(response),
+        ok,
+    }
 }
 
 /// The end of every request that was not ignored or answered from memory:

@@ -46,7 +46,7 @@ use crate::model::AgentId;
 use crate::secret::Secret;
 use crate::tring::TringError;
 
-pub use dispatcher::Dispatcher;
+pub use dispatcher::{Dispatcher, SharedTransactions};
 pub use parse::{parse_request, CommandRules, ParsedRequest};
 
 /// A stable machine-readable error code (the `code` of an error response).

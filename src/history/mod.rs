@@ -16,4 +16,4 @@ mod writer;
 mod tests;
 
 pub use queue::ChangeQueue;
-pub use writer::{HistoryWriter, BATCH_MAX, HEARTBEAT_EVERY};
+pub use writer::{ClusterMember, HistoryWriter, BATCH_MAX, HEARTBEAT_EVERY};

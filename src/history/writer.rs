@@ -49,6 +49,17 @@ const RETRY_BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// The longest wait between retries of a failed commit.
 const RETRY_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// A writer's part among several bridges on one database.
+#[derive(Debug, Clone)]
+pub struct ClusterMember {
+    /// How long a lease lasts (ms): a stop closes the history only when no
+    /// other bridge renewed its heartbeat within it.
+    pub lease_ms: i64,
+    /// Where agents lost to fencing are reported (the coordinator stops
+    /// polling them).
+    pub lost: tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>,
+}
+
 /// The history writer task's state. Build it with [`HistoryWriter::new`] and
 /// spawn [`HistoryWriter::run`].
 #[derive(Debug)]
@@ -61,12 +72,9 @@ pub struct HistoryWriter {
     last_seq: u64,
     /// This bridge's id (stored with its transitions).
     bridge: String,
-    /// Check the agent leases in every batch (several bridges on one
-    /// database).
-    fenced: bool,
-    /// Where agents lost to fencing are reported (the cluster coordinator
-    /// stops polling them).
-    lost: Option<tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>>,
+    /// Several bridges on one database: every batch checks the agent
+    /// leases, and a stop leaves the others instead of closing history.
+    cluster: Option<ClusterMember>,
     /// The seq of each agent's latest transition, for non-transition changes.
     agent_seqs: HashMap<AgentId, u64>,
     /// What is committed, for the publisher and the HTTP API.
@@ -106,8 +114,7 @@ impl HistoryWriter {
             changes,
             last_seq,
             bridge: "pbx2mqtt".to_owned(),
-            fenced: false,
-            lost: None,
+            cluster: None,
             agent_seqs: HashMap::new(),
             latest,
             metrics,
@@ -121,17 +128,11 @@ impl HistoryWriter {
         }
     }
 
-    /// Commits as `bridge`; with `fenced`, only for agents whose lease it
-    /// holds, reporting the others on `lost`.
-    pub fn as_bridge(
-        mut self,
-        bridge: &str,
-        fenced: bool,
-        lost: Option<tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>>,
-    ) -> Self {
+    /// Commits as `bridge`, one of several on the database when `cluster`
+    /// is given.
+    pub fn as_bridge(mut self, bridge: &str, cluster: Option<ClusterMember>) -> Self {
         self.bridge = bridge.to_owned();
-        self.fenced = fenced;
-        self.lost = lost;
+        self.cluster = cluster;
         self
     }
 
@@ -247,7 +248,7 @@ impl HistoryWriter {
             }
             let options = CommitOptions {
                 bridge: &self.bridge,
-                fenced: self.fenced,
+                fenced: self.cluster.is_some(),
                 batch_id,
                 heartbeat_at: Some(self.clock.now()),
             };
@@ -267,8 +268,8 @@ impl HistoryWriter {
                         "agents taken over by another bridge; their waiting changes are dropped"
                     );
                     batch.retain(|change| !lost.contains(&change.state.agent));
-                    if let Some(report) = &self.lost {
-                        let _ = report.send(lost);
+                    if let Some(cluster) = &self.cluster {
+                        let _ = cluster.lost.send(lost);
                     }
                     if batch.is_empty() {
                         return true;
@@ -367,7 +368,19 @@ impl HistoryWriter {
                 tracing::error!("stopping without closing the history: the database did not answer in time (the next start closes it at the last heartbeat)");
                 return;
             };
-            match tokio::time::timeout(remaining, self.store.close_history(stop)).await {
+            let closing = async {
+                match &self.cluster {
+                    None => self.store.close_history(stop).await,
+                    // The others take its agents over and go on; the last
+                    // bridge closes what it held.
+                    Some(cluster) => {
+                        self.store
+                            .leave_cluster(&self.bridge, cluster.lease_ms, stop)
+                            .await
+                    }
+                }
+            };
+            match tokio::time::timeout(remaining, closing).await {
                 Ok(Ok(closed)) => {
                     tracing::info!(intervals = closed, "history closed at the stop time");
                     return;

@@ -158,9 +158,11 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let connected = |gauge: &std::sync::atomic::AtomicU64| gauge.load(Relaxed) == 1;
     let publisher = connected(&metrics.mqtt_connected);
     let commands = connected(&metrics.mqtt_commands_connected);
-    let ready = database_ok && publisher && commands;
+    let cluster = metrics.cluster_view();
+    let coordinated = cluster.as_ref().is_none_or(|view| view.coordinated);
+    let ready = database_ok && publisher && commands && coordinated;
     let last_commit_ms = metrics.history_last_commit_ms.load(Relaxed);
-    let body = json!({
+    let mut body = json!({
         "ready": ready,
         "database": match database {
             Ok(Ok(())) => "ok".to_owned(),
@@ -174,6 +176,14 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             .filter(|_| last_commit_ms > 0)
             .map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
     });
+    if let Some(view) = cluster {
+        body["cluster"] = json!({
+            "bridge": view.bridge,
+            "coordinated": view.coordinated,
+            "owned_agents": view.owned,
+            "shares": view.shares.into_iter().map(|(bridge, count)| (bridge, json!(count))).collect::<serde_json::Map<String, serde_json::Value>>(),
+        });
+    }
     let status = if ready {
         StatusCode::OK
     } else {

@@ -56,6 +56,27 @@ pub struct Subscriptions {
     /// The filter of this bridge's own discovery configs, and the topics of
     /// the ones it publishes now.
     pub discovery: Option<(String, HashSet<String>)>,
+    /// Several bridges: the MQTT 5 / 3.1.1 shared subscription group the
+    /// request filters join (`$share/<group>/...`), so each request goes
+    /// to one bridge.
+    pub shared_group: Option<String>,
+    /// This bridge's own `online`/`offline`.
+    pub presence: Presence,
+}
+
+/// This bridge's presence among several: its own state topic (`online`
+/// on connect, `offline` as the last will and on a clean stop) and, with
+/// several bridges, the overall `bridge/state`, which a bridge that stops
+/// or dies sets `offline`: every other bridge then says `online` again
+/// (the publisher's `reannounce`), so it means "at least one bridge is up".
+#[derive(Debug, Clone)]
+pub struct Presence {
+    /// `<base>/bridge/<id>/state`.
+    pub own: String,
+    /// `<base>/bridge/state`, watched with several bridges.
+    pub overall: Option<String>,
+    /// Woken when another bridge set the overall state `offline`.
+    pub reannounce: Arc<Notify>,
 }
 
 /// The command connection task. Build with [`CommandConnection::new`], then
@@ -174,6 +195,18 @@ impl CommandConnection {
                     }
                 }
             }
+            // A clean stop sends no last will: say it.
+            if self.connected {
+                self.out
+                    .push_back(presence(&self.subscriptions.presence.own, "offline"));
+                while !self.out.is_empty() || connection.inflight() > 0 {
+                    self.hand_over(&client);
+                    match connection.poll().await {
+                        Ok(event) => self.on_event(event, &client),
+                        Err(_) => return,
+                    }
+                }
+            }
             let _ = client.try_disconnect();
             while let Ok(event) = connection.poll().await {
                 if event == NetEvent::Disconnected {
@@ -201,6 +234,13 @@ impl CommandConnection {
 
     /// A message on a subscribed topic.
     fn on_received(&mut self, received: super::client::Received) {
+        if self.subscriptions.presence.overall.as_deref() == Some(received.topic.as_str()) {
+            if received.payload.as_ref() == b"offline" {
+                debug!("another bridge went offline; saying this one is online");
+                self.subscriptions.presence.reannounce.notify_one();
+            }
+            return;
+        }
         if self.subscriptions.ha_status.as_deref() == Some(received.topic.as_str()) {
             if received.payload.as_ref() == b"online" {
                 self.rediscover.notify_one();
@@ -313,15 +353,31 @@ impl Session for CommandConnection {
     fn on_connected(&mut self, session_present: bool, client: &Client) {
         self.connected = true;
         Metrics::set(&self.metrics.mqtt_commands_connected, 1);
+        self.out
+            .push_front(presence(&self.subscriptions.presence.own, "online"));
+        let shared = |path: &String| match &self.subscriptions.shared_group {
+            Some(group) => format!("$share/{group}/{path}"),
+            None => path.clone(),
+        };
         let mut filters: Vec<Filter> = self
             .subscriptions
             .requests
             .iter()
             .map(|path| Filter {
-                path: path.clone(),
+                path: shared(path),
                 retain_as_published: true,
             })
             .collect();
+        filters.extend(
+            self.subscriptions
+                .presence
+                .overall
+                .iter()
+                .map(|path| Filter {
+                    path: path.clone(),
+                    retain_as_published: false,
+                }),
+        );
         filters.extend(self.subscriptions.ha_status.iter().map(|path| Filter {
             path: path.clone(),
             retain_as_published: false,
@@ -355,6 +411,16 @@ impl Session for CommandConnection {
     fn on_disconnected(&mut self) {
         self.connected = false;
         Metrics::set(&self.metrics.mqtt_commands_connected, 0);
+    }
+}
+
+/// A retained presence message.
+fn presence(topic: &str, payload: &'static str) -> Message {
+    Message {
+        topic: topic.to_owned(),
+        payload: Bytes::from_static(payload.as_bytes()),
+        retain: true,
+        correlation_data: None,
     }
 }
 

@@ -99,6 +99,9 @@ pub struct PublisherParts {
     pub acked: watch::Sender<u64>,
     /// Woken when Home Assistant comes online: republish its configs.
     pub rediscover: Arc<Notify>,
+    /// Woken when another bridge set `bridge/state` `offline` (several
+    /// bridges): say `online` again.
+    pub reannounce: Arc<Notify>,
     /// The agents with a queue extension (agent id, extension): the
     /// `agent/<agent>/queues` topics.
     pub agent_extensions: Vec<(AgentId, String)>,
@@ -142,6 +145,8 @@ pub enum Work {
     Changed,
     /// Home Assistant came online.
     Rediscover,
+    /// Another bridge went offline; this one is still up.
+    Reannounce,
     /// Events read back from the store, and the seq committed when the
     /// read started.
     Loaded(u64, Result<Vec<TransitionEvent>, StoreError>),
@@ -435,6 +440,7 @@ impl Session for Publisher {
         tokio::select! {
             () = self.parts.subscription.changed() => Work::Changed,
             () = self.parts.rediscover.notified() => Work::Rediscover,
+            () = self.parts.reannounce.notified() => Work::Reannounce,
             (committed, loaded) = loading => Work::Loaded(committed, loaded),
             () = retry => Work::Changed,
         }
@@ -455,6 +461,12 @@ impl Session for Publisher {
                     info!("Home Assistant came online: republishing discovery and states");
                     self.queue_control();
                     self.parts.subscription.mark_all_unseen();
+                }
+            }
+            Work::Reannounce => {
+                if self.connected {
+                    let online = Self::message(self.parts.topics.bridge_state(), "online", None);
+                    self.control.push_back(online);
                 }
             }
             Work::Loaded(committed, loaded) => {

@@ -118,10 +118,19 @@ pub fn publisher(
 }
 
 /// The command connection: a persistent session (requests published while
-/// the bridge reconnects are delivered afterwards), no last will.
-pub fn commands(config: &MqttConfig, options: &BrokerOptions) -> Result<Settings, TlsSetupError> {
+/// the bridge reconnects are delivered afterwards), last will `offline` on
+/// this bridge's own state topic (`<base>/bridge/<id>/state`).
+pub fn commands(
+    config: &MqttConfig,
+    options: &BrokerOptions,
+    own_state: String,
+) -> Result<Settings, TlsSetupError> {
     let base = base(config, options, &format!("{}-cmd", config.client_id))?;
     Ok(Settings {
+        will: Some(Will {
+            topic: own_state,
+            payload: b"offline".to_vec(),
+        }),
         persistent: true,
         inflight: COMMANDS_INFLIGHT,
         max_incoming_packet: match options.protocol {

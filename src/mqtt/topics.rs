@@ -45,6 +45,12 @@ impl Topics {
         format!("{}/bridge/state", self.base)
     }
 
+    /// `<base>/bridge/<id>/state`: `online`/`offline` of one bridge among
+    /// several, retained.
+    pub fn bridge_member_state(&self, bridge: &str) -> String {
+        format!("{}/bridge/{bridge}/state", self.base)
+    }
+
     /// `<base>/bridge/info`: JSON, retained.
     pub fn bridge_info(&self) -> String {
         format!("{}/bridge/info", self.base)
@@ -123,6 +129,10 @@ mod tests {
         let alice = AgentId::parse("alice").unwrap();
         assert_eq!(topics.bridge_state(), "pbx2mqtt/bridge/state");
         assert_eq!(topics.bridge_info(), "pbx2mqtt/bridge/info");
+        assert_eq!(
+            topics.bridge_member_state("east"),
+            "pbx2mqtt/bridge/east/state"
+        );
         assert_eq!(topics.agent_state(&alice), "pbx2mqtt/agent/alice");
         assert_eq!(topics.agent_status(&alice), "pbx2mqtt/agent/alice/status");
         assert_eq!(topics.agent_event(&alice), "pbx2mqtt/agent/alice/event");

@@ -26,7 +26,7 @@ use super::rows::Handover;
 use super::{Store, StoreError};
 
 /// The database's clock, ms since the epoch.
-const NOW: [&str; 2] = [
+pub(super) const NOW: [&str; 2] = [
     "SELECT CAST(unixepoch('subsec') * 1000 AS INTEGER)",
     "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint",
 ];
@@ -167,11 +167,11 @@ impl Store {
                 let take = if desired && !releasing.contains(name) {
                     match lease {
                         None => Some(Handover::Restart),
-                        Some((_, bridge, _, _)) if bridge == me => {
+                        Some((_, bridge, _, expires)) if bridge == me => {
                             // Ours; if it expired meanwhile (we hung), what
-                            // happened since our last heartbeat is unknown.
-                            (!held).then(|| Handover::Expired {
-                                owner_alive: heartbeats.get(me).copied().unwrap_or(now),
+                            // happened since we last renewed it is unknown.
+                            (!held).then_some(Handover::Expired {
+                                owner_alive: *expires - ttl_ms,
                             })
                         }
                         Some((_, bridge, _, released_at)) if bridge.is_empty() => {

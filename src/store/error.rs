@@ -53,6 +53,24 @@ pub enum StoreError {
         /// The migration error.
         source: sqlx::migrate::MigrateError,
     },
+    /// Another bridge already runs on this SQLite file.
+    #[error("another pbx2mqtt bridge is already running on the sqlite database {path} (it holds {lock}); SQLite keeps one bridge per file: stop the other bridge, point database.url at another file, or use PostgreSQL to run several bridges together")]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// The lock file next to an SQLite database could not be opened.
+    #[error(
+        "cannot open the lock file {lock}: {source}; check the database directory is writable"
+    )]
+    LockFile {
+        /// The lock file.
+        lock: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
     /// A query failed.
     #[error("history database failed while {action}: {source}")]
     Query {

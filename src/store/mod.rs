@@ -13,7 +13,8 @@
 //!   events after that mark, rebuilt from history;
 //! - `audit.rs`: the queue-command audit table;
 //! - `cluster.rs`: several bridges on one database (heartbeats, agent
-//!   leases);
+//!   leases); `transactions.rs`: queue commands claimed by transaction
+//!   across bridges;
 //! - `daily.rs`: per-day totals kept as history is written, for fast
 //!   reports over whole days;
 //! - `reports.rs`: the report queries;
@@ -36,8 +37,11 @@ mod postgres;
 mod reports;
 mod rows;
 mod sqlite;
+mod transactions;
 mod url;
 
+#[cfg(test)]
+mod cluster_tests;
 #[cfg(test)]
 pub(crate) mod test_database;
 #[cfg(test)]
@@ -50,6 +54,7 @@ pub use error::StoreError;
 pub use intervals::{assign_seqs, CommitOptions, CommitOutcome, ResumedAgents};
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
 pub use rows::{Handover, Interval};
+pub use transactions::Claim;
 pub use url::redact_url;
 
 use self::dialect::with_pool;

@@ -61,6 +61,7 @@ static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/s
 static POSTGRES_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
 /// The backends a URL can name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Scheme {
     Sqlite,
     Postgres,
@@ -90,6 +91,45 @@ impl Store {
         match scheme(url)? {
             Scheme::Sqlite => open_sqlite(url).await,
             Scheme::Postgres => open_postgres(url).await,
+        }
+    }
+
+    /// Makes sure this process is the only bridge on an SQLite database: an
+    /// exclusive lock on `<file>.lock`, held while the returned guard lives
+    /// (the operating system drops it when the process dies, so a crash
+    /// never leaves it behind). `None` on PostgreSQL (several bridges share
+    /// it through leases) and for in-memory databases.
+    pub fn lock_single_bridge(url: &str) -> Result<Option<std::fs::File>, StoreError> {
+        if scheme(url)? != Scheme::Sqlite {
+            return Ok(None);
+        }
+        let options = sqlite_options(url)?;
+        let path = options.get_filename().to_path_buf();
+        let name = path.to_string_lossy();
+        if name.is_empty()
+            || name.starts_with(':')
+            || name.starts_with("file:")
+            || name.contains(":memory:")
+        {
+            return Ok(None);
+        }
+        create_parent_directory(&path)?;
+        let mut lock = path.clone().into_os_string();
+        lock.push(".lock");
+        let lock = std::path::PathBuf::from(lock);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| StoreError::LockFile {
+                lock: lock.clone(),
+                source,
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path, lock }),
+            Err(std::fs::TryLockError::Error(source)) => Err(StoreError::LockFile { lock, source }),
         }
     }
 

@@ -208,9 +208,20 @@ impl BulkWrites for SqliteConnection {
     async fn owned_agents(
         &mut self,
         agents: &[&str],
-        _bridge: &str,
+        bridge: &str,
     ) -> Result<Vec<String>, sqlx::Error> {
-        Ok(agents.iter().map(|agent| (*agent).to_owned()).collect())
+        // One bridge per SQLite file in service; the same rule as on
+        // PostgreSQL all the same (the write transaction holds the lock).
+        let agents = serde_json::to_string(agents).unwrap_or_else(|_| "[]".to_owned());
+        sqlx::query_scalar(
+            "SELECT agent FROM agent_leases WHERE bridge = $2 \
+             AND expires_at > CAST(unixepoch('subsec') * 1000 AS INTEGER) \
+             AND agent IN (SELECT value FROM json_each($1))",
+        )
+        .bind(agents)
+        .bind(bridge)
+        .fetch_all(&mut *self)
+        .await
     }
 
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {

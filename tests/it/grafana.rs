@@ -10,24 +10,14 @@ use chrono_tz::Europe::Amsterdam;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::helpers::PgDatabase;
+
 /// The dashboard, as Grafana provisions it.
 const DASHBOARD: &str = include_str!("../../deploy/grafana/dashboards/pbx2mqtt.json");
 /// The provisioned data source the dashboard refers to by uid.
 const DATASOURCE: &str = include_str!("../../deploy/grafana/provisioning/datasources/pbx2mqtt.yml");
 /// The data source uid.
 const DATASOURCE_UID: &str = "pbx2mqtt-pg";
-
-/// The PostgreSQL server to create the test database on. The test is
-/// ignored (skipped) when `PBX2MQTT_TEST_POSTGRES_URL` was not set at build
-/// time (`build.rs`), so here it must be set.
-fn postgres_server() -> String {
-    match std::env::var("PBX2MQTT_TEST_POSTGRES_URL") {
-        Ok(url) if !url.is_empty() => url,
-        _ => panic!(
-            "PBX2MQTT_TEST_POSTGRES_URL was set when the tests were built but is not set now"
-        ),
-    }
-}
 
 /// What Grafana substitutes into a query.
 struct Context<'a> {
@@ -255,29 +245,17 @@ fn series(rows: &[Value]) -> Vec<(DateTime<Utc>, String, f64)> {
     ignore = "set PBX2MQTT_TEST_POSTGRES_URL to run (the Grafana SQL needs PostgreSQL)"
 )]
 async fn grafana_panels_give_the_report_numbers_on_postgres() {
-    let server = postgres_server();
     // A fresh database, migrated by the store as the bridge would.
-    let name = format!("pbx2mqtt_grafana_{:016x}", rand::random::<u64>());
-    let admin = PgPool::connect(&server).await.unwrap();
-    sqlx::query(&format!("CREATE DATABASE {name}"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&server).unwrap();
-    url.set_path(&format!("/{name}"));
-    let store = pbx2mqtt::store::Store::open(url.as_str()).await.unwrap();
+    let database = PgDatabase::create("pbx2mqtt_grafana").await;
+    let store = pbx2mqtt::store::Store::open(&database.url).await.unwrap();
     store.close().await;
-    let pool = PgPool::connect(url.as_str()).await.unwrap();
+    let pool = PgPool::connect(&database.url).await.unwrap();
 
     check_fixed_days(&pool).await;
     check_open_intervals_up_to_now(&pool).await;
 
     pool.close().await;
-    sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .execute(&admin)
-        .await
-        .unwrap();
-    admin.close().await;
+    database.drop_database().await;
 }
 
 /// 2026-03-28 (24 h) and 2026-03-29 (23 h: clocks go forward at 02:00) in

@@ -452,3 +452,54 @@ impl TestApp {
 
 /// Generous upper bound for anything the bridge should do "soon".
 pub const SOON: Duration = Duration::from_secs(10);
+
+/// A fresh PostgreSQL database on the server at `PBX2MQTT_TEST_POSTGRES_URL`
+/// (tests that need one are ignored when it was not set at build time, see
+/// `build.rs`), dropped by [`PgDatabase::drop_database`].
+pub struct PgDatabase {
+    /// The database's URL.
+    pub url: String,
+    /// The server's URL (to drop it from).
+    server: String,
+    /// The database's name.
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates `<prefix>_<random>`, empty (the bridge migrates it).
+    pub async fn create(prefix: &str) -> PgDatabase {
+        let server = match std::env::var("PBX2MQTT_TEST_POSTGRES_URL") {
+            Ok(url) if !url.is_empty() => url,
+            _ => panic!(
+                "PBX2MQTT_TEST_POSTGRES_URL was set when the tests were built but is not set now"
+            ),
+        };
+        let name = format!("{prefix}_{:016x}", rand::random::<u64>());
+        let admin = sqlx::PgPool::connect(&server).await.unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(&server).unwrap();
+        url.set_path(&format!("/{name}"));
+        PgDatabase {
+            url: url.to_string(),
+            server,
+            name,
+        }
+    }
+
+    /// Drops the database (closing any connection left).
+    pub async fn drop_database(self) {
+        let admin = sqlx::PgPool::connect(&self.server).await.unwrap();
+        sqlx::query(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ))
+        .execute(&admin)
+        .await
+        .unwrap();
+        admin.close().await;
+    }
+}

@@ -7,6 +7,7 @@ mod mqtt_client;
 
 mod broker_restart;
 mod cli;
+mod cluster;
 mod commands;
 mod commands_end_to_end;
 mod demo;

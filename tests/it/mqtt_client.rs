@@ -157,7 +157,8 @@ impl TestClient {
         }
     }
 
-    fn forget_into_seen(&mut self) {
+    /// Moves everything received so far into `seen`, without waiting.
+    pub fn forget_into_seen(&mut self) {
         while let Ok(message) = self.messages.try_recv() {
             self.seen.push(message);
         }
