@@ -147,7 +147,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the history database answers and both broker
+/// `GET /readyz`: 200 when the history database answers, history batches
+/// are recorded (not failing on a full disk, say) and both broker
 /// connections are up, else 503; the body says which check failed (and
 /// when history last committed).
 async fn readyz(State(state): State<HttpState>) -> Response {
@@ -160,7 +161,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let commands = connected(&metrics.mqtt_commands_connected);
     let cluster = metrics.cluster_view();
     let coordinated = cluster.as_ref().is_none_or(|view| view.coordinated);
-    let ready = database_ok && publisher && commands && coordinated;
+    let history = metrics.history_failure();
+    let ready = database_ok && history.is_none() && publisher && commands && coordinated;
     let last_commit_ms = metrics.history_last_commit_ms.load(Relaxed);
     let mut body = json!({
         "ready": ready,
@@ -169,6 +171,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             Ok(Err(error)) => error.to_string(),
             Err(_) => "timed out".to_owned(),
         },
+        "history": history.map_or_else(|| "ok".to_owned(), |why| format!("failing: {why}")),
         "mqtt": if publisher { "connected" } else { "disconnected" },
         "mqtt_commands": if commands { "connected" } else { "disconnected" },
         "history_queue": metrics.history_queue_depth.load(Relaxed),

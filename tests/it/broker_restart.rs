@@ -16,6 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::helpers::{prepare_app, wait_until, Options, SOON};
 use crate::mqtt_client::TestClient;
+use crate::process::free_port;
 
 fn mosquitto_binary() -> Option<&'static str> {
     [
@@ -25,14 +26,6 @@ fn mosquitto_binary() -> Option<&'static str> {
     ]
     .into_iter()
     .find(|path| std::path::Path::new(path).exists())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Mosquitto(Child);

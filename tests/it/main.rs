@@ -4,15 +4,18 @@
 
 mod helpers;
 mod mqtt_client;
+mod process;
 
 mod broker_restart;
 mod cli;
+mod clock_jump;
 mod cluster;
 mod commands;
 mod commands_end_to_end;
 mod demo;
 mod deploy;
 mod fault_proxy;
+mod fault_suite;
 mod faults;
 mod grafana;
 mod pipeline;
