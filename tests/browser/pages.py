@@ -450,6 +450,11 @@ def command_wait_status(args) -> str:
         if slow:
             raise CheckFailed(f"{len(slow)} change(s) not on the wallboard within "
                               f"{args.within} s: {slow}")
+        if args.since_update_within is not None:
+            late = [r for r in results if r["since_update_ms"] > args.since_update_within * 1000]
+            if late:
+                raise CheckFailed(f"{len(late)} change(s) reached the page more than "
+                                  f"{args.since_update_within} s after the bridge saw them: {late}")
         worst = max(r["ms"] for r in results)
         return f"{len(results)} state change(s) shown on the wallboard, slowest {worst:.0f} ms"
 
@@ -783,6 +788,9 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--status", help="wait for a change to this status (default: any)")
     sub.add_argument("--within", type=float, default=2.0, help="seconds from event to DOM (default 2)")
     sub.add_argument("--events", type=int, default=1, help="how many changes to check (default 1)")
+    sub.add_argument("--since-update-within", type=float,
+                     help="also fail when a change is on the page later than this many seconds "
+                          "after its `updated` time (the bridge's poll)")
 
     sub = common("reconnect", "the stream drops and comes back by itself")
     sub.add_argument("--expect-agents", type=int, help="the number of agents there must be")

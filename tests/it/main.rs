@@ -15,6 +15,7 @@ mod deploy;
 mod fault_proxy;
 mod faults;
 mod grafana;
+mod pages;
 mod pipeline;
 mod restart;
 mod secrets;
