@@ -1,7 +1,9 @@
-//! The HTTP server on `http.listen`: the reports (`/api/reports/summary`,
-//! `/api/reports/timeline`), every agent's current state (`/api/agents`,
-//! from the [`LatestStates`]), health (`/healthz`, `/readyz`) and Prometheus
-//! `/metrics`.
+//! The HTTP server on `http.listen`: the web pages (`/` the wallboard,
+//! `/reports`, `/assets/<file>`; see [`pages`]), the reports
+//! (`/api/reports/summary`, `/api/reports/timeline`), every agent's current
+//! state (`/api/agents`, from the [`LatestStates`]), the wallboard's live
+//! feed (`/api/stream`, `/api/queues`; see [`stream`]), health (`/healthz`,
+//! `/readyz`) and Prometheus `/metrics`.
 //!
 //! It parses query strings once at the boundary (a bad parameter is a 400
 //! naming it), delegates to [`crate::report`] and renders; it holds no report
@@ -28,7 +30,11 @@ use crate::metrics::Metrics;
 use crate::report::ReportSettings;
 use crate::store::Store;
 
+mod pages;
 mod reports;
+pub mod stream;
+
+pub use stream::Streams;
 
 /// How long `/readyz` waits for the database before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -44,6 +50,8 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Report time zone and configured agents.
     pub report: ReportSettings,
+    /// The open wallboard streams.
+    pub streams: Streams,
 }
 
 impl HttpState {
@@ -60,6 +68,7 @@ impl HttpState {
             latest,
             metrics,
             report: ReportSettings::from_config(report, agents),
+            streams: Streams::default(),
         }
     }
 }
@@ -89,6 +98,8 @@ pub struct HttpServer {
     local_addr: SocketAddr,
     /// The routes with their state.
     router: Router,
+    /// Ended when the server stops (they would hold it open).
+    streams: Streams,
 }
 
 impl HttpServer {
@@ -100,10 +111,12 @@ impl HttpServer {
         };
         let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let streams = state.streams.clone();
         Ok(HttpServer {
             listener,
             local_addr,
             router: router(state),
+            streams,
         })
     }
 
@@ -116,8 +129,13 @@ impl HttpServer {
     /// in-flight requests finish and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), HttpError> {
         tracing::info!(address = %self.local_addr, "http server listening");
+        let streams = self.streams;
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled_owned().await;
+                // Open streams never end by themselves.
+                streams.stop();
+            })
             .await?;
         tracing::info!("http server stopped");
         Ok(())
@@ -127,6 +145,11 @@ impl HttpServer {
 /// The routes (public for tests that want to serve them differently).
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(pages::index))
+        .route("/reports", get(pages::reports))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/api/stream", get(stream::stream))
+        .route("/api/queues", get(stream::queues))
         .route("/api/reports/summary", get(reports::summary))
         .route("/api/reports/timeline", get(reports::timeline))
         .route("/api/agents", get(agents))

@@ -25,6 +25,7 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A running server on port 0 over a fresh SQLite history.
 struct TestServer {
     base: String,
+    latest: LatestStates,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
     shutdown: CancellationToken,
@@ -34,6 +35,10 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
+        Self::start_with(Streams::default()).await
+    }
+
+    async fn start_with(streams: Streams) -> Self {
         let database = TestDatabase::sqlite().await;
         insert(&database.store, &intervals(SPRING_FORWARD)).await;
         let mut state = crate::status::unknown_state(
@@ -48,9 +53,10 @@ impl TestServer {
         Metrics::inc(&metrics.polls_ok);
         let http_state = HttpState {
             store: database.store.clone(),
-            latest,
+            latest: latest.clone(),
             metrics: metrics.clone(),
             report: settings(),
+            streams,
         };
         let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), http_state)
             .await
@@ -60,6 +66,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
             metrics,
+            latest,
             base,
             client: reqwest::Client::new(),
             shutdown,
@@ -305,6 +312,7 @@ async fn binding_a_busy_port_names_the_address() {
         latest: LatestStates::default(),
         metrics: Arc::new(Metrics::default()),
         report: settings(),
+        streams: Streams::default(),
     };
     let first = HttpServer::bind("127.0.0.1:0".parse().unwrap(), state.clone())
         .await
@@ -318,4 +326,354 @@ async fn binding_a_busy_port_names_the_address() {
     );
     assert!(error.to_string().contains("http.listen"), "{error}");
     database.finish().await;
+}
+
+// ------------------------------------------------------------ web pages
+
+#[tokio::test]
+async fn pages_and_assets_are_served_from_the_binary_with_types_and_etags() {
+    let server = TestServer::start().await;
+    for (path, type_prefix, needle) in [
+        ("/", "text/html; charset=utf-8", "assets/wallboard.js"),
+        ("/reports", "text/html; charset=utf-8", "assets/reports.js"),
+        ("/assets/style.css", "text/css", ".tile"),
+        ("/assets/wallboard.js", "text/javascript", "api/stream"),
+        (
+            "/assets/reports.js",
+            "text/javascript",
+            "api/reports/summary",
+        ),
+        (
+            "/assets/status.js",
+            "text/javascript",
+            "export const STATUSES",
+        ),
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+        assert!(content_type(&response).starts_with(type_prefix), "{path}");
+        let headers = response.headers().clone();
+        assert_eq!(headers["cache-control"], "no-cache", "{path}");
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        let is_html = type_prefix.starts_with("text/html");
+        assert_eq!(
+            headers.contains_key("content-security-policy"),
+            is_html,
+            "{path}: a policy on pages only"
+        );
+        let etag = headers["etag"].to_str().unwrap().to_owned();
+        assert!(etag.starts_with('"') && etag.ends_with('"'), "{etag}");
+        let body = response.text().await.unwrap();
+        assert!(body.contains(needle), "{path} lacks {needle}");
+
+        // A browser with this version gets 304 and no body.
+        let again = server
+            .client
+            .get(format!("{}{path}", server.base))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status(), StatusCode::NOT_MODIFIED, "{path}");
+        assert_eq!(again.headers()["etag"], etag.as_str());
+        assert!(again.text().await.unwrap().is_empty());
+        let stale = server
+            .client
+            .get(format!("{}{path}", server.base))
+            .header("if-none-match", "\"0000000000000000\"")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stale.status(), StatusCode::OK, "{path}");
+    }
+    for path in [
+        "/assets/nothing.js",
+        "/assets/%2e%2e%2fCargo.toml",
+        "/assets/",
+        "/reports/",
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+    }
+    server.stop().await;
+}
+
+/// Every file in `assets/web/` is built in, and every file a page or a
+/// script refers to is one of them (a renamed script fails here, not on a
+/// wall screen).
+#[test]
+fn every_page_and_script_reference_is_served() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/web");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    let mut served: Vec<&str> = pages::ASSETS
+        .iter()
+        .chain([&pages::INDEX, &pages::REPORTS])
+        .map(|asset| asset.name)
+        .collect();
+    served.sort_unstable();
+    assert_eq!(on_disk, served, "assets/web/ and the built-in files differ");
+    for asset in pages::ASSETS.iter().chain([&pages::INDEX, &pages::REPORTS]) {
+        let text = std::str::from_utf8(asset.body).unwrap();
+        assert_eq!(
+            text.as_bytes(),
+            std::fs::read(dir.join(asset.name)).unwrap(),
+            "{}",
+            asset.name
+        );
+        // `assets/x` in a page, `from './x'` in a script.
+        let references = text
+            .split("assets/")
+            .skip(1)
+            .chain(text.split("from './").skip(1))
+            .map(|rest| {
+                rest.split(|c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'))
+                    .next()
+                    .unwrap_or_default()
+            })
+            .filter(|name| name.ends_with(".js") || name.ends_with(".css"));
+        for name in references {
+            assert!(
+                pages::ASSETS.iter().any(|served| served.name == name),
+                "{} refers to {name}, which /assets/ does not serve",
+                asset.name
+            );
+        }
+    }
+}
+
+/// One server-sent event as read off the wire.
+#[derive(Debug, Default, Clone, PartialEq)]
+struct SseEvent {
+    event: String,
+    id: Option<String>,
+    retry: Option<String>,
+    data: String,
+}
+
+/// Reads `/api/stream` frame by frame.
+struct SseReader {
+    response: reqwest::Response,
+    buffer: String,
+    /// Comment lines seen (keep-alives).
+    comments: usize,
+}
+
+impl SseReader {
+    async fn open(server: &TestServer, last_event_id: Option<&str>) -> reqwest::Response {
+        let mut request = server.client.get(format!("{}/api/stream", server.base));
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        request.send().await.unwrap()
+    }
+
+    fn new(response: reqwest::Response) -> Self {
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(content_type(&response), "text/event-stream");
+        assert_eq!(response.headers()["cache-control"], "no-cache");
+        assert_eq!(response.headers()["x-accel-buffering"], "no");
+        Self {
+            response,
+            buffer: String::new(),
+            comments: 0,
+        }
+    }
+
+    /// The next event (skipping comments); `None` when the stream ended.
+    async fn next(&mut self) -> Option<SseEvent> {
+        loop {
+            while let Some(end) = self.buffer.find("\n\n") {
+                let frame: String = self.buffer.drain(..end + 2).collect();
+                let mut event = SseEvent::default();
+                let mut any = false;
+                for line in frame.lines().filter(|line| !line.is_empty()) {
+                    if line.starts_with(':') {
+                        self.comments += 1;
+                        continue;
+                    }
+                    let (field, value) = line.split_once(':').unwrap_or((line, ""));
+                    let value = value.strip_prefix(' ').unwrap_or(value).to_owned();
+                    any = true;
+                    match field {
+                        "event" => event.event = value,
+                        "id" => event.id = Some(value),
+                        "retry" => event.retry = Some(value),
+                        "data" if event.data.is_empty() => event.data = value,
+                        "data" => {
+                            event.data.push('\n');
+                            event.data.push_str(&value);
+                        }
+                        other => panic!("unexpected field {other:?} in {frame:?}"),
+                    }
+                }
+                if any {
+                    return Some(event);
+                }
+            }
+            let chunk = tokio::time::timeout(WAIT, self.response.chunk())
+                .await
+                .expect("an event within the wait")
+                .unwrap()?;
+            self.buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    }
+
+    async fn expect(&mut self, name: &str) -> (SseEvent, Value) {
+        let event = self.next().await.expect("the stream goes on");
+        assert_eq!(event.event, name, "{event:?}");
+        assert!(!event.data.contains('\n'), "one data line: {event:?}");
+        let data = serde_json::from_str(&event.data).unwrap();
+        (event, data)
+    }
+}
+
+fn alice(status: Status, seq: u64) -> crate::model::AgentState {
+    let mut state = crate::status::unknown_state(
+        agent("alice"),
+        "Alice".to_owned(),
+        at("2026-11-22T09:45:00Z"),
+    );
+    state.status = status;
+    state.seq = seq;
+    state
+}
+
+#[tokio::test]
+async fn the_stream_sends_a_snapshot_then_each_change_with_its_seq() {
+    let server = TestServer::start().await;
+    let mut stream = SseReader::new(SseReader::open(&server, None).await);
+    let (event, snapshot) = stream.expect("snapshot").await;
+    assert_eq!(event.id.as_deref(), Some("0"));
+    assert_eq!(event.retry.as_deref(), Some("1000"));
+    assert_eq!(snapshot["bridge"], "online");
+    assert_eq!(snapshot["agents"].as_array().unwrap().len(), 1);
+    assert_eq!(snapshot["agents"][0]["agent"], "alice");
+    assert_eq!(snapshot["agents"][0]["status"], "on_call");
+    assert_eq!(snapshot["queues"], json!([]));
+    let server_time = snapshot["server_time"].as_str().unwrap();
+    let server_time = chrono::DateTime::parse_from_rfc3339(server_time).unwrap();
+    assert!(
+        (Utc::now() - server_time.with_timezone(&Utc))
+            .num_seconds()
+            .abs()
+            < 60
+    );
+
+    // A transition: a `state` event whose id is its seq, the MQTT payload.
+    let event = crate::model::TransitionEvent {
+        agent: agent("alice"),
+        from: Status::OnCall,
+        to: Status::Wrapup,
+        at: at("2026-11-22T09:45:00Z"),
+        previous_duration_s: 233.0,
+        seq: 7,
+    };
+    server
+        .latest
+        .commit(vec![alice(Status::Wrapup, 7)], vec![event]);
+    let (event, state) = stream.expect("state").await;
+    assert_eq!(event.id.as_deref(), Some("7"));
+    assert_eq!(
+        state,
+        serde_json::to_value(alice(Status::Wrapup, 7)).unwrap()
+    );
+
+    // Queue members: a `queues` event.
+    let members = crate::model::QueueMembers {
+        queue: "500".into(),
+        members: vec!["201".into()],
+        agents: vec![agent("alice")],
+        updated: at("2026-11-22T09:45:01Z"),
+    };
+    server.latest.set_queue(members.clone());
+    let (_, queue) = stream.expect("queues").await;
+    assert_eq!(queue, serde_json::to_value(&members).unwrap());
+    let queues: Value = json(server.get("/api/queues").await).await;
+    assert_eq!(queues, json!({ "queues": [members] }));
+
+    // Many changes while the reader is not reading: each agent once, at
+    // its latest state.
+    for seq in 8..40 {
+        let status = if seq % 2 == 0 {
+            Status::Available
+        } else {
+            Status::Ringing
+        };
+        server.latest.commit(vec![alice(status, seq)], Vec::new());
+    }
+    let (event, state) = stream.expect("state").await;
+    assert_eq!(event.id.as_deref(), Some("39"));
+    assert_eq!(state["status"], "ringing");
+
+    // A reconnect with Last-Event-ID gets the current state again.
+    let mut again = SseReader::new(SseReader::open(&server, Some("7")).await);
+    let (event, snapshot) = again.expect("snapshot").await;
+    assert_eq!(event.id.as_deref(), Some("7"), "the committed seq");
+    assert_eq!(snapshot["agents"][0]["status"], "ringing");
+    assert_eq!(snapshot["agents"][0]["seq"], 39);
+    assert_eq!(snapshot["queues"][0]["queue"], "500");
+    drop(stream);
+    drop(again);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn streams_are_limited_and_end_when_the_server_stops() {
+    let server = TestServer::start_with(Streams::new(1)).await;
+    let mut first = SseReader::new(SseReader::open(&server, None).await);
+    first.expect("snapshot").await;
+    let refused = SseReader::open(&server, None).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(refused.headers()["retry-after"], "10");
+    let body: Value = json(refused).await;
+    assert!(
+        body["error"].as_str().unwrap().contains("too many"),
+        "{body}"
+    );
+
+    // A closed browser frees its place (noticed at the next write).
+    drop(first);
+    let mut seq = 100;
+    let mut second = loop {
+        seq += 1;
+        server
+            .latest
+            .commit(vec![alice(Status::Available, seq)], Vec::new());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let response = SseReader::open(&server, None).await;
+        if response.status() == StatusCode::OK {
+            break SseReader::new(response);
+        }
+        assert!(seq < 400, "the closed stream's place was never freed");
+    };
+    second.expect("snapshot").await;
+
+    // Shutdown: `bridge` offline, then the stream ends and the server stops.
+    server.shutdown.cancel();
+    let (_, bridge) = second.expect("bridge").await;
+    assert_eq!(bridge, json!({ "state": "offline" }));
+    assert!(second.next().await.is_none(), "the stream ends");
+    assert_eq!(second.comments, 0);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_quiet_stream_sends_keep_alive_comments() {
+    let streams = Streams::default().with_keep_alive(Duration::from_millis(100));
+    let server = TestServer::start_with(streams).await;
+    let mut stream = SseReader::new(SseReader::open(&server, None).await);
+    stream.expect("snapshot").await;
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    server
+        .latest
+        .commit(vec![alice(Status::Paused, 3)], Vec::new());
+    let (_, state) = stream.expect("state").await;
+    assert_eq!(state["status"], "paused");
+    assert!(stream.comments >= 2, "{} keep-alives", stream.comments);
+    drop(stream);
+    server.stop().await;
 }

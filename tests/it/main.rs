@@ -18,6 +18,7 @@ mod fault_proxy;
 mod fault_suite;
 mod faults;
 mod grafana;
+mod pages;
 mod pipeline;
 mod restart;
 mod secrets;
