@@ -25,6 +25,8 @@ const WAIT: Duration = Duration::from_secs(10);
 /// A running server on port 0 over a fresh SQLite history.
 struct TestServer {
     base: String,
+    /// The server's report slots, to take them all in a test.
+    slots: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
     shutdown: CancellationToken,
@@ -34,6 +36,11 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
+        Self::start_with(crate::report::ReportLimits::default()).await
+    }
+
+    /// A server whose reports are bounded by `limits`.
+    async fn start_with(limits: crate::report::ReportLimits) -> Self {
         let database = TestDatabase::sqlite().await;
         insert(&database.store, &intervals(SPRING_FORWARD)).await;
         let mut state = crate::status::unknown_state(
@@ -46,12 +53,13 @@ impl TestServer {
         let latest = LatestStates::new([state], 0);
         let metrics = Arc::new(Metrics::default());
         Metrics::inc(&metrics.polls_ok);
-        let http_state = HttpState {
-            store: database.store.clone(),
-            latest,
-            metrics: metrics.clone(),
-            report: settings(),
+        let report = crate::report::ReportSettings {
+            limits,
+            ..settings()
         };
+        let http_state =
+            HttpState::with_settings(database.store.clone(), latest, metrics.clone(), report);
+        let slots = http_state.report_slots.clone();
         let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), http_state)
             .await
             .unwrap();
@@ -60,6 +68,7 @@ impl TestServer {
         let task = tokio::spawn(server.run(shutdown.clone()));
         Self {
             metrics,
+            slots,
             base,
             client: reqwest::Client::new(),
             shutdown,
@@ -300,12 +309,12 @@ async fn bad_parameters_are_400_naming_the_parameter() {
 #[tokio::test]
 async fn binding_a_busy_port_names_the_address() {
     let database = TestDatabase::sqlite().await;
-    let state = HttpState {
-        store: database.store.clone(),
-        latest: LatestStates::default(),
-        metrics: Arc::new(Metrics::default()),
-        report: settings(),
-    };
+    let state = HttpState::with_settings(
+        database.store.clone(),
+        LatestStates::default(),
+        Arc::new(Metrics::default()),
+        settings(),
+    );
     let first = HttpServer::bind("127.0.0.1:0".parse().unwrap(), state.clone())
         .await
         .unwrap();
@@ -318,4 +327,203 @@ async fn binding_a_busy_port_names_the_address() {
     );
     assert!(error.to_string().contains("http.listen"), "{error}");
     database.finish().await;
+}
+
+/// The JSON body of a 400 for a request over a limit, checked to name it.
+async fn over_limit(response: reqwest::Response, limit: &str) -> Value {
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&response), "application/json");
+    let body: Value = json(response).await;
+    assert_eq!(body["limit"], limit, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{limit} {}", body["max"])),
+        "the message names the limit and its value: {message}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn a_summary_over_max_cells_is_400_naming_the_limit_before_any_query() {
+    let limits = crate::report::ReportLimits {
+        max_cells: 10,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    // 3 agents × 3 days = 9 cells: answered.
+    let path = "/api/reports/summary?from=2026-03-27&to=2026-03-29&agent=alice,bob,zoe";
+    let response = server.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: SummaryReport = json(response).await;
+    assert_eq!(report.rows.len(), 9);
+    // 3 agents × 4 days = 12 cells: refused, naming the limit and the value.
+    let path = "/api/reports/summary?from=2026-03-26&to=2026-03-29&agent=alice,bob,zoe";
+    let body = over_limit(server.get(path).await, "report.max_cells").await;
+    assert_eq!(
+        (body["max"].clone(), body["value"].clone()),
+        (json!(10), json!(12))
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("12 cells (3 agents × 4 periods)"),
+        "{message}"
+    );
+    // Duplicates count once.
+    let path = "/api/reports/summary?from=2026-03-27&to=2026-03-29&agent=alice,alice,bob,zoe";
+    assert_eq!(server.get(path).await.status(), StatusCode::OK);
+    // Refused before any query: even with the database closed it is a 400.
+    server.database.store.clone().close().await;
+    let path = "/api/reports/summary?from=2026-03-26&to=2026-03-29&agent=alice,bob,zoe";
+    over_limit(server.get(path).await, "report.max_cells").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_summary_of_every_agent_counts_the_agents_with_history() {
+    // One configured agent (carol) and one with history (alice): 2 agents.
+    let limits = crate::report::ReportLimits {
+        max_cells: 5,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    let response = server
+        .get("/api/reports/summary?from=2026-03-28&to=2026-03-29")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: SummaryReport = json(response).await;
+    assert_eq!(report.rows.len(), 4);
+    let body = over_limit(
+        server
+            .get("/api/reports/summary?from=2026-03-27&to=2026-03-29")
+            .await,
+        "report.max_cells",
+    )
+    .await;
+    assert_eq!(body["value"], 6, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("(configured or with history)"),
+        "{message}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_agent_list_is_refused_as_soon_as_it_passes_the_limit() {
+    let limits = crate::report::ReportLimits {
+        max_cells: 100,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    let ids: Vec<String> = (0..5_000).map(|n| format!("agent{n}")).collect();
+    for endpoint in ["summary", "timeline"] {
+        let path = format!("/api/reports/{endpoint}?agent={}", ids.join(","));
+        let body = over_limit(server.get(&path).await, "report.max_cells").await;
+        assert_eq!(body["value"], 101, "{endpoint}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("more than 100 agent ids"),
+            "{body}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeline_over_max_timeline_rows_is_400_naming_the_limit() {
+    let path = "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29";
+    // Alice has 7 intervals that day: 7 rows are allowed at a limit of 7...
+    let limits = crate::report::ReportLimits {
+        max_timeline_rows: 7,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    let response = server.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: TimelineReport = json(response).await;
+    assert_eq!(report.intervals.len(), 7);
+    server.stop().await;
+    // ... and refused at 6, counting across agents.
+    for (max, path) in [
+        (6, path.to_owned()),
+        (4, path.replace("agent=alice", "agent=alice,zoe")),
+    ] {
+        let limits = crate::report::ReportLimits {
+            max_timeline_rows: max,
+            ..Default::default()
+        };
+        let server = TestServer::start_with(limits).await;
+        let body = over_limit(server.get(&path).await, "report.max_timeline_rows").await;
+        assert_eq!(body["value"], max + 1, "{body}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reports_beyond_max_concurrent_are_refused_at_once_with_retry_after() {
+    let limits = crate::report::ReportLimits {
+        max_concurrent: 2,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    let path = "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice";
+    // Two reports running (their slots taken here): a third is refused.
+    let held = server.slots.clone().acquire_many_owned(2).await.unwrap();
+    for path in [path, "/api/reports/timeline?agent=alice"] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Value = json(response).await;
+        assert_eq!(body["limit"], "report.max_concurrent", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("2 reports are running"),
+            "{body}"
+        );
+    }
+    // A request over a limit is still a 400, not a 503.
+    let response = server
+        .get("/api/reports/summary?from=2000-01-01&to=2026-01-01")
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Other endpoints are not reports.
+    assert_eq!(server.get("/api/agents").await.status(), StatusCode::OK);
+    drop(held);
+    assert_eq!(server.get(path).await.status(), StatusCode::OK);
+    assert_eq!(server.slots.available_permits(), 2, "slots are given back");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
+    // A zero timeout: every report (at least one query away) times out.
+    let limits = crate::report::ReportLimits {
+        timeout: Duration::ZERO,
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_with(limits).await;
+    for path in [
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
+        "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{path}");
+        let body: Value = json(response).await;
+        assert_eq!(body["limit"], "report.timeout", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("report.timeout"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        server.slots.available_permits(),
+        1,
+        "the slot is given back"
+    );
+    server.stop().await;
 }
