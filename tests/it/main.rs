@@ -16,5 +16,6 @@ mod fault_proxy;
 mod faults;
 mod grafana;
 mod pipeline;
+mod report_limits;
 mod restart;
 mod secrets;
