@@ -8,6 +8,7 @@ mod mqtt_client;
 mod broker_restart;
 mod cli;
 mod cluster;
+mod command_flood;
 mod commands;
 mod commands_end_to_end;
 mod demo;
