@@ -112,7 +112,8 @@ async fn flood(protocol: &'static str) {
     drop(app.ready_subscriber().await);
     // Only the status topic: this client must not be flooded by the answers.
     let status_topic = app.topic(1, "/status");
-    let mut status = TestClient::connect(&app.broker_url, &[status_topic.clone()]).await;
+    let mut status =
+        TestClient::connect(&app.broker_url, std::slice::from_ref(&status_topic)).await;
     let request_topic = format!("{}/request/queue/999/add", app.base);
     let response_topic = format!("{}/response/queue/999/add", app.base);
 
