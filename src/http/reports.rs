@@ -129,15 +129,15 @@ async fn bounded<T>(
 #[derive(Debug, Default)]
 pub(super) struct ReportParams {
     /// `from=`
-    from: Option<RangeBound>,
+    pub(super) from: Option<RangeBound>,
     /// `to=`
-    to: Option<RangeBound>,
+    pub(super) to: Option<RangeBound>,
     /// `agent=` (repeatable, or comma-separated)
-    agents: Vec<AgentId>,
+    pub(super) agents: Vec<AgentId>,
     /// `by=`
-    by: Option<Granularity>,
+    pub(super) by: Option<Granularity>,
     /// `format=`
-    format: Option<OutputFormat>,
+    pub(super) format: Option<OutputFormat>,
 }
 
 /// Parses a report query string; `allowed` lists the parameter names the

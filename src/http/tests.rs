@@ -527,3 +527,120 @@ async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
     );
     server.stop().await;
 }
+
+mod query_properties {
+    use proptest::prelude::*;
+
+    use super::super::reports::parse_params;
+    use crate::report::{Granularity, OutputFormat, RangeBound, ReportError};
+
+    const SUMMARY: &[&str] = &["from", "to", "agent", "by", "format"];
+
+    /// One `key=value` pair of a query, hostile or not.
+    fn pair() -> impl Strategy<Value = String> {
+        let key = "(from|to|agent|by|format|agents|[a-z%]{0,6}|\\PC{0,8})";
+        let value = "(2026-03-29|2026-02-30|2026-03-29T12:00:00%2B02:00|day|week|month|total|csv|json|table|alice|a,b,,c|%00|%FF|%|\\PC{0,20})";
+        (key, value, any::<bool>()).prop_map(|(key, value, equals)| {
+            if equals {
+                format!("{key}={value}")
+            } else {
+                key
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any query string: parsed, or a typed 400 error that names a
+        /// parameter the endpoint knows (or `query`) or a `[report]` limit.
+        #[test]
+        fn any_query_parses_or_names_what_is_wrong(
+            pairs in proptest::collection::vec(pair(), 0..8),
+            separator in "(&|;|&&)",
+            raw in "\\PC{0,200}",
+            max_agents in 1usize..5,
+        ) {
+            for query in [pairs.join(&separator), raw] {
+                match parse_params(Some(&query), SUMMARY, max_agents) {
+                    Ok(params) => prop_assert!(params.agents.len() <= max_agents),
+                    Err(ReportError::InvalidParameter { parameter, message }) => {
+                        prop_assert!(
+                            parameter == "query" || SUMMARY.contains(&parameter),
+                            "{parameter}"
+                        );
+                        prop_assert!(!message.is_empty());
+                        prop_assert!(message.chars().count() <= 300, "{message}");
+                    }
+                    Err(ReportError::LimitExceeded { limit, max, value, .. }) => {
+                        prop_assert_eq!(limit, "report.max_cells");
+                        prop_assert_eq!((max, value), (max_agents, max_agents + 1));
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+        }
+
+        /// Valid parameters, encoded into a query, parse back to the same
+        /// values.
+        #[test]
+        fn valid_parameters_round_trip(
+            from in proptest::option::of((2000i32..2100, 1u32..13, 1u32..29)),
+            to in proptest::option::of((-720i32..720, 0i64..4_000_000_000)),
+            agents in proptest::collection::vec("[A-Za-z0-9_-]{1,12}", 0..6),
+            by in proptest::option::of(proptest::sample::select(vec![
+                Granularity::Day, Granularity::Week, Granularity::Month, Granularity::Total,
+            ])),
+            format in proptest::option::of(proptest::sample::select(vec![
+                OutputFormat::Csv, OutputFormat::Json, OutputFormat::Table,
+            ])),
+            comma in any::<bool>(),
+        ) {
+            let from = from.map(|(y, m, d)| {
+                RangeBound::Date(chrono::NaiveDate::from_ymd_opt(y, m, d).expect("a real date"))
+            });
+            let to = to.map(|(offset_min, seconds)| {
+                let zone = chrono::FixedOffset::east_opt(offset_min * 60).expect("an offset");
+                RangeBound::Instant(
+                    chrono::DateTime::from_timestamp(seconds, 0)
+                        .expect("an instant")
+                        .with_timezone(&zone),
+                )
+            });
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(RangeBound::Date(date)) = from {
+                query.append_pair("from", &date.to_string());
+            }
+            if let Some(RangeBound::Instant(instant)) = to {
+                query.append_pair("to", &instant.to_rfc3339());
+            }
+            if comma && !agents.is_empty() {
+                query.append_pair("agent", &agents.join(","));
+            } else {
+                for agent in &agents {
+                    query.append_pair("agent", agent);
+                }
+            }
+            if let Some(by) = by {
+                query.append_pair("by", by.as_str());
+            }
+            if let Some(format) = format {
+                let name = match format {
+                    OutputFormat::Csv => "csv",
+                    OutputFormat::Json => "json",
+                    OutputFormat::Table => "table",
+                };
+                query.append_pair("format", name);
+            }
+            let query = query.finish();
+            let params = parse_params(Some(&query), SUMMARY, 100)
+                .unwrap_or_else(|error| panic!("{query}: {error}"));
+            prop_assert_eq!(params.from, from);
+            prop_assert_eq!(params.to, to);
+            let parsed: Vec<&str> = params.agents.iter().map(|agent| agent.as_str()).collect();
+            prop_assert_eq!(parsed, agents.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(params.by, by);
+            prop_assert_eq!(params.format, format);
+        }
+    }
+}
