@@ -500,13 +500,22 @@ async fn reports_beyond_max_concurrent_are_refused_at_once_with_retry_after() {
 
 #[tokio::test]
 async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
-    // A zero timeout: every report (at least one query away) times out.
     let limits = crate::report::ReportLimits {
-        timeout: Duration::ZERO,
+        timeout: Duration::from_millis(20),
         max_concurrent: 1,
         ..Default::default()
     };
     let server = TestServer::start_with(limits).await;
+    // Every read of the history made slow (counting to a million first,
+    // some 200 ms and more per query), as a database slowed from outside.
+    for sql in [
+        "ALTER TABLE intervals RENAME TO intervals_real",
+        "CREATE VIEW intervals AS SELECT r.* FROM \
+         (WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000000) \
+          SELECT MAX(n) AS slow FROM c) s CROSS JOIN intervals_real r WHERE s.slow > 0",
+    ] {
+        server.database.store.execute_unchecked(sql).await.unwrap();
+    }
     for path in [
         "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
         "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
@@ -525,6 +534,41 @@ async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
         1,
         "the slot is given back"
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reports_read_on_their_own_connections_never_the_writers() {
+    let server = TestServer::start().await;
+    // Every writer connection taken, one of them inside a write transaction
+    // (as a history batch would be): reports still answer, because they
+    // read on the reader pool.
+    let writer = server
+        .database
+        .store
+        .sqlite_pool()
+        .expect("an SQLite store");
+    let mut first = writer.acquire().await.unwrap();
+    let second = writer.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    assert_eq!(writer.num_idle(), 0, "the writer pool is exhausted");
+    for path in [
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29",
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
+        "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
+    ] {
+        // A liveness bound below the pool's 10 s acquire timeout: were the
+        // report waiting for a writer connection, it would fail here.
+        let response = tokio::time::timeout(Duration::from_secs(5), server.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} waited for a writer connection"));
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    sqlx::query("ROLLBACK").execute(&mut *first).await.unwrap();
+    drop((first, second));
     server.stop().await;
 }
 
