@@ -90,7 +90,14 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let usage = error.chain().any(|cause| cause.is::<ConfigError>());
+            // A wrong configuration, or a report request that is wrong or
+            // over a `[report]` limit: the user's to fix, like a bad flag.
+            let usage = error.chain().any(|cause| {
+                cause.is::<ConfigError>()
+                    || cause
+                        .downcast_ref::<crate::report::ReportError>()
+                        .is_some_and(crate::report::ReportError::is_bad_request)
+            });
             eprintln!("error: {error:#}");
             if usage {
                 ExitCode::from(2)

@@ -22,6 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ReportConfig};
@@ -48,10 +49,12 @@ pub struct HttpState {
     pub latest: LatestStates,
     /// The counters rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Report time zone and configured agents.
+    /// Report time zone, configured agents and limits.
     pub report: ReportSettings,
     /// The open wallboard streams.
     pub streams: Streams,
+    /// One permit per report that may run at once (`report.max_concurrent`).
+    pub report_slots: Arc<Semaphore>,
 }
 
 impl HttpState {
@@ -63,12 +66,33 @@ impl HttpState {
         report: &ReportConfig,
         agents: &[AgentConfig],
     ) -> Self {
+        Self::with_settings(
+            store,
+            latest,
+            metrics,
+            ReportSettings::from_config(report, agents),
+        )
+    }
+
+    /// State with report settings made elsewhere (tests); the report slots
+    /// follow `report.limits.max_concurrent`.
+    pub fn with_settings(
+        store: Store,
+        latest: LatestStates,
+        metrics: Arc<Metrics>,
+        report: ReportSettings,
+    ) -> Self {
+        let slots = report
+            .limits
+            .max_concurrent
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             store,
             latest,
             metrics,
-            report: ReportSettings::from_config(report, agents),
+            report,
             streams: Streams::default(),
+            report_slots: Arc::new(Semaphore::new(slots)),
         }
     }
 }

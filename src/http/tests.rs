@@ -26,6 +26,8 @@ const WAIT: Duration = Duration::from_secs(10);
 struct TestServer {
     base: String,
     latest: LatestStates,
+    /// The server's report slots, to take them all in a test.
+    slots: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
     client: reqwest::Client,
     shutdown: CancellationToken,
@@ -35,10 +37,20 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
-        Self::start_with(Streams::default()).await
+        Self::start_configured(Streams::default(), crate::report::ReportLimits::default()).await
     }
 
+    /// A server with its own stream limit.
     async fn start_with(streams: Streams) -> Self {
+        Self::start_configured(streams, crate::report::ReportLimits::default()).await
+    }
+
+    /// A server whose reports are bounded by `limits`.
+    async fn start_limited(limits: crate::report::ReportLimits) -> Self {
+        Self::start_configured(Streams::default(), limits).await
+    }
+
+    async fn start_configured(streams: Streams, limits: crate::report::ReportLimits) -> Self {
         let database = TestDatabase::sqlite().await;
         insert(&database.store, &intervals(SPRING_FORWARD)).await;
         let mut state = crate::status::unknown_state(
@@ -51,13 +63,18 @@ impl TestServer {
         let latest = LatestStates::new([state], 0);
         let metrics = Arc::new(Metrics::default());
         Metrics::inc(&metrics.polls_ok);
-        let http_state = HttpState {
-            store: database.store.clone(),
-            latest: latest.clone(),
-            metrics: metrics.clone(),
-            report: settings(),
-            streams,
+        let report = crate::report::ReportSettings {
+            limits,
+            ..settings()
         };
+        let mut http_state = HttpState::with_settings(
+            database.store.clone(),
+            latest.clone(),
+            metrics.clone(),
+            report,
+        );
+        http_state.streams = streams;
+        let slots = http_state.report_slots.clone();
         let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), http_state)
             .await
             .unwrap();
@@ -67,6 +84,7 @@ impl TestServer {
         Self {
             metrics,
             latest,
+            slots,
             base,
             client: reqwest::Client::new(),
             shutdown,
@@ -307,13 +325,12 @@ async fn bad_parameters_are_400_naming_the_parameter() {
 #[tokio::test]
 async fn binding_a_busy_port_names_the_address() {
     let database = TestDatabase::sqlite().await;
-    let state = HttpState {
-        store: database.store.clone(),
-        latest: LatestStates::default(),
-        metrics: Arc::new(Metrics::default()),
-        report: settings(),
-        streams: Streams::default(),
-    };
+    let state = HttpState::with_settings(
+        database.store.clone(),
+        LatestStates::default(),
+        Arc::new(Metrics::default()),
+        settings(),
+    );
     let first = HttpServer::bind("127.0.0.1:0".parse().unwrap(), state.clone())
         .await
         .unwrap();
@@ -676,4 +693,364 @@ async fn a_quiet_stream_sends_keep_alive_comments() {
     assert!(stream.comments >= 2, "{} keep-alives", stream.comments);
     drop(stream);
     server.stop().await;
+}
+
+/// The JSON body of a 400 for a request over a limit, checked to name it.
+async fn over_limit(response: reqwest::Response, limit: &str) -> Value {
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(content_type(&response), "application/json");
+    let body: Value = json(response).await;
+    assert_eq!(body["limit"], limit, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains(&format!("{limit} {}", body["max"])),
+        "the message names the limit and its value: {message}"
+    );
+    body
+}
+
+#[tokio::test]
+async fn a_summary_over_max_cells_is_400_naming_the_limit_before_any_query() {
+    let limits = crate::report::ReportLimits {
+        max_cells: 10,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    // 3 agents × 3 days = 9 cells: answered.
+    let path = "/api/reports/summary?from=2026-03-27&to=2026-03-29&agent=alice,bob,zoe";
+    let response = server.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: SummaryReport = json(response).await;
+    assert_eq!(report.rows.len(), 9);
+    // 3 agents × 4 days = 12 cells: refused, naming the limit and the value.
+    let path = "/api/reports/summary?from=2026-03-26&to=2026-03-29&agent=alice,bob,zoe";
+    let body = over_limit(server.get(path).await, "report.max_cells").await;
+    assert_eq!(
+        (body["max"].clone(), body["value"].clone()),
+        (json!(10), json!(12))
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("12 cells (3 agents × 4 periods)"),
+        "{message}"
+    );
+    // Duplicates count once.
+    let path = "/api/reports/summary?from=2026-03-27&to=2026-03-29&agent=alice,alice,bob,zoe";
+    assert_eq!(server.get(path).await.status(), StatusCode::OK);
+    // Refused before any query: even with the database closed it is a 400.
+    server.database.store.clone().close().await;
+    let path = "/api/reports/summary?from=2026-03-26&to=2026-03-29&agent=alice,bob,zoe";
+    over_limit(server.get(path).await, "report.max_cells").await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_summary_of_every_agent_counts_the_agents_with_history() {
+    // One configured agent (carol) and one with history (alice): 2 agents.
+    let limits = crate::report::ReportLimits {
+        max_cells: 5,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    let response = server
+        .get("/api/reports/summary?from=2026-03-28&to=2026-03-29")
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: SummaryReport = json(response).await;
+    assert_eq!(report.rows.len(), 4);
+    let body = over_limit(
+        server
+            .get("/api/reports/summary?from=2026-03-27&to=2026-03-29")
+            .await,
+        "report.max_cells",
+    )
+    .await;
+    assert_eq!(body["value"], 6, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("(configured or with history)"),
+        "{message}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_long_agent_list_is_refused_as_soon_as_it_passes_the_limit() {
+    let limits = crate::report::ReportLimits {
+        max_cells: 100,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    let ids: Vec<String> = (0..5_000).map(|n| format!("agent{n}")).collect();
+    for endpoint in ["summary", "timeline"] {
+        let path = format!("/api/reports/{endpoint}?agent={}", ids.join(","));
+        let body = over_limit(server.get(&path).await, "report.max_cells").await;
+        assert_eq!(body["value"], 101, "{endpoint}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("more than 100 agent ids"),
+            "{body}"
+        );
+    }
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_timeline_over_max_timeline_rows_is_400_naming_the_limit() {
+    let path = "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29";
+    // Alice has 7 intervals that day: 7 rows are allowed at a limit of 7...
+    let limits = crate::report::ReportLimits {
+        max_timeline_rows: 7,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    let response = server.get(path).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let report: TimelineReport = json(response).await;
+    assert_eq!(report.intervals.len(), 7);
+    server.stop().await;
+    // ... and refused at 6, counting across agents.
+    for (max, path) in [
+        (6, path.to_owned()),
+        (4, path.replace("agent=alice", "agent=alice,zoe")),
+    ] {
+        let limits = crate::report::ReportLimits {
+            max_timeline_rows: max,
+            ..Default::default()
+        };
+        let server = TestServer::start_limited(limits).await;
+        let body = over_limit(server.get(&path).await, "report.max_timeline_rows").await;
+        assert_eq!(body["value"], max + 1, "{body}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn reports_beyond_max_concurrent_are_refused_at_once_with_retry_after() {
+    let limits = crate::report::ReportLimits {
+        max_concurrent: 2,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    let path = "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice";
+    // Two reports running (their slots taken here): a third is refused.
+    let held = server.slots.clone().acquire_many_owned(2).await.unwrap();
+    for path in [path, "/api/reports/timeline?agent=alice"] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()["retry-after"], "1");
+        let body: Value = json(response).await;
+        assert_eq!(body["limit"], "report.max_concurrent", "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("2 reports are running"),
+            "{body}"
+        );
+    }
+    // A request over a limit is still a 400, not a 503.
+    let response = server
+        .get("/api/reports/summary?from=2000-01-01&to=2026-01-01")
+        .await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    // Other endpoints are not reports.
+    assert_eq!(server.get("/api/agents").await.status(), StatusCode::OK);
+    drop(held);
+    assert_eq!(server.get(path).await.status(), StatusCode::OK);
+    assert_eq!(server.slots.available_permits(), 2, "slots are given back");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
+    let limits = crate::report::ReportLimits {
+        timeout: Duration::from_millis(20),
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    // Every read of the history made slow (counting to a million first,
+    // some 200 ms and more per query), as a database slowed from outside.
+    for sql in [
+        "ALTER TABLE intervals RENAME TO intervals_real",
+        "CREATE VIEW intervals AS SELECT r.* FROM \
+         (WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000000) \
+          SELECT MAX(n) AS slow FROM c) s CROSS JOIN intervals_real r WHERE s.slow > 0",
+    ] {
+        server.database.store.execute_unchecked(sql).await.unwrap();
+    }
+    for path in [
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
+        "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
+    ] {
+        let response = server.get(path).await;
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT, "{path}");
+        let body: Value = json(response).await;
+        assert_eq!(body["limit"], "report.timeout", "{body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("report.timeout"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        server.slots.available_permits(),
+        1,
+        "the slot is given back"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn reports_read_on_their_own_connections_never_the_writers() {
+    let server = TestServer::start().await;
+    // Every writer connection taken, one of them inside a write transaction
+    // (as a history batch would be): reports still answer, because they
+    // read on the reader pool.
+    let writer = server
+        .database
+        .store
+        .sqlite_pool()
+        .expect("an SQLite store");
+    let mut first = writer.acquire().await.unwrap();
+    let second = writer.acquire().await.unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut *first)
+        .await
+        .unwrap();
+    assert_eq!(writer.num_idle(), 0, "the writer pool is exhausted");
+    for path in [
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29",
+        "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
+        "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
+    ] {
+        // A liveness bound below the pool's 10 s acquire timeout: were the
+        // report waiting for a writer connection, it would fail here.
+        let response = tokio::time::timeout(Duration::from_secs(5), server.get(path))
+            .await
+            .unwrap_or_else(|_| panic!("{path} waited for a writer connection"));
+        assert_eq!(response.status(), StatusCode::OK, "{path}");
+    }
+    sqlx::query("ROLLBACK").execute(&mut *first).await.unwrap();
+    drop((first, second));
+    server.stop().await;
+}
+
+mod query_properties {
+    use proptest::prelude::*;
+
+    use super::super::reports::parse_params;
+    use crate::report::{Granularity, OutputFormat, RangeBound, ReportError};
+
+    const SUMMARY: &[&str] = &["from", "to", "agent", "by", "format"];
+
+    /// One `key=value` pair of a query, hostile or not.
+    fn pair() -> impl Strategy<Value = String> {
+        let key = "(from|to|agent|by|format|agents|[a-z%]{0,6}|\\PC{0,8})";
+        let value = "(2026-03-29|2026-02-30|2026-03-29T12:00:00%2B02:00|day|week|month|total|csv|json|table|alice|a,b,,c|%00|%FF|%|\\PC{0,20})";
+        (key, value, any::<bool>()).prop_map(|(key, value, equals)| {
+            if equals {
+                format!("{key}={value}")
+            } else {
+                key
+            }
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Any query string: parsed, or a typed 400 error that names a
+        /// parameter the endpoint knows (or `query`) or a `[report]` limit.
+        #[test]
+        fn any_query_parses_or_names_what_is_wrong(
+            pairs in proptest::collection::vec(pair(), 0..8),
+            separator in "(&|;|&&)",
+            raw in "\\PC{0,200}",
+            max_agents in 1usize..5,
+        ) {
+            for query in [pairs.join(&separator), raw] {
+                match parse_params(Some(&query), SUMMARY, max_agents) {
+                    Ok(params) => prop_assert!(params.agents.len() <= max_agents),
+                    Err(ReportError::InvalidParameter { parameter, message }) => {
+                        prop_assert!(
+                            parameter == "query" || SUMMARY.contains(&parameter),
+                            "{parameter}"
+                        );
+                        prop_assert!(!message.is_empty());
+                        prop_assert!(message.chars().count() <= 300, "{message}");
+                    }
+                    Err(ReportError::LimitExceeded { limit, max, value, .. }) => {
+                        prop_assert_eq!(limit, "report.max_cells");
+                        prop_assert_eq!((max, value), (max_agents, max_agents + 1));
+                    }
+                    Err(other) => prop_assert!(false, "unexpected error {other:?}"),
+                }
+            }
+        }
+
+        /// Valid parameters, encoded into a query, parse back to the same
+        /// values.
+        #[test]
+        fn valid_parameters_round_trip(
+            from in proptest::option::of((2000i32..2100, 1u32..13, 1u32..29)),
+            to in proptest::option::of((-720i32..720, 0i64..4_000_000_000)),
+            agents in proptest::collection::vec("[A-Za-z0-9_-]{1,12}", 0..6),
+            by in proptest::option::of(proptest::sample::select(vec![
+                Granularity::Day, Granularity::Week, Granularity::Month, Granularity::Total,
+            ])),
+            format in proptest::option::of(proptest::sample::select(vec![
+                OutputFormat::Csv, OutputFormat::Json, OutputFormat::Table,
+            ])),
+            comma in any::<bool>(),
+        ) {
+            let from = from.map(|(y, m, d)| {
+                RangeBound::Date(chrono::NaiveDate::from_ymd_opt(y, m, d).expect("a real date"))
+            });
+            let to = to.map(|(offset_min, seconds)| {
+                let zone = chrono::FixedOffset::east_opt(offset_min * 60).expect("an offset");
+                RangeBound::Instant(
+                    chrono::DateTime::from_timestamp(seconds, 0)
+                        .expect("an instant")
+                        .with_timezone(&zone),
+                )
+            });
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if let Some(RangeBound::Date(date)) = from {
+                query.append_pair("from", &date.to_string());
+            }
+            if let Some(RangeBound::Instant(instant)) = to {
+                query.append_pair("to", &instant.to_rfc3339());
+            }
+            if comma && !agents.is_empty() {
+                query.append_pair("agent", &agents.join(","));
+            } else {
+                for agent in &agents {
+                    query.append_pair("agent", agent);
+                }
+            }
+            if let Some(by) = by {
+                query.append_pair("by", by.as_str());
+            }
+            if let Some(format) = format {
+                let name = match format {
+                    OutputFormat::Csv => "csv",
+                    OutputFormat::Json => "json",
+                    OutputFormat::Table => "table",
+                };
+                query.append_pair("format", name);
+            }
+            let query = query.finish();
+            let params = parse_params(Some(&query), SUMMARY, 100)
+                .unwrap_or_else(|error| panic!("{query}: {error}"));
+            prop_assert_eq!(params.from, from);
+            prop_assert_eq!(params.to, to);
+            let parsed: Vec<&str> = params.agents.iter().map(|agent| agent.as_str()).collect();
+            prop_assert_eq!(parsed, agents.iter().map(String::as_str).collect::<Vec<_>>());
+            prop_assert_eq!(params.by, by);
+            prop_assert_eq!(params.format, format);
+        }
+    }
 }
