@@ -170,13 +170,14 @@ impl Application {
         } else {
             // Checked by config validation; the error names the key anyway.
             let listen: SocketAddr = config.http.listen.parse().context("http.listen")?;
-            let state = HttpState::new(
+            let mut state = HttpState::new(
                 store.clone(),
                 latest.clone(),
                 metrics.clone(),
                 &config.report,
                 &config.agents,
             );
+            state.request_timeout = config.http.request_timeout;
             Some(HttpServer::bind(listen, state).await?)
         };
         Ok(Self {

@@ -37,6 +37,9 @@ pub mod stream;
 
 pub use stream::Streams;
 
+/// `http.request_timeout`'s default.
+const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// How long `/readyz` waits for the database before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -55,6 +58,9 @@ pub struct HttpState {
     pub streams: Streams,
     /// One permit per report that may run at once (`report.max_concurrent`).
     pub report_slots: Arc<Semaphore>,
+    /// `http.request_timeout`: a request taking longer is answered 503
+    /// (the event stream excepted: it is meant to stay open).
+    pub request_timeout: Duration,
 }
 
 impl HttpState {
@@ -93,6 +99,7 @@ impl HttpState {
             report,
             streams: Streams::default(),
             report_slots: Arc::new(Semaphore::new(slots)),
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
         }
     }
 }
@@ -172,7 +179,6 @@ pub fn router(state: HttpState) -> Router {
         .route("/", get(pages::index))
         .route("/reports", get(pages::reports))
         .route("/assets/{file}", get(pages::asset))
-        .route("/api/stream", get(stream::stream))
         .route("/api/queues", get(stream::queues))
         .route("/api/reports/summary", get(reports::summary))
         .route("/api/reports/timeline", get(reports::timeline))
@@ -180,7 +186,36 @@ pub fn router(state: HttpState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
+        // After the layer: the stream is not bound by the request timeout.
+        .route("/api/stream", get(stream::stream))
         .with_state(state)
+}
+
+/// Answers 503 for a request still running after `http.request_timeout`
+/// (what it was doing is dropped).
+async fn request_timeout(
+    State(state): State<HttpState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match tokio::time::timeout(state.request_timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "error": format!(
+                    "the request took longer than http.request_timeout ({} ms)",
+                    state.request_timeout.as_millis()
+                ),
+                "limit": "http.request_timeout",
+            })),
+        )
+            .into_response(),
+    }
 }
 
 /// `GET /api/agents`: every agent's current state (the retained MQTT state

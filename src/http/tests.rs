@@ -37,20 +37,29 @@ struct TestServer {
 
 impl TestServer {
     async fn start() -> Self {
-        Self::start_configured(Streams::default(), crate::report::ReportLimits::default()).await
+        Self::start_configured(
+            Streams::default(),
+            crate::report::ReportLimits::default(),
+            None,
+        )
+        .await
     }
 
     /// A server with its own stream limit.
     async fn start_with(streams: Streams) -> Self {
-        Self::start_configured(streams, crate::report::ReportLimits::default()).await
+        Self::start_configured(streams, crate::report::ReportLimits::default(), None).await
     }
 
     /// A server whose reports are bounded by `limits`.
     async fn start_limited(limits: crate::report::ReportLimits) -> Self {
-        Self::start_configured(Streams::default(), limits).await
+        Self::start_configured(Streams::default(), limits, None).await
     }
 
-    async fn start_configured(streams: Streams, limits: crate::report::ReportLimits) -> Self {
+    async fn start_configured(
+        streams: Streams,
+        limits: crate::report::ReportLimits,
+        request_timeout: Option<Duration>,
+    ) -> Self {
         let database = TestDatabase::sqlite().await;
         insert(&database.store, &intervals(SPRING_FORWARD)).await;
         let mut state = crate::status::unknown_state(
@@ -74,6 +83,9 @@ impl TestServer {
             report,
         );
         http_state.streams = streams;
+        if let Some(timeout) = request_timeout {
+            http_state.request_timeout = timeout;
+        }
         let slots = http_state.report_slots.clone();
         let server = HttpServer::bind("127.0.0.1:0".parse().unwrap(), http_state)
             .await
@@ -864,16 +876,9 @@ async fn reports_beyond_max_concurrent_are_refused_at_once_with_retry_after() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
-    let limits = crate::report::ReportLimits {
-        timeout: Duration::from_millis(20),
-        max_concurrent: 1,
-        ..Default::default()
-    };
-    let server = TestServer::start_limited(limits).await;
-    // Every read of the history made slow (counting to a million first,
-    // some 200 ms and more per query), as a database slowed from outside.
+/// Makes every read of the history slow (counting to a million first,
+/// some 200 ms and more per query), as a database slowed from outside.
+async fn slow_history(server: &TestServer) {
     for sql in [
         "ALTER TABLE intervals RENAME TO intervals_real",
         "CREATE VIEW intervals AS SELECT r.* FROM \
@@ -882,6 +887,53 @@ async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
     ] {
         server.database.store.execute_unchecked(sql).await.unwrap();
     }
+}
+
+#[tokio::test]
+async fn a_request_over_http_request_timeout_is_503_but_the_stream_stays_open() {
+    let limits = crate::report::ReportLimits {
+        timeout: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let server =
+        TestServer::start_configured(Streams::default(), limits, Some(Duration::from_millis(50)))
+            .await;
+    slow_history(&server).await;
+    let response = server
+        .get("/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice")
+        .await;
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = json(response).await;
+    assert_eq!(body["limit"], "http.request_timeout", "{body}");
+    assert_eq!(server.get("/healthz").await.status(), StatusCode::OK);
+    // The stream outlives the timeout.
+    let mut stream = server
+        .client
+        .get(format!("{}/api/stream", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let first = stream.chunk().await.unwrap().expect("the snapshot");
+    assert!(String::from_utf8_lossy(&first).contains("snapshot"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    match tokio::time::timeout(Duration::from_millis(100), stream.chunk()).await {
+        Err(_) | Ok(Ok(Some(_))) => {} // open: quiet, or more of it
+        Ok(ended) => panic!("the stream ended at the request timeout: {ended:?}"),
+    }
+    drop(stream);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_report_over_report_timeout_is_504_and_gives_its_slot_back() {
+    let limits = crate::report::ReportLimits {
+        timeout: Duration::from_millis(20),
+        max_concurrent: 1,
+        ..Default::default()
+    };
+    let server = TestServer::start_limited(limits).await;
+    slow_history(&server).await;
     for path in [
         "/api/reports/summary?from=2026-03-29&to=2026-03-29&agent=alice",
         "/api/reports/timeline?agent=alice&from=2026-03-29&to=2026-03-29",
