@@ -5,15 +5,7 @@
 use std::process::Output;
 
 use crate::helpers::{prepare_app, Options};
-
-async fn pbx2mqtt(args: Vec<String>) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
-        .args(args)
-        .env_remove("PBX2MQTT_CONFIG")
-        .output()
-        .await
-        .expect("run the pbx2mqtt binary")
-}
+use crate::process::pbx2mqtt;
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -22,6 +22,17 @@ pub async fn get_json(url: &str) -> Value {
     serde_json::from_slice(&response.bytes().await.expect("a body")).expect("a JSON body")
 }
 
+/// Runs the pbx2mqtt binary with `args` (no `PBX2MQTT_CONFIG` inherited)
+/// and waits for it.
+pub async fn pbx2mqtt(args: Vec<String>) -> std::process::Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
+        .args(args)
+        .env_remove("PBX2MQTT_CONFIG")
+        .output()
+        .await
+        .expect("run the pbx2mqtt binary")
+}
+
 /// One `pbx2mqtt run` process; killed when dropped.
 pub struct BridgeProcess {
     /// Its `bridge.id`.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::helpers::{spawn_app, Options, TestApp, SOON};
+use crate::process::pbx2mqtt;
 
 /// The process's resident memory in KiB (Linux), `None` elsewhere.
 fn resident_kib() -> Option<u64> {
@@ -34,15 +35,6 @@ async fn get(
     let text = response.text().await.expect("a body");
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
     (status, headers, body)
-}
-
-async fn pbx2mqtt(args: Vec<String>) -> std::process::Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
-        .args(args)
-        .env_remove("PBX2MQTT_CONFIG")
-        .output()
-        .await
-        .expect("run the pbx2mqtt binary")
 }
 
 /// The request: 2,000 agent ids over 13 years by day (9,496,000
