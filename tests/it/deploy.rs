@@ -55,6 +55,20 @@ fn dockerfile_and_compose_agree_with_the_docker_config() {
     assert_eq!(config.tring.tenant, simulator.tenant);
     assert_eq!(config.http.listen, "0.0.0.0:8080");
     assert_eq!(config.database.url, "sqlite:///var/lib/pbx2mqtt/history.db");
+    // The image's HEALTHCHECK (`pbx2mqtt healthcheck`, no flags) asks the
+    // bridge's /healthz on loopback, from the file the image reads.
+    assert!(DOCKERFILE.contains(r#"CMD ["pbx2mqtt", "healthcheck"]"#));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
+        .args(["healthcheck", "--timeout", "2s"])
+        .env("PBX2MQTT_CONFIG", docker_toml())
+        .output()
+        .expect("run pbx2mqtt healthcheck");
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("http://127.0.0.1:8080/healthz"), "{said}");
     // No secret in the file: they come from the environment.
     let text = std::fs::read_to_string(docker_toml()).unwrap();
     for key in ["account_pin =", "key =", "password ="] {
