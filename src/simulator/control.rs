@@ -14,8 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::faults::Fault;
-use super::http::{Reply, Request};
-use super::server::{method_not_allowed, not_found};
+use super::http::{method_not_allowed, not_found, Reply, Request};
 use super::tring::QueueMember;
 use super::{lock, Shared, VirtualState};
 

@@ -334,6 +334,25 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
+/// `Content-Type` of the HTML pages.
+pub(super) const CONTENT_TYPE_HTML: &str = "text/html";
+/// `Content-Type` of plain text.
+pub(super) const CONTENT_TYPE_TEXT: &str = "text/plain";
+
+/// The 404 page (as IIS-fronted sites answer).
+const NOT_FOUND_PAGE: &str =
+    "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n";
+
+/// 404 with the HTML page.
+pub(super) fn not_found(reply: &mut Reply) {
+    reply.set(404, CONTENT_TYPE_HTML, NOT_FOUND_PAGE.as_bytes());
+}
+
+/// 405, empty.
+pub(super) fn method_not_allowed(reply: &mut Reply) {
+    reply.set(405, CONTENT_TYPE_TEXT, b"");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

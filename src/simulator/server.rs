@@ -182,8 +182,7 @@ async fn respond(
 pub(super) const CONTENT_TYPE_XML: &str = "text/xml";
 /// PHP's default content type: the TRiNG proxy sets no other.
 const CONTENT_TYPE_PHP: &str = "text/html; charset=UTF-8";
-const CONTENT_TYPE_HTML: &str = "text/html";
-pub(super) const CONTENT_TYPE_TEXT: &str = "text/plain";
+use super::http::{method_not_allowed, not_found, CONTENT_TYPE_HTML, CONTENT_TYPE_TEXT};
 
 /// A response whose body does not parse as XML-RPC (a closing tag that does
 /// not match).
@@ -203,17 +202,6 @@ const MAINTENANCE_PAGE: &str = "<html>\n<head><title>Onderhoud / Maintenance</ti
 const PHP_WARNING: &str = "<br />\n<b>Warning</b>:  mysqli::query(): MySQL server has gone away in <b>/var/www/pbx/proxyapi.php</b> on line <b>214</b><br />\n";
 
 /// The 404 page of every unknown path.
-const NOT_FOUND_PAGE: &str =
-    "<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>\n";
-
-pub(super) fn not_found(reply: &mut Reply) {
-    reply.set(404, CONTENT_TYPE_HTML, NOT_FOUND_PAGE.as_bytes());
-}
-
-pub(super) fn method_not_allowed(reply: &mut Reply) {
-    reply.set(405, CONTENT_TYPE_TEXT, b"");
-}
-
 /// Counts the fault and sleeps for the decision's latency.
 async fn count_and_delay(shared: &Shared, decision: &Decision) {
     if decision.is_clean() {

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::dialect::{with_pool, BulkWrites, WritePool};
+use super::dialect::{with_pool, WritePool};
 use super::{Store, StoreError};
 
 /// The longest request payload kept in a row (characters); longer payloads
@@ -106,6 +106,17 @@ type AuditDbRow = (
     Option<i64>,
     Option<String>,
 );
+
+/// Inserting audit rows, many in one statement; implemented on each
+/// backend's connection beside its [`BulkWrites`](super::dialect::BulkWrites)
+/// (SQLite binds chunks of `VALUES`, PostgreSQL one array per column).
+pub(crate) trait AuditWrites {
+    /// Inserts audit rows.
+    fn insert_audits(
+        &mut self,
+        rows: &[AuditRow<'_>],
+    ) -> impl std::future::Future<Output = Result<(), sqlx::Error>> + Send;
+}
 
 /// An audit row as bound: times in ms, the request cut.
 #[derive(Debug, Clone)]

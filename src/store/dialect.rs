@@ -20,7 +20,6 @@
 
 use std::future::Future;
 
-use super::audit::AuditRow;
 use super::rows::{
     Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
 };
@@ -170,12 +169,6 @@ pub(crate) trait BulkWrites {
         after: i64,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<(i64, ClosedInterval)>, sqlx::Error>> + Send;
-
-    /// Inserts audit rows.
-    fn insert_audits(
-        &mut self,
-        rows: &[AuditRow<'_>],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
 
     /// Adds to the per-day totals (each key once in `rows`).
     fn add_daily(

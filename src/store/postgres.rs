@@ -6,7 +6,7 @@ use std::borrow::Cow;
 
 use sqlx::{PgConnection, PgPool};
 
-use super::audit::AuditRow;
+use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
 use super::rows::{
     Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
@@ -229,6 +229,33 @@ impl BulkWrites for PgConnection {
             .collect())
     }
 
+    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
+        if !rows.status.is_empty() {
+            let status = &rows.status;
+            sqlx::query(ADD_DAILY_STATUS)
+                .bind(status.iter().map(|r| r.day_start).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
+                .bind(status.iter().map(|r| r.ms).collect::<Vec<_>>())
+                .execute(&mut *self)
+                .await?;
+        }
+        if !rows.calls.is_empty() {
+            let calls = &rows.calls;
+            sqlx::query(ADD_DAILY_CALLS)
+                .bind(calls.iter().map(|r| r.day_start).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.calls).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.call_ms).collect::<Vec<_>>())
+                .bind(calls.iter().map(|r| r.longest_ms).collect::<Vec<_>>())
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl AuditWrites for PgConnection {
     async fn insert_audits(&mut self, rows: &[AuditRow<'_>]) -> Result<(), sqlx::Error> {
         fn text<'a>(
             rows: &'a [AuditRow<'a>],
@@ -256,30 +283,5 @@ impl BulkWrites for PgConnection {
             .execute(&mut *self)
             .await
             .map(drop)
-    }
-
-    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
-        if !rows.status.is_empty() {
-            let status = &rows.status;
-            sqlx::query(ADD_DAILY_STATUS)
-                .bind(status.iter().map(|r| r.day_start).collect::<Vec<_>>())
-                .bind(status.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
-                .bind(status.iter().map(|r| r.status.as_str()).collect::<Vec<_>>())
-                .bind(status.iter().map(|r| r.ms).collect::<Vec<_>>())
-                .execute(&mut *self)
-                .await?;
-        }
-        if !rows.calls.is_empty() {
-            let calls = &rows.calls;
-            sqlx::query(ADD_DAILY_CALLS)
-                .bind(calls.iter().map(|r| r.day_start).collect::<Vec<_>>())
-                .bind(calls.iter().map(|r| r.agent.as_str()).collect::<Vec<_>>())
-                .bind(calls.iter().map(|r| r.calls).collect::<Vec<_>>())
-                .bind(calls.iter().map(|r| r.call_ms).collect::<Vec<_>>())
-                .bind(calls.iter().map(|r| r.longest_ms).collect::<Vec<_>>())
-                .execute(&mut *self)
-                .await?;
-        }
-        Ok(())
     }
 }

@@ -6,7 +6,7 @@
 
 use sqlx::{SqliteConnection, SqlitePool};
 
-use super::audit::AuditRow;
+use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
 use super::rows::{
     Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
@@ -283,6 +283,34 @@ impl BulkWrites for SqliteConnection {
             .collect())
     }
 
+    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
+        if !rows.status.is_empty() {
+            let status: Vec<_> = rows
+                .status
+                .iter()
+                .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
+                .collect();
+            sqlx::query(ADD_DAILY_STATUS)
+                .bind(json_rows(&status))
+                .execute(&mut *self)
+                .await?;
+        }
+        if !rows.calls.is_empty() {
+            let calls: Vec<_> = rows
+                .calls
+                .iter()
+                .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
+                .collect();
+            sqlx::query(ADD_DAILY_CALLS)
+                .bind(json_rows(&calls))
+                .execute(&mut *self)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+impl AuditWrites for SqliteConnection {
     async fn insert_audits(&mut self, rows: &[AuditRow<'_>]) -> Result<(), sqlx::Error> {
         for chunk in chunks(rows) {
             let sql = format!(
@@ -309,32 +337,6 @@ impl BulkWrites for SqliteConnection {
                     .bind(&entry.transaction);
             }
             query.execute(&mut *self).await?;
-        }
-        Ok(())
-    }
-
-    async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
-        if !rows.status.is_empty() {
-            let status: Vec<_> = rows
-                .status
-                .iter()
-                .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
-                .collect();
-            sqlx::query(ADD_DAILY_STATUS)
-                .bind(json_rows(&status))
-                .execute(&mut *self)
-                .await?;
-        }
-        if !rows.calls.is_empty() {
-            let calls: Vec<_> = rows
-                .calls
-                .iter()
-                .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
-                .collect();
-            sqlx::query(ADD_DAILY_CALLS)
-                .bind(json_rows(&calls))
-                .execute(&mut *self)
-                .await?;
         }
         Ok(())
     }
