@@ -418,7 +418,7 @@ fn sqlite_url(path: &Path) -> String {
 }
 
 fn progress(done: u32, total: u32, started: Instant) {
-    if done % 7 == 0 || done == total {
+    if done.is_multiple_of(7) || done == total {
         println!(
             "  day {done}/{total} after {:.1} s",
             started.elapsed().as_secs_f64()

@@ -261,7 +261,7 @@ impl<S: AgentSource> Poller<S> {
                 let failures = self.tracker.failures(&agent.id).saturating_add(1);
                 // The first failure and every tenth are worth a warning; the
                 // rest are debug, so an outage does not flood the log.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     warn!(agent = %agent.id, failures, %error, "poll failed");
                 } else {
                     debug!(agent = %agent.id, failures, %error, "poll failed");

@@ -160,7 +160,7 @@ fn show(value: Duration) -> String {
         (SECOND, "s"),
         (MILLISECOND, "ms"),
     ] {
-        if value.as_nanos() % unit.as_nanos() == 0 {
+        if value.as_nanos().is_multiple_of(unit.as_nanos()) {
             return format!("{}{suffix}", value.as_nanos() / unit.as_nanos());
         }
     }

@@ -295,6 +295,14 @@ pub fn new(settings: &Settings, capacity: usize) -> (Client, Connection) {
 }
 
 impl Client {
+    /// The protocol version this client speaks.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Client::V311(_) => Protocol::V311,
+            Client::V5(_) => Protocol::V5,
+        }
+    }
+
     /// Hands a QoS 1 publish to the event loop without waiting.
     pub fn try_publish(&self, message: &Message) -> Result<(), QueueFull> {
         match self {

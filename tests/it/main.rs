@@ -3,6 +3,7 @@
 //! embedded rumqttd) and a real SQLite file. One binary, so it links once.
 
 mod helpers;
+mod mosquitto;
 mod mqtt_client;
 
 mod broker_restart;
@@ -15,6 +16,9 @@ mod deploy;
 mod fault_proxy;
 mod faults;
 mod grafana;
+mod homeassistant;
+mod mqtt_session;
+mod mqtt_tls;
 mod pipeline;
 mod restart;
 mod secrets;
