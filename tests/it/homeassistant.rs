@@ -642,7 +642,6 @@ async fn a_real_home_assistant_shows_every_agent_and_drives_the_switch() {
     let prefix = format!("ha_{:08x}", rand::random::<u32>());
     let mut app = prepare_app(Options {
         broker_url: Some(broker.url.clone()),
-        poll_interval: "500ms",
         extra_toml: format!(
             "[commands]\nallowed_queues = [500]\n\
              [homeassistant]\ndiscovery_prefix = {prefix:?}\nstatus_topic = \"{prefix}/status\"\n"
@@ -691,6 +690,7 @@ async fn a_real_home_assistant_shows_every_agent_and_drives_the_switch() {
         "ha_check.py failed ({}):\n{stdout}\n{stderr}",
         output.status
     );
+    eprintln!("{stdout}");
     // The switch went through the bridge: an add and a remove, audited.
     for word in ["true", "false"] {
         app.wait_audit(&format!("the switch command member={word}"), |row| {
