@@ -1,8 +1,8 @@
 //! `mqtts://` against a private Mosquitto with TLS listeners and
 //! certificates made in the test (`openssl`): the right CA connects and
-//! publishes; a wrong CA, a wrong password and a missing client
-//! certificate each end in an ERROR log naming the cause and a not-ready
-//! `/readyz`; a client certificate is accepted where the broker requires
+//! publishes; an unreachable broker, a wrong CA, a wrong password and a
+//! missing client certificate each end in an ERROR log naming the cause and
+//! a not-ready `/readyz`; a client certificate is accepted where the broker requires
 //! one. Skipped (with a message) without `mosquitto`, `mosquitto_passwd` or
 //! `openssl`.
 
@@ -83,11 +83,13 @@ async fn fails_clearly(app: &TestApp, from: usize, words: &[&str]) -> String {
         .find(|line| line.contains("ERROR") && words.iter().all(|word| line.contains(word)))
         .unwrap_or_default()
         .to_owned();
+    eprintln!("logged: {line}");
     let (status, body) = app.readyz().await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["ready"], false, "{body}");
     assert_eq!(body["mqtt"], "disconnected", "{body}");
     assert_eq!(body["mqtt_commands"], "disconnected", "{body}");
+    eprintln!("/readyz {status}: {body}");
     line
 }
 
@@ -187,6 +189,13 @@ async fn tls_connects_with_the_right_ca_and_fails_clearly_otherwise() {
         app.stop_bridge().await;
     }
 
+    // Nobody listening.
+    let from = logs.contents().len();
+    let nowhere = format!("mqtt://127.0.0.1:{}", free_port());
+    let app = bridge(&nowhere, &plain, "5", String::new()).await;
+    fails_clearly(&app, from, &["cannot reach the broker", "mqtt.url"]).await;
+    drop(app);
+
     // A CA that did not sign the broker's certificate.
     let from = logs.contents().len();
     let app = bridge(&tls, &plain, "5", ca(&certs.wrong_ca) + &login(PASSWORD)).await;
@@ -227,7 +236,12 @@ async fn tls_connects_with_the_right_ca_and_fails_clearly_otherwise() {
     // A broker that requires a client certificate: none is a TLS failure...
     let from = logs.contents().len();
     let app = bridge(&mutual, &plain, "5", ca(&certs.ca)).await;
-    fails_clearly(&app, from, &["cannot connect to the broker"]).await;
+    fails_clearly(
+        &app,
+        from,
+        &["TLS with the broker failed", "CertificateRequired"],
+    )
+    .await;
     drop(app);
 
     // ...and the CA-signed one is accepted.
