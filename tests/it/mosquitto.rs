@@ -95,6 +95,15 @@ impl Mosquitto {
         mosquitto
     }
 
+    /// Stops it with SIGTERM (Mosquitto then saves its persistence file)
+    /// and waits for it to be gone.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+
     /// Kills it and waits for it to be gone.
     pub fn kill(mut self) {
         let _ = self.0.kill();

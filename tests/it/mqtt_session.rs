@@ -475,3 +475,67 @@ async fn a_request_sent_while_cut_off_runs_once_after_reconnect_mqtt5() {
 async fn a_request_sent_while_cut_off_runs_once_after_reconnect_mqtt311() {
     a_request_sent_while_cut_off_runs_once_after("3.1.1").await;
 }
+
+/// The broker restarts (with persistence, as a production broker runs)
+/// while the bridge is away: the command session, its subscriptions and the
+/// request queued for it survive, and the request runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_mosquitto),
+    ignore = "needs the mosquitto binary (apt install mosquitto; CI installs it)"
+)]
+async fn a_request_sent_across_a_broker_restart_runs_once() {
+    let binary = required_binary();
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    // Mosquitto started as root drops to its own user: let it write.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let broker_port = free_port();
+    let config = format!(
+        "listener {broker_port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+        dir.path().display()
+    );
+    let broker = Mosquitto::start_with_config(binary, dir.path(), &config, &[broker_port]).await;
+    let (gate, gate_port) = Gate::start(broker_port).await;
+    let direct = format!("mqtt://127.0.0.1:{broker_port}");
+    let mut app = prepare_app(Options {
+        broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")),
+        extra_toml: QUEUES.into(),
+        ..Options::default()
+    })
+    .await;
+    let filters = [format!("{}/#", app.base)];
+    let mut sub = TestClient::connect(&direct, &filters).await;
+    app.start_bridge().await;
+    wait_ready(&mut sub, &app.base).await;
+    round_trip(&app, &mut sub, "before").await;
+
+    // The bridge is cut off, the broker restarts (saving and reloading its
+    // sessions), a request arrives, then the bridge is let back in.
+    gate.close();
+    let metrics = app.metrics.clone().expect("bridge started");
+    wait_until(SOON, "the command connection down", move || {
+        metrics.mqtt_commands_connected.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    broker.stop();
+    let _broker = Mosquitto::start_with_config(binary, dir.path(), &config, &[broker_port]).await;
+    let mut sub = TestClient::connect(&direct, &filters).await;
+    sub.publish(
+        &request(&app, "500", "add"),
+        format!(r#"{{"agent":"{}","transaction":"across"}}"#, app.agent(3)),
+        false,
+    )
+    .await;
+    sub.wait_for(SOON, "the request on the broker", |m| {
+        m.topic == request(&app, "500", "add")
+    })
+    .await;
+    gate.open();
+    let ok = answer(&mut sub, &response(&app, "500", "add"), "across").await;
+    assert_eq!(ok["status"], "ok", "{ok}");
+    round_trip(&app, &mut sub, "after").await;
+    assert_eq!(app.simulator.queue_members("500"), ["203"]);
+    assert_eq!(app.simulator.counts().action("add"), 1);
+    app.stop_bridge().await;
+}
