@@ -35,7 +35,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use pbx2mqtt::model::{AgentId, Status};
 use pbx2mqtt::report::period::{start_of_local_day, RangeBound, ReportRange};
 use pbx2mqtt::report::{
-    summary, timeline, Granularity, ReportSettings, SummaryRequest, TimelineRequest,
+    summary, timeline, Granularity, ReportLimits, ReportSettings, SummaryRequest, TimelineRequest,
 };
 use pbx2mqtt::store::Store;
 use rand::rngs::StdRng;
@@ -585,6 +585,12 @@ async fn measure(store: &Store, params: &Params) -> Result<(), BoxError> {
                 Ok((id, format!("Agent {agent}")))
             })
             .collect::<Result<_, BoxError>>()?,
+        // The benchmark measures the work; it is not bounded.
+        limits: ReportLimits {
+            max_cells: usize::MAX,
+            max_timeline_rows: usize::MAX,
+            ..ReportLimits::default()
+        },
     };
     let now = params.now();
     let day = RangeBound::Date(params.report_day());

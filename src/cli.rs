@@ -21,6 +21,7 @@ use crate::app::Application;
 use crate::commands::cli::{AgentCommand, AuditArgs, QueueCommand};
 use crate::config::{Config, ConfigError, Purpose, LOG_FORMAT_ENV};
 use crate::demo::DemoArgs;
+use crate::healthcheck::HealthcheckArgs;
 pub use crate::logging::LogFormat;
 use crate::report::cli::ReportCommand;
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -67,6 +68,9 @@ pub enum Command {
     Check,
     /// Apply database migrations and exit.
     Migrate,
+    /// GET the bridge's /healthz (or --url): exit 0 when it answers 2xx, 1
+    /// otherwise (for container health checks).
+    Healthcheck(HealthcheckArgs),
 }
 
 /// Parses the command line and runs; the process exit code.
@@ -86,7 +90,14 @@ pub fn main() -> ExitCode {
     match runtime.block_on(dispatch(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            let usage = error.chain().any(|cause| cause.is::<ConfigError>());
+            // A wrong configuration, or a report request that is wrong or
+            // over a `[report]` limit: the user's to fix, like a bad flag.
+            let usage = error.chain().any(|cause| {
+                cause.is::<ConfigError>()
+                    || cause
+                        .downcast_ref::<crate::report::ReportError>()
+                        .is_some_and(crate::report::ReportError::is_bad_request)
+            });
             eprintln!("error: {error:#}");
             if usage {
                 ExitCode::from(2)
@@ -109,6 +120,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(command) => command.run(&load(Purpose::QueueCommands)?).await,
         Command::Audit(args) => args.run(&load(Purpose::History)?).await,
         Command::Check => crate::preflight::run(file).await,
+        Command::Healthcheck(args) => args.run(file).await,
         Command::Migrate => {
             let config = load(Purpose::History)?;
             let store = crate::store::Store::open(&config.database.url)

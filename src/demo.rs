@@ -118,6 +118,8 @@ impl DemoArgs {
             broker.port()
         );
         if let Some(addr) = http_addr {
+            println!("  Wallboard:          http://{addr}/");
+            println!("  Report page:        http://{addr}/reports");
             println!("  Agents as JSON:     http://{addr}/api/agents");
             println!("  Today's report:     http://{addr}/api/reports/summary?format=csv");
             println!("  Metrics:            http://{addr}/metrics");

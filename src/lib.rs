@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod healthcheck;
 pub mod history;
 pub mod homeassistant;
 pub mod http;

@@ -150,6 +150,10 @@ pub struct Metrics {
     /// Several bridges on one database: the last coordination step's view
     /// (`None` with one bridge on SQLite).
     pub cluster: Mutex<Option<ClusterView>>,
+    /// Why history cannot be recorded right now (a full disk, a read-only
+    /// file, a database that does not answer): the last batch's error,
+    /// cleared by the next commit. `None` while history is recorded.
+    pub history_failure: Mutex<Option<String>>,
 }
 
 /// What this bridge knows about the bridges sharing its database.
@@ -191,6 +195,22 @@ impl Metrics {
             .cluster
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(view);
+    }
+
+    /// Why history is not being recorded, if it is not.
+    pub fn history_failure(&self) -> Option<String> {
+        self.history_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records (`Some`) or clears (`None`) why history is not recorded.
+    pub fn set_history_failure(&self, failure: Option<String>) {
+        *self
+            .history_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = failure;
     }
 
     /// Counts a failed poll of `kind`.
@@ -264,7 +284,7 @@ impl Metrics {
             "Broker connection failures by kind",
         );
         let last_commit = load(&self.history_last_commit_ms) as f64 / 1000.0;
-        let scalars: [(&str, &str, &str, f64); 16] = [
+        let scalars: [(&str, &str, &str, f64); 17] = [
             (
                 "pbx2mqtt_transitions_total",
                 "counter",
@@ -300,6 +320,12 @@ impl Metrics {
                 "gauge",
                 "Unix time of the last history commit (heartbeats commit every second)",
                 last_commit,
+            ),
+            (
+                "pbx2mqtt_history_failing",
+                "gauge",
+                "1 while history batches fail (see /readyz for why)",
+                f64::from(u8::from(self.history_failure().is_some())),
             ),
             (
                 "pbx2mqtt_mqtt_published_total",

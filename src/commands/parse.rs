@@ -1069,4 +1069,108 @@ mod tests {
                 .outcome.is_ok(), is_plain_number(&extension));
         }
     }
+
+    /// Any JSON value, nested a few levels, with hostile strings and numbers.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("JSON has no NaN or infinity", |n| n.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,24}".prop_map(Value::String),
+            "[0-9]{1,40}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z_]{0,10}", inner, 0..4)
+                    .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// The codes a request can be refused with before anything runs.
+    fn is_parse_refusal(code: ErrorCode) -> bool {
+        matches!(
+            code,
+            ErrorCode::InvalidJson
+                | ErrorCode::InvalidRequest
+                | ErrorCode::UnknownAction
+                | ErrorCode::UnknownAgent
+                | ErrorCode::AgentHasNoExtension
+                | ErrorCode::InvalidQueue
+                | ErrorCode::InvalidExtension
+                | ErrorCode::QueueNotAllowed
+                | ErrorCode::CleanNotAllowed
+                | ErrorCode::PayloadTooLarge
+                | ErrorCode::RetainedRequest
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// A JSON object of any shape under the payload limit: accepted, or
+        /// refused with a parse-time code and a short message; the
+        /// transaction is echoed back either way when it is a string.
+        #[test]
+        fn hostile_json_is_refused_with_a_code_and_the_transaction_echoed(
+            transaction in "\\PC{0,40}",
+            fields in proptest::collection::btree_map(
+                "(extension|agent|member|queue|custom|[a-z]{1,8})",
+                json_value(),
+                0..4,
+            ),
+            queue_segment in "(500|501|999|0|-1|5 0|[0-9]{1,30}|\\PC{0,12})",
+            action in "(add|remove|clean|list|set|[a-z]{0,6})",
+            retain in any::<bool>(),
+        ) {
+            let mut object: Map<String, Value> = fields.into_iter().collect();
+            object.insert("transaction".into(), Value::String(transaction.clone()));
+            let payload = Value::Object(object).to_string();
+            let mut rules = rules();
+            rules.max_payload_bytes = 4096;
+            prop_assume!(payload.len() <= rules.max_payload_bytes);
+            let parsed = parse_request(&queue(&queue_segment, &action), payload.as_bytes(), retain, &rules);
+            prop_assert_eq!(
+                parsed.transaction.as_ref().map(Transaction::json_text),
+                Some(Value::String(transaction).to_string())
+            );
+            if let Err(error) = &parsed.outcome {
+                prop_assert!(is_parse_refusal(error.code), "{:?}", error);
+                prop_assert!(!error.message.is_empty());
+                prop_assert!(error.message.chars().count() <= 400, "{}", error.message);
+            } else {
+                prop_assert!(!retain);
+            }
+            // The same request on the agent topic: never a panic either.
+            let agent = RequestTopic::AgentQueues { agent: queue_segment };
+            let parsed = parse_request(&agent, payload.as_bytes(), retain, &rules);
+            if let Err(error) = &parsed.outcome {
+                prop_assert!(is_parse_refusal(error.code), "{:?}", error);
+            }
+        }
+
+        /// Deeply nested or oversized payloads are refused with a code,
+        /// never a stack overflow or a panic.
+        #[test]
+        fn deep_and_large_payloads_are_refused_not_crashed(
+            depth in 1usize..20_000,
+            open in "(\\[|\\{\"a\":)",
+            closed in any::<bool>(),
+        ) {
+            let mut payload = open.repeat(depth);
+            if closed {
+                let close = if open == "[" { "]" } else { "}" };
+                payload.push_str(&close.repeat(depth));
+            }
+            let mut rules = rules();
+            rules.max_payload_bytes = 1 << 20;
+            let parsed = parse_request(&queue("500", "add"), payload.as_bytes(), false, &rules);
+            let error = parsed.outcome.expect_err("nested brackets are no command");
+            prop_assert!(is_parse_refusal(error.code), "{:?}", error);
+        }
+    }
 }

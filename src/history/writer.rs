@@ -243,6 +243,7 @@ impl HistoryWriter {
                 // retrying would store its rows twice.
                 if let Ok(Some(first_seq)) = self.store.batch_landed(&self.bridge, batch_id).await {
                     assign_seqs(&mut batch, first_seq);
+                    self.metrics.set_history_failure(None);
                     break first_seq;
                 }
             }
@@ -258,6 +259,10 @@ impl HistoryWriter {
                     self.metrics
                         .history_batch_duration
                         .observe(started.elapsed());
+                    if failed {
+                        self.metrics.set_history_failure(None);
+                        tracing::info!(changes = batch.len(), "history recorded again");
+                    }
                     break first_seq;
                 }
                 Ok(CommitOutcome::Fenced { lost }) => {
@@ -279,6 +284,7 @@ impl HistoryWriter {
                 Err(error) => {
                     failed = true;
                     Metrics::inc(&self.metrics.history_errors);
+                    self.metrics.set_history_failure(Some(error.to_string()));
                     tracing::error!(
                         error = %error,
                         changes = batch.len(),

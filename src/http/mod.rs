@@ -1,7 +1,9 @@
-//! The HTTP server on `http.listen`: the reports (`/api/reports/summary`,
-//! `/api/reports/timeline`), every agent's current state (`/api/agents`,
-//! from the [`LatestStates`]), health (`/healthz`, `/readyz`) and Prometheus
-//! `/metrics`.
+//! The HTTP server on `http.listen`: the web pages (`/` the wallboard,
+//! `/reports`, `/assets/<file>`; see [`pages`]), the reports
+//! (`/api/reports/summary`, `/api/reports/timeline`), every agent's current
+//! state (`/api/agents`, from the [`LatestStates`]), the wallboard's live
+//! feed (`/api/stream`, `/api/queues`; see [`stream`]), health (`/healthz`,
+//! `/readyz`) and Prometheus `/metrics`.
 //!
 //! It parses query strings once at the boundary (a bad parameter is a 400
 //! naming it), delegates to [`crate::report`] and renders; it holds no report
@@ -20,6 +22,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AgentConfig, ReportConfig};
@@ -28,7 +31,11 @@ use crate::metrics::Metrics;
 use crate::report::ReportSettings;
 use crate::store::Store;
 
+mod pages;
 mod reports;
+pub mod stream;
+
+pub use stream::Streams;
 
 /// How long `/readyz` waits for the database before answering 503.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -42,8 +49,12 @@ pub struct HttpState {
     pub latest: LatestStates,
     /// The counters rendered on `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Report time zone and configured agents.
+    /// Report time zone, configured agents and limits.
     pub report: ReportSettings,
+    /// The open wallboard streams.
+    pub streams: Streams,
+    /// One permit per report that may run at once (`report.max_concurrent`).
+    pub report_slots: Arc<Semaphore>,
 }
 
 impl HttpState {
@@ -55,11 +66,33 @@ impl HttpState {
         report: &ReportConfig,
         agents: &[AgentConfig],
     ) -> Self {
+        Self::with_settings(
+            store,
+            latest,
+            metrics,
+            ReportSettings::from_config(report, agents),
+        )
+    }
+
+    /// State with report settings made elsewhere (tests); the report slots
+    /// follow `report.limits.max_concurrent`.
+    pub fn with_settings(
+        store: Store,
+        latest: LatestStates,
+        metrics: Arc<Metrics>,
+        report: ReportSettings,
+    ) -> Self {
+        let slots = report
+            .limits
+            .max_concurrent
+            .clamp(1, Semaphore::MAX_PERMITS);
         Self {
             store,
             latest,
             metrics,
-            report: ReportSettings::from_config(report, agents),
+            report,
+            streams: Streams::default(),
+            report_slots: Arc::new(Semaphore::new(slots)),
         }
     }
 }
@@ -89,6 +122,8 @@ pub struct HttpServer {
     local_addr: SocketAddr,
     /// The routes with their state.
     router: Router,
+    /// Ended when the server stops (they would hold it open).
+    streams: Streams,
 }
 
 impl HttpServer {
@@ -100,10 +135,12 @@ impl HttpServer {
         };
         let listener = TcpListener::bind(listen).await.map_err(bind_error)?;
         let local_addr = listener.local_addr().map_err(bind_error)?;
+        let streams = state.streams.clone();
         Ok(HttpServer {
             listener,
             local_addr,
             router: router(state),
+            streams,
         })
     }
 
@@ -116,8 +153,13 @@ impl HttpServer {
     /// in-flight requests finish and returns.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), HttpError> {
         tracing::info!(address = %self.local_addr, "http server listening");
+        let streams = self.streams;
         axum::serve(self.listener, self.router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled_owned().await;
+                // Open streams never end by themselves.
+                streams.stop();
+            })
             .await?;
         tracing::info!("http server stopped");
         Ok(())
@@ -127,6 +169,11 @@ impl HttpServer {
 /// The routes (public for tests that want to serve them differently).
 pub fn router(state: HttpState) -> Router {
     Router::new()
+        .route("/", get(pages::index))
+        .route("/reports", get(pages::reports))
+        .route("/assets/{file}", get(pages::asset))
+        .route("/api/stream", get(stream::stream))
+        .route("/api/queues", get(stream::queues))
         .route("/api/reports/summary", get(reports::summary))
         .route("/api/reports/timeline", get(reports::timeline))
         .route("/api/agents", get(agents))
@@ -147,7 +194,8 @@ async fn healthz() -> &'static str {
     "ok"
 }
 
-/// `GET /readyz`: 200 when the history database answers and both broker
+/// `GET /readyz`: 200 when the history database answers, history batches
+/// are recorded (not failing on a full disk, say) and both broker
 /// connections are up, else 503; the body says which check failed (and
 /// when history last committed).
 async fn readyz(State(state): State<HttpState>) -> Response {
@@ -160,7 +208,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     let commands = connected(&metrics.mqtt_commands_connected);
     let cluster = metrics.cluster_view();
     let coordinated = cluster.as_ref().is_none_or(|view| view.coordinated);
-    let ready = database_ok && publisher && commands && coordinated;
+    let history = metrics.history_failure();
+    let ready = database_ok && history.is_none() && publisher && commands && coordinated;
     let last_commit_ms = metrics.history_last_commit_ms.load(Relaxed);
     let mut body = json!({
         "ready": ready,
@@ -169,6 +218,7 @@ async fn readyz(State(state): State<HttpState>) -> Response {
             Ok(Err(error)) => error.to_string(),
             Err(_) => "timed out".to_owned(),
         },
+        "history": history.map_or_else(|| "ok".to_owned(), |why| format!("failing: {why}")),
         "mqtt": if publisher { "connected" } else { "disconnected" },
         "mqtt_commands": if commands { "connected" } else { "disconnected" },
         "history_queue": metrics.history_queue_depth.load(Relaxed),

@@ -4,7 +4,7 @@
 //! is wrong.
 
 use axum::extract::{RawQuery, State};
-use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::header::{ACCEPT, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,26 +15,82 @@ use super::HttpState;
 use crate::model::AgentId;
 use crate::report::format::{render_summary, render_timeline, OutputFormat};
 use crate::report::period::{RangeBound, ReportRange};
-use crate::report::{Granularity, ReportError, ReportSettings, SummaryRequest, TimelineRequest};
+use crate::report::{
+    Granularity, ReportError, ReportLimits, ReportSettings, SummaryRequest, TimelineRequest,
+};
 
-/// A handler's failure, rendered as JSON `{"error": ..., "parameter": ...}`.
+/// A handler's failure, rendered as JSON: `{"error": ..., "parameter": ...}`
+/// for a wrong parameter (400), `{"error": ..., "limit": ..., "max": ...,
+/// "value": ...}` for a request over a `[report]` limit (400), a 503 with
+/// `Retry-After` when `report.max_concurrent` reports are already running, a
+/// 504 when one did not finish within `report.timeout`.
 #[derive(Debug)]
-pub(super) struct ApiError(ReportError);
+pub(super) enum ApiError {
+    /// The report failed or was refused.
+    Report(ReportError),
+    /// Every report slot is taken.
+    Busy {
+        /// `report.max_concurrent`.
+        max: usize,
+    },
+}
 
 impl From<ReportError> for ApiError {
     fn from(error: ReportError) -> Self {
-        ApiError(error)
+        ApiError::Report(error)
     }
 }
 
+/// Seconds a client is asked to wait when every report slot is taken.
+const RETRY_AFTER_S: &str = "1";
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        match &self.0 {
+        let error = match self {
+            ApiError::Busy { max } => {
+                tracing::warn!(max, "report refused: report.max_concurrent reached");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_S))],
+                    Json(json!({
+                        "error": format!("{max} reports are running, the most report.max_concurrent allows; try again in a moment"),
+                        "limit": "report.max_concurrent",
+                        "max": max,
+                    })),
+                )
+                    .into_response();
+            }
+            ApiError::Report(error) => error,
+        };
+        match &error {
             ReportError::InvalidParameter { parameter, .. } => (
                 StatusCode::BAD_REQUEST,
-                Json(json!({"error": self.0.to_string(), "parameter": parameter})),
+                Json(json!({"error": error.to_string(), "parameter": parameter})),
             )
                 .into_response(),
+            ReportError::LimitExceeded {
+                limit, max, value, ..
+            } => {
+                tracing::info!(limit, max, value, "report refused: over a limit");
+                (
+                    StatusCode::BAD_REQUEST,
+                    Json(json!({
+                        "error": error.to_string(),
+                        "limit": limit,
+                        "max": max,
+                        "value": value,
+                    })),
+                )
+                    .into_response()
+            }
+            ReportError::TimedOut(after) => {
+                tracing::warn!(after_s = after.as_secs_f64(), "report timed out");
+                (
+                    StatusCode::GATEWAY_TIMEOUT,
+                    Json(json!({"error": error.to_string(), "limit": "report.timeout"})),
+                )
+                    .into_response()
+            }
             other => {
                 tracing::error!(error = %other, "report failed");
                 (
@@ -47,26 +103,51 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Runs one report under the HTTP bounds: a report slot
+/// (`report.max_concurrent`, refused at once when none is free rather than
+/// queued) held until it is done or dropped, and `report.timeout`. A report
+/// that times out is dropped, which stops its remaining queries.
+async fn bounded<T>(
+    state: &HttpState,
+    report: impl std::future::Future<Output = Result<T, ReportError>>,
+) -> Result<T, ApiError> {
+    let limits = &state.report.limits;
+    let _slot = state
+        .report_slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| ApiError::Busy {
+            max: limits.max_concurrent,
+        })?;
+    match tokio::time::timeout(limits.timeout, report).await {
+        Ok(result) => result.map_err(ApiError::Report),
+        Err(_) => Err(ApiError::Report(ReportError::TimedOut(limits.timeout))),
+    }
+}
+
 /// The parameters of a report request, parsed from the query string.
 #[derive(Debug, Default)]
-struct ReportParams {
+pub(super) struct ReportParams {
     /// `from=`
-    from: Option<RangeBound>,
+    pub(super) from: Option<RangeBound>,
     /// `to=`
-    to: Option<RangeBound>,
+    pub(super) to: Option<RangeBound>,
     /// `agent=` (repeatable, or comma-separated)
-    agents: Vec<AgentId>,
+    pub(super) agents: Vec<AgentId>,
     /// `by=`
-    by: Option<Granularity>,
+    pub(super) by: Option<Granularity>,
     /// `format=`
-    format: Option<OutputFormat>,
+    pub(super) format: Option<OutputFormat>,
 }
 
 /// Parses a report query string; `allowed` lists the parameter names the
-/// endpoint takes, anything else is refused by name.
-fn parse_params(
+/// endpoint takes, anything else is refused by name. More than `max_agents`
+/// agent ids (`report.max_cells`: every agent is at least one cell or one
+/// query) are refused as soon as the list passes it.
+pub(super) fn parse_params(
     query: Option<&str>,
     allowed: &[&'static str],
+    max_agents: usize,
 ) -> Result<ReportParams, ReportError> {
     let mut params = ReportParams::default();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
@@ -96,6 +177,11 @@ fn parse_params(
             }
             "agent" => {
                 for id in value.split(',').filter(|id| !id.trim().is_empty()) {
+                    ReportLimits::check_agent_count(
+                        params.agents.len() + 1,
+                        max_agents,
+                        "report.max_cells",
+                    )?;
                     let id =
                         AgentId::parse(id.trim()).map_err(|e| ReportError::invalid("agent", e))?;
                     params.agents.push(id);
@@ -180,7 +266,11 @@ pub(super) async fn summary(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = parse_params(query.as_deref(), &["from", "to", "agent", "by", "format"])?;
+    let params = parse_params(
+        query.as_deref(),
+        &["from", "to", "agent", "by", "format"],
+        state.report.limits.max_cells,
+    )?;
     let format = negotiate(params.format, &headers);
     let now = Utc::now();
     let request = SummaryRequest {
@@ -188,7 +278,13 @@ pub(super) async fn summary(
         by: params.by.unwrap_or_default(),
         agents: params.agents,
     };
-    let report = crate::report::summary(&state.store, &request, &state.report, now).await?;
+    // A request over a limit is refused before it takes a report slot.
+    crate::report::check_summary(&request, &state.report)?;
+    let report = bounded(
+        &state,
+        crate::report::summary(&state.store, &request, &state.report, now),
+    )
+    .await?;
     Ok(match format {
         OutputFormat::Json => compact_json(&report),
         other => rendered(other, render_summary(&report, other)),
@@ -201,14 +297,22 @@ pub(super) async fn timeline(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let params = parse_params(query.as_deref(), &["from", "to", "agent", "format"])?;
+    let params = parse_params(
+        query.as_deref(),
+        &["from", "to", "agent", "format"],
+        state.report.limits.max_cells,
+    )?;
     let format = negotiate(params.format, &headers);
     let now = Utc::now();
     let request = TimelineRequest {
         range: range(&params, &state.report, now)?,
         agents: params.agents,
     };
-    let report = crate::report::timeline(&state.store, &request, &state.report, now).await?;
+    let report = bounded(
+        &state,
+        crate::report::timeline(&state.store, &request, &state.report, now),
+    )
+    .await?;
     Ok(match format {
         OutputFormat::Json => compact_json(&report),
         other => rendered(other, render_timeline(&report, other)),

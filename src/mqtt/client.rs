@@ -389,6 +389,17 @@ impl Connection {
         }
     }
 
+    /// Drops the network connection as if it had failed (the next `poll`
+    /// connects again, and rumqttc queues its unacknowledged publishes for
+    /// the new connection, as after any failure). For a connection that
+    /// looks open but is stuck; call only with no poll future alive.
+    pub fn abandon(&mut self) {
+        match self {
+            Connection::V311(eventloop) => eventloop.clean(),
+            Connection::V5(eventloop) => eventloop.clean(),
+        }
+    }
+
     /// QoS 1 publishes on the wire, not yet acknowledged (rumqttc's own
     /// count; read to know when a shutdown flush is done).
     pub fn inflight(&self) -> u16 {

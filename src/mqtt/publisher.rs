@@ -51,6 +51,12 @@ pub const EVENT_WINDOW: usize = 4096;
 /// stay in the subscription until these are handed over.
 const STATES_AT_ONCE: usize = 256;
 
+/// An event on the wire this long without its PUBACK, while the connection
+/// still answers pings, means packets were lost on the way: the publisher
+/// reconnects, and the reconnect resends it. A healthy broker acknowledges
+/// in milliseconds; a loaded one within a few seconds.
+const ACK_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// How long shutdown waits for `offline` to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
@@ -137,6 +143,8 @@ pub struct Publisher {
     queues: BTreeMap<String, QueueMembers>,
     /// True between CONNACK and the next connection error.
     connected: bool,
+    /// The last PUBACK, or when events began waiting for one.
+    ack_progress: tokio::time::Instant,
 }
 
 /// Local work for the publisher.
@@ -168,6 +176,7 @@ impl Publisher {
             agent_queues: BTreeMap::new(),
             queues: BTreeMap::new(),
             connected: false,
+            ack_progress: tokio::time::Instant::now(),
         }
     }
 
@@ -521,6 +530,7 @@ impl Session for Publisher {
 
     fn on_connected(&mut self, _session_present: bool, _client: &Client) {
         self.connected = true;
+        self.ack_progress = tokio::time::Instant::now();
         Metrics::inc(&self.parts.metrics.mqtt_connects);
         Metrics::set(&self.parts.metrics.mqtt_connected, 1);
         self.queue_control();
@@ -554,10 +564,26 @@ impl Session for Publisher {
             NetEvent::Parked(pkid) => self.acks.parked(pkid),
             NetEvent::Acknowledged(pkid) => {
                 self.acks.acknowledged(pkid);
+                self.ack_progress = tokio::time::Instant::now();
                 self.report_acked();
             }
             _ => {}
         }
+    }
+
+    fn stuck(&mut self, now: tokio::time::Instant) -> Option<String> {
+        if !self.acks.awaiting_ack() {
+            self.ack_progress = now;
+            return None;
+        }
+        let waiting = now.duration_since(self.ack_progress);
+        (waiting >= ACK_TIMEOUT).then(|| {
+            self.ack_progress = now;
+            format!(
+                "no PUBACK for {} s while events wait for one",
+                waiting.as_secs()
+            )
+        })
     }
 
     fn on_disconnected(&mut self) {

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use super::client::{BrokerError, Client, Connection, NetEvent};
+use super::client::{BrokerError, BrokerErrorKind, Client, Connection, NetEvent};
 use crate::metrics::Metrics;
 
 /// First reconnect delay; doubles per failure up to [`MAX_RECONNECT_DELAY`].
@@ -29,6 +29,9 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(30);
 
 /// A connection that stayed up this long resets the reconnect backoff.
 const STABLE_CONNECTION: Duration = Duration::from_secs(30);
+
+/// How often a connected session is asked whether it is stuck.
+const STUCK_CHECK: Duration = Duration::from_secs(1);
 
 /// What a connection task does around the shared loop.
 pub(super) trait Session: Send {
@@ -62,6 +65,18 @@ pub(super) trait Session: Send {
 
     /// The connection is gone (or a connect failed).
     fn on_disconnected(&mut self);
+
+    /// Asked every second while connected: `Some(why)` when the connection
+    /// looks alive but is not (the broker has not acknowledged a publish
+    /// for far longer than a round trip: packets lost on a path that looks
+    /// open; rumqttc pings only when idle, so a bridge that keeps publishing
+    /// never notices). The loop then drops the connection and reconnects,
+    /// which resends what was not acknowledged: MQTT resends nothing on a
+    /// live connection.
+    fn stuck(&mut self, now: Instant) -> Option<String> {
+        let _ = now;
+        None
+    }
 }
 
 /// Runs `session` on `connection` until `shutdown` is cancelled.
@@ -87,9 +102,11 @@ pub(super) async fn run<S: Session>(
                 }
             }
         }
+        let mut abandon = false;
         let polled = {
             let poll = connection.poll();
             tokio::pin!(poll);
+            let mut check_at = Instant::now() + STUCK_CHECK;
             loop {
                 session.hand_over(client);
                 let read = session.read_network();
@@ -97,6 +114,18 @@ pub(super) async fn run<S: Session>(
                     () = shutdown.cancelled() => break None,
                     event = &mut poll, if read => break Some(event),
                     work = session.next_work() => session.on_work(work, client),
+                    () = tokio::time::sleep_until(check_at), if connected_at.is_some() => {
+                        check_at = Instant::now() + STUCK_CHECK;
+                        if let Some(why) = session.stuck(Instant::now()) {
+                            // Dropped, not disconnected: a DISCONNECT would
+                            // go down the same stuck path.
+                            abandon = true;
+                            break Some(Err(BrokerError {
+                                kind: BrokerErrorKind::Timeout,
+                                detail: why,
+                            }));
+                        }
+                    }
                 }
             }
         };
@@ -109,6 +138,9 @@ pub(super) async fn run<S: Session>(
             }
             Some(Ok(event)) => session.on_event(event, client),
             Some(Err(failure)) => {
+                if abandon {
+                    connection.abandon();
+                }
                 connection.forget_stale_events();
                 metrics.mqtt_errors.inc(failure.kind.as_str());
                 if connected_at.is_some() {

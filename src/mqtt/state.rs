@@ -52,6 +52,11 @@ impl AckTracker {
         self.events.insert(seq, pending);
     }
 
+    /// True while an event is on the wire without its PUBACK.
+    pub(super) fn awaiting_ack(&self) -> bool {
+        !self.in_flight.is_empty()
+    }
+
     /// A publish (an event when `seq` is set) was handed to rumqttc.
     pub(super) fn handed_over(&mut self, seq: Option<u64>) {
         self.awaiting_pkid.push_back(seq);

@@ -172,4 +172,60 @@ mod tests {
             assert_eq!(topics.parse_request(other), None, "{other}");
         }
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+        /// Any topic at all: parsed or not, never a panic; what parses has
+        /// segments without `/` and answers on the mirror topic.
+        #[test]
+        fn any_topic_parses_or_is_none_without_panicking(
+            base in "[a-z/+#]{0,12}",
+            topic in "\\PC{0,80}",
+            segments in proptest::collection::vec("(request|queue|agent|queues|add|[^/]{0,6}|/|\\+|#)", 0..8),
+        ) {
+            let topics = Topics::new(base.clone());
+            let joined = format!("{base}/{}", segments.concat());
+            for candidate in [topic.as_str(), joined.as_str()] {
+                if let Some(parsed) = topics.parse_request(candidate) {
+                    let (first, second) = match &parsed {
+                        RequestTopic::Queue { queue, action } => (queue.as_str(), action.as_str()),
+                        RequestTopic::AgentQueues { agent } => (agent.as_str(), "queues"),
+                    };
+                    proptest::prop_assert!(!first.contains('/') && !second.contains('/'));
+                    let response = topics.response_for(&parsed);
+                    let rest = &candidate[base.len() + "/request/".len()..];
+                    proptest::prop_assert_eq!(response, format!("{base}/response/{rest}"));
+                }
+            }
+        }
+
+        /// A request topic built from any segments without `/` parses back
+        /// to the same segments.
+        #[test]
+        fn request_topics_round_trip(
+            base in "[a-z0-9]{1,8}(/[a-z0-9]{1,8}){0,2}",
+            queue in "[^/]{0,20}",
+            action in "[^/]{0,20}",
+            agent in "[^/]{0,20}",
+        ) {
+            let topics = Topics::new(base.clone());
+            let parsed = topics.parse_request(&format!("{base}/request/queue/{queue}/{action}"));
+            proptest::prop_assert_eq!(
+                parsed,
+                Some(RequestTopic::Queue { queue: queue.clone(), action: action.clone() })
+            );
+            let parsed = topics.parse_request(&format!("{base}/request/agent/{agent}/queues"));
+            proptest::prop_assert_eq!(
+                &parsed,
+                &Some(RequestTopic::AgentQueues { agent: agent.clone() })
+            );
+            if let Some(parsed) = parsed {
+                proptest::prop_assert_eq!(
+                    topics.response_for(&parsed),
+                    format!("{base}/response/agent/{agent}/queues")
+                );
+            }
+        }
+    }
 }

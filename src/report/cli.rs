@@ -82,7 +82,14 @@ impl ReportCommand {
         let store = Store::open_existing(&config.database.url)
             .await
             .context("cannot open the history database (database.url)")?;
-        let output = self.render(&store, &settings, now).await;
+        // The same bounds as over HTTP (cells, rows, time); a request over
+        // one exits with code 2 (see `cli::main`).
+        let timeout = settings.limits.timeout;
+        let output = match tokio::time::timeout(timeout, self.render(&store, &settings, now)).await
+        {
+            Ok(output) => output,
+            Err(_) => Err(ReportError::TimedOut(timeout).into()),
+        };
         store.close().await;
         output
     }

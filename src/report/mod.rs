@@ -44,6 +44,22 @@ pub enum ReportError {
     /// The history holds a value the report does not understand.
     #[error("history holds an unexpected value: {0}")]
     Corrupt(String),
+    /// The request is over one of the `[report]` limits; refused before the
+    /// work (or as soon as the limit is reached), never half answered.
+    #[error("{message}")]
+    LimitExceeded {
+        /// The configuration key of the limit, e.g. `report.max_cells`.
+        limit: &'static str,
+        /// The limit's value.
+        max: usize,
+        /// The request's value (at least `max + 1`).
+        value: usize,
+        /// What is too big, the limit and what to ask for instead.
+        message: String,
+    },
+    /// The report did not finish within `report.timeout`.
+    #[error("the report did not finish within report.timeout ({} s); ask for fewer agents or a shorter range, or raise report.timeout", .0.as_secs_f64())]
+    TimedOut(std::time::Duration),
 }
 
 impl ReportError {
@@ -52,6 +68,105 @@ impl ReportError {
         ReportError::InvalidParameter {
             parameter,
             message: message.to_string(),
+        }
+    }
+
+    /// True when the request itself is wrong or too big (HTTP 400, CLI exit
+    /// code 2), not the database or the history.
+    pub fn is_bad_request(&self) -> bool {
+        matches!(
+            self,
+            ReportError::InvalidParameter { .. } | ReportError::LimitExceeded { .. }
+        )
+    }
+}
+
+/// The bounds on reports (`[report]`): cells of a summary, rows of a
+/// timeline, time of one report, reports at once over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportLimits {
+    /// `report.max_cells`: agents × periods of one summary.
+    pub max_cells: usize,
+    /// `report.max_timeline_rows`: intervals of one timeline.
+    pub max_timeline_rows: usize,
+    /// `report.timeout`: the longest one report may take.
+    pub timeout: std::time::Duration,
+    /// `report.max_concurrent`: reports running at once over HTTP.
+    pub max_concurrent: usize,
+}
+
+impl Default for ReportLimits {
+    /// The configuration's defaults (the README's `[report]` table).
+    fn default() -> Self {
+        Self {
+            max_cells: 200_000,
+            max_timeline_rows: 500_000,
+            timeout: std::time::Duration::from_secs(30),
+            max_concurrent: 2,
+        }
+    }
+}
+
+impl ReportLimits {
+    /// The limits of the `[report]` section.
+    pub fn from_config(report: &ReportConfig) -> Self {
+        Self {
+            max_cells: report.max_cells,
+            max_timeline_rows: report.max_timeline_rows,
+            timeout: report.timeout,
+            max_concurrent: report.max_concurrent,
+        }
+    }
+
+    /// Refuses a summary of `agents` × `periods` cells over `max_cells`;
+    /// `who` says which agents were counted.
+    pub fn check_cells(&self, agents: usize, periods: usize, who: &str) -> Result<(), ReportError> {
+        let cells = agents.saturating_mul(periods);
+        if cells <= self.max_cells {
+            return Ok(());
+        }
+        Err(ReportError::LimitExceeded {
+            limit: "report.max_cells",
+            max: self.max_cells,
+            value: cells,
+            message: format!(
+                "the summary would have {cells} cells ({agents} {who} × {periods} periods), over report.max_cells {}; ask for fewer agents, a shorter range or a coarser `by`",
+                self.max_cells
+            ),
+        })
+    }
+
+    /// Refuses a list of more agent ids than `max` (`limit` names it): a
+    /// report for more agents than that is over its limit whatever the range.
+    /// Called while the list is read, so it never grows past `max + 1`.
+    pub fn check_agent_count(
+        count: usize,
+        max: usize,
+        limit: &'static str,
+    ) -> Result<(), ReportError> {
+        if count <= max {
+            return Ok(());
+        }
+        Err(ReportError::LimitExceeded {
+            limit,
+            max,
+            value: count,
+            message: format!(
+                "more than {max} agent ids, over {limit} {max} (every agent is at least one row); ask for fewer agents"
+            ),
+        })
+    }
+
+    /// The error of a timeline that reached `max_timeline_rows + 1` rows.
+    pub fn timeline_too_long(&self) -> ReportError {
+        let max = self.max_timeline_rows;
+        ReportError::LimitExceeded {
+            limit: "report.max_timeline_rows",
+            max,
+            value: max.saturating_add(1),
+            message: format!(
+                "the timeline has more than {max} intervals, over report.max_timeline_rows {max}; ask for fewer agents or a shorter range"
+            ),
         }
     }
 }
@@ -64,6 +179,8 @@ pub struct ReportSettings {
     pub tz: Tz,
     /// Configured agents with their display names, in configuration order.
     pub agents: Vec<(AgentId, String)>,
+    /// The bounds on one report.
+    pub limits: ReportLimits,
 }
 
 impl ReportSettings {
@@ -75,6 +192,7 @@ impl ReportSettings {
                 .iter()
                 .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
                 .collect(),
+            limits: ReportLimits::from_config(report),
         }
     }
 }
@@ -146,6 +264,22 @@ pub async fn summary(
     let mut agents = request.agents.clone();
     agents.sort();
     agents.dedup();
+    let limits = &settings.limits;
+    if agents.is_empty() {
+        limits.check_cells(settings.agents.len(), periods.len(), "configured agents")?;
+        // Every configured agent and every agent with history: the queries
+        // below read each of them in every period, so count them first.
+        let mut every: std::collections::BTreeSet<String> =
+            store.agents_with_history().await?.into_iter().collect();
+        every.extend(settings.agents.iter().map(|(id, _)| id.as_str().to_owned()));
+        limits.check_cells(
+            every.len(),
+            periods.len(),
+            "agents (configured or with history)",
+        )?;
+    } else {
+        limits.check_cells(agents.len(), periods.len(), "agents")?;
+    }
     let now_ms = now.timestamp_millis();
     let bounds: Vec<(i64, i64)> = periods
         .iter()
@@ -176,6 +310,29 @@ pub async fn summary(
     Ok(assemble_summary(request, settings, &periods, &totals, now))
 }
 
+/// The checks of a summary request that need no database: the range cuts
+/// into at most [`period::MAX_PERIODS`] periods, and the agents named times
+/// the periods fit `report.max_cells`. [`summary`] makes them again (and,
+/// for every agent, counts the agents with history first).
+pub fn check_summary(
+    request: &SummaryRequest,
+    settings: &ReportSettings,
+) -> Result<(), ReportError> {
+    let periods = request_periods(request, settings)?;
+    let mut agents: Vec<&AgentId> = request.agents.iter().collect();
+    agents.sort();
+    agents.dedup();
+    if agents.is_empty() {
+        settings
+            .limits
+            .check_cells(settings.agents.len(), periods.len(), "configured agents")
+    } else {
+        settings
+            .limits
+            .check_cells(agents.len(), periods.len(), "agents")
+    }
+}
+
 /// The timeline from the history store: each agent's intervals overlapping
 /// the range, unclipped, by agent id then start.
 pub async fn timeline(
@@ -189,9 +346,18 @@ pub async fn timeline(
         request.range.from.timestamp_millis(),
         request.range.to.timestamp_millis(),
     );
+    let max_rows = settings.limits.max_timeline_rows;
     let mut rows = Vec::new();
     for agent in &agents {
-        let intervals = store.timeline_intervals(agent, from_ms, to_ms).await?;
+        // Reads at most one row past the limit, so a too-long timeline is
+        // known without reading it all.
+        let room = max_rows.saturating_add(1).saturating_sub(rows.len());
+        let intervals = store
+            .timeline_intervals(agent, from_ms, to_ms, room)
+            .await?;
+        if rows.len() + intervals.len() > max_rows {
+            return Err(settings.limits.timeline_too_long());
+        }
         rows.extend(
             intervals.iter().map(|interval| {
                 summary::timeline_row(interval, now.timestamp_millis(), settings.tz)

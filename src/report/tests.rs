@@ -48,6 +48,7 @@ pub(crate) fn settings() -> ReportSettings {
     ReportSettings {
         tz: AMSTERDAM,
         agents: vec![(agent("carol"), "Carol C.".to_owned())],
+        limits: crate::report::ReportLimits::default(),
     }
 }
 
@@ -817,4 +818,83 @@ proptest::proptest! {
         let reference = summary::accumulate(&history, &periods, now_ms);
         proptest::prop_assert_eq!(combined, reference);
     }
+}
+
+#[test]
+fn limits_refuse_more_cells_and_agents_than_allowed_naming_the_limit() {
+    let limits = ReportLimits {
+        max_cells: 200_000,
+        ..ReportLimits::default()
+    };
+    assert!(limits.check_cells(2_000, 100, "agents").is_ok());
+    assert!(limits.check_cells(200_000, 1, "agents").is_ok());
+    // The request: 2,000 agents, 13 years by day.
+    let error = limits.check_cells(2_000, 4_749, "agents").unwrap_err();
+    assert!(error.is_bad_request());
+    let ReportError::LimitExceeded {
+        limit, max, value, ..
+    } = &error
+    else {
+        panic!("{error:?}");
+    };
+    assert_eq!(
+        (*limit, *max, *value),
+        ("report.max_cells", 200_000, 9_498_000)
+    );
+    assert!(
+        error.to_string().contains("over report.max_cells 200000"),
+        "{error}"
+    );
+    // No overflow on absurd counts.
+    assert!(limits
+        .check_cells(usize::MAX, usize::MAX, "agents")
+        .is_err());
+    assert!(ReportLimits::check_agent_count(100, 100, "report.max_cells").is_ok());
+    let error = ReportLimits::check_agent_count(101, 100, "report.max_cells").unwrap_err();
+    assert!(
+        error.to_string().contains("more than 100 agent ids"),
+        "{error}"
+    );
+    let error = limits.timeline_too_long();
+    assert!(
+        error
+            .to_string()
+            .contains("more than 500000 intervals, over report.max_timeline_rows 500000"),
+        "{error}"
+    );
+    assert!(!ReportError::TimedOut(std::time::Duration::from_secs(30)).is_bad_request());
+}
+
+#[test]
+fn a_summary_request_is_checked_without_the_database() {
+    let now = at("2026-11-22T10:00:00Z");
+    let request = |from: &str, to: &str, by, agents: &[&str]| SummaryRequest {
+        range: ReportRange::resolve(bound(from), bound(to), AMSTERDAM, now).unwrap(),
+        by,
+        agents: agents.iter().map(|id| agent(id)).collect(),
+    };
+    let mut settings = settings();
+    settings.limits.max_cells = 10;
+    let ok = request("2026-03-01", "2026-03-05", Granularity::Day, &["a", "b"]);
+    assert!(check_summary(&ok, &settings).is_ok());
+    let duplicates = request(
+        "2026-03-01",
+        "2026-03-05",
+        Granularity::Day,
+        &["a", "b", "a"],
+    );
+    assert!(check_summary(&duplicates, &settings).is_ok());
+    let over = request("2026-03-01", "2026-03-06", Granularity::Day, &["a", "b"]);
+    assert!(matches!(
+        check_summary(&over, &settings),
+        Err(ReportError::LimitExceeded { value: 12, .. })
+    ));
+    let coarser = request("2026-03-01", "2026-03-06", Granularity::Total, &["a", "b"]);
+    assert!(check_summary(&coarser, &settings).is_ok());
+    // Every agent: the configured ones are counted here (1 × 11 days).
+    let every = request("2026-03-01", "2026-03-11", Granularity::Day, &[]);
+    assert!(matches!(
+        check_summary(&every, &settings),
+        Err(ReportError::LimitExceeded { value: 11, .. })
+    ));
 }

@@ -52,6 +52,11 @@ const TAKE_LEASE: &str =
        THEN agent_leases.epoch ELSE agent_leases.epoch + 1 END, \
        bridge = excluded.bridge, expires_at = excluded.expires_at";
 
+/// Renews every unexpired lease bridge `$1` holds until `$2` (`$3` now):
+/// one statement a tick, however many agents the bridge owns.
+const RENEW_LEASES: &str = "UPDATE agent_leases SET expires_at = $2 \
+     WHERE bridge = $1 AND expires_at > $3";
+
 /// Releases one lease cleanly (`$1` agent, `$2` bridge, `$3` now): the
 /// owner becomes empty and `expires_at` says when it was released.
 const RELEASE_LEASE: &str = "UPDATE agent_leases SET bridge = '', expires_at = $3 \
@@ -152,6 +157,26 @@ impl Store {
                 .iter()
                 .map(|lease| (lease.0.as_str(), lease))
                 .collect();
+            sqlx::query(RENEW_LEASES)
+                .bind(me)
+                .bind(now + ttl_ms)
+                .bind(now)
+                .execute(&mut *transaction)
+                .await
+                .map_err(failed())?;
+            // Leases of agents no longer configured are let go.
+            let configured: BTreeSet<&str> = agents.iter().map(AgentId::as_str).collect();
+            for (agent, ..) in leases.values().filter(|(agent, bridge, _, expires)| {
+                bridge == me && *expires > now && !configured.contains(agent.as_str())
+            }) {
+                sqlx::query(RELEASE_LEASE)
+                    .bind(agent.as_str())
+                    .bind(me)
+                    .bind(now)
+                    .execute(&mut *transaction)
+                    .await
+                    .map_err(failed())?;
+            }
             let releasing: BTreeSet<&str> = releasing.iter().map(AgentId::as_str).collect();
             let mut tick = ClusterTick {
                 now_ms: now,
@@ -199,7 +224,8 @@ impl Store {
                 } else {
                     None
                 };
-                if held || take.is_some() {
+                let gained = take.is_some();
+                if let Some(handover) = take {
                     sqlx::query(TAKE_LEASE)
                         .bind(name)
                         .bind(me)
@@ -207,9 +233,9 @@ impl Store {
                         .execute(&mut *transaction)
                         .await
                         .map_err(failed())?;
-                    if let Some(handover) = take {
-                        tick.gained.push((agent.clone(), handover));
-                    }
+                    tick.gained.push((agent.clone(), handover));
+                }
+                if held || gained {
                     if desired && !releasing.contains(name) {
                         tick.owned.push(agent.clone());
                     } else {

@@ -86,6 +86,31 @@ pub(crate) trait WritePool {
     ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
 }
 
+/// Begins a transaction (with `statement`, or `BEGIN`) on a connection of
+/// `pool` that is not still inside an earlier one. A COMMIT that fails (a
+/// full disk: `SQLITE_FULL`) can leave sqlx's transaction depth of the
+/// connection above zero, and every later `begin` on it fails ("non-zero
+/// transaction depth"): history would never be recorded again. Such a
+/// connection is closed, and a fresh one taken.
+pub(crate) async fn begin_on_clean_connection<DB: sqlx::Database>(
+    pool: &sqlx::Pool<DB>,
+    statement: Option<&'static str>,
+) -> Result<sqlx::Transaction<'static, DB>, sqlx::Error> {
+    use sqlx::TransactionManager;
+    // Every connection of the pool may be stuck: one more try than it has.
+    for _ in 0..=pool.options().get_max_connections() {
+        let mut connection = pool.acquire().await?;
+        if DB::TransactionManager::get_transaction_depth(&connection) == 0 {
+            // `Transaction::begin` is how `Pool::begin_with` starts one on
+            // an acquired connection.
+            return sqlx::Transaction::begin(connection, statement.map(Into::into)).await;
+        }
+        tracing::warn!("a database connection was left inside a failed transaction; closing it");
+        connection.close_on_drop();
+    }
+    pool.begin().await
+}
+
 /// Statements over many rows, bound as a whole (one round trip per batch,
 /// not per row). Implemented on each backend's connection.
 pub(crate) trait BulkWrites {

@@ -104,7 +104,7 @@ impl WritePool for PgPool {
     type Database = sqlx::Postgres;
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
-        self.begin().await
+        super::dialect::begin_on_clean_connection(self, None).await
     }
 }
 

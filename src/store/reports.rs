@@ -212,7 +212,9 @@ fn crossing_sql(dialect: Dialect) -> &'static str {
 }
 
 /// One agent's (`$1`) intervals overlapping `[$2, $3)`, by start: the one in
-/// progress at `$2`, then those starting inside.
+/// progress at `$2`, then at most `$4` of those starting inside, read in
+/// index order (`intervals_agent_started_at`) and no further: a timeline
+/// over its limit stops reading at the limit.
 const TIMELINE: &str = "\
     SELECT agent, status, reason, extension_status, destination, started_at, ended_at FROM (\
       SELECT agent, status, reason, extension_status, destination, started_at, ended_at \
@@ -222,7 +224,8 @@ const TIMELINE: &str = "\
     UNION ALL \
     SELECT agent, status, reason, extension_status, destination, started_at, ended_at FROM (\
       SELECT agent, status, reason, extension_status, destination, started_at, ended_at \
-      FROM intervals WHERE agent = $1 AND started_at >= $2 AND started_at < $3) inside \
+      FROM intervals WHERE agent = $1 AND started_at >= $2 AND started_at < $3 \
+      ORDER BY started_at, id LIMIT $4) inside \
     ORDER BY started_at";
 
 /// A row of [`crossing_sql`]: agent, status, started_at, ended_at, seq.
@@ -543,23 +546,34 @@ impl Store {
         }
     }
 
-    /// One agent's intervals overlapping `[from_ms, to_ms)`, by start.
+    /// One agent's intervals overlapping `[from_ms, to_ms)`, by start, at
+    /// most `limit` of them (the first ones); the database reads no more.
     pub async fn timeline_intervals(
         &self,
         agent: &AgentId,
         from_ms: i64,
         to_ms: i64,
+        limit: usize,
     ) -> Result<Vec<TimelineInterval>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows: Vec<TimelineDbRow> = with_pool!(&self.reader, |pool, _d| {
             sqlx::query_as(TIMELINE)
                 .bind(agent.as_str())
                 .bind(from_ms)
                 .bind(to_ms)
+                .bind(limit)
                 .fetch_all(pool)
                 .await
         })
         .map_err(StoreError::query("reading a timeline"))?;
+        // The interval in progress at `from` comes first; with `limit`
+        // inside ones there may be one too many.
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         rows.into_iter()
+            .take(limit)
             .map(
                 |(
                     agent,

@@ -142,7 +142,7 @@ impl WritePool for SqlitePool {
     type Database = sqlx::Sqlite;
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
-        self.begin_with(BEGIN_WRITE).await
+        super::dialect::begin_on_clean_connection(self, Some(BEGIN_WRITE)).await
     }
 }
 

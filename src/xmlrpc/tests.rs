@@ -525,3 +525,77 @@ proptest! {
         prop_assert_eq!(decode_response(&encode_response(&fault, encoding)).unwrap(), fault);
     }
 }
+
+/// A response whose one value is `depth` arrays inside each other around an
+/// `<i4>`; `closed: false` leaves every element open.
+fn nested(depth: usize, closed: bool) -> String {
+    let mut body = String::from("<methodResponse><params><param><value>");
+    body.push_str(&"<array><data><value>".repeat(depth));
+    body.push_str("<i4>1</i4>");
+    if closed {
+        body.push_str(&"</value></data></array>".repeat(depth));
+        body.push_str("</value></param></params></methodResponse>");
+    }
+    body
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Nesting is accepted up to the limit and refused beyond it with
+    /// `TooDeep`, however deep (no stack overflow); an unclosed document is
+    /// an error whatever its depth.
+    #[test]
+    fn nesting_is_bounded_by_max_depth(depth in 0usize..5_000) {
+        let decoded = decode_response(nested(depth, true).as_bytes());
+        if depth < MAX_DEPTH - 1 {
+            let mut value = Value::Int(1);
+            for _ in 0..depth {
+                value = Value::Array(vec![value]);
+            }
+            prop_assert_eq!(decoded, Ok(Response::Params(vec![value])));
+        } else if depth > MAX_DEPTH + 1 {
+            prop_assert_eq!(decoded, Err(DecodeError::TooDeep { limit: MAX_DEPTH }));
+        }
+        prop_assert!(decode_response(nested(depth, false).as_bytes()).is_err());
+    }
+
+    /// Garbage is always a typed error, never a value, and its message
+    /// quotes only a short piece of the input.
+    #[test]
+    fn garbage_is_a_short_typed_error(
+        prefix in "[^<\u{feff}]{0,200}",
+        tail in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        prop_assume!(!prefix.trim().is_empty());
+        let mut body = prefix.into_bytes();
+        body.extend(tail);
+        for message in [
+            decode_response(&body).map(drop).unwrap_err().to_string(),
+            decode_call(&body).map(drop).unwrap_err().to_string(),
+        ] {
+            prop_assert!(message.chars().count() <= 200, "{}", message);
+        }
+    }
+
+    /// Noise that looks like XML-RPC: whatever it decodes to, its error
+    /// message stays short.
+    #[test]
+    fn errors_quote_the_input_short(
+        mut body in valid_body(),
+        mutations in proptest::collection::vec(mutation(), 1..4),
+        padding in "[a-zA-Z0-9 ]{200,400}",
+    ) {
+        for mutation in &mutations {
+            apply(&mut body, mutation);
+        }
+        // A long run of text or a long name somewhere in the document.
+        let at = body.len() / 2;
+        body.splice(at..at, padding.into_bytes());
+        for result in [decode_response(&body).map(drop), decode_call(&body).map(drop)] {
+            if let Err(error) = result {
+                prop_assert!(error.to_string().chars().count() <= 200, "{}", error);
+            }
+        }
+    }
+}

@@ -16,6 +16,10 @@ Commands (each takes --url BASE, e.g. http://127.0.0.1:8080/):
                prints READY, then waits for a `state` event (optionally of
                --agent with --status) and checks the tile shows it within
                --within seconds.
+  reconnect    opens the wallboard, prints READY, then waits for its stream
+               to drop (the caller cuts it) and come back by itself: a new
+               snapshot, the banner shown meanwhile, the tiles matching
+               /api/agents after (and, if asked, `Last-Event-ID` sent).
   reports      /reports for a day draws one strip per agent (each with its
                intervals), the summary table, a working CSV link and shows a
                400's message; optional screenshot.
@@ -446,8 +450,68 @@ def command_wait_status(args) -> str:
         if slow:
             raise CheckFailed(f"{len(slow)} change(s) not on the wallboard within "
                               f"{args.within} s: {slow}")
+        if args.since_update_within is not None:
+            late = [r for r in results if r["since_update_ms"] > args.since_update_within * 1000]
+            if late:
+                raise CheckFailed(f"{len(late)} change(s) reached the page more than "
+                                  f"{args.since_update_within} s after the bridge saw them: {late}")
         worst = max(r["ms"] for r in results)
         return f"{len(results)} state change(s) shown on the wallboard, slowest {worst:.0f} ms"
+
+
+# ------------------------------------------------------------------ reconnect
+
+def command_reconnect(args) -> str:
+    with Browser(args) as browser:
+        page = browser.page()
+        streams = []
+        requests = []
+        page.on("request", lambda request: "api/stream" in request.url
+                and requests.append(request))
+        wait_for_wallboard(page, args)
+        log("READY")
+        try:
+            page.wait_for_function(
+                "() => window.pbx2mqttWallboard.connection().stream !== 'live'",
+                timeout=args.timeout * 1000, polling=20)
+        except Exception:
+            raise CheckFailed(f"the wallboard never noticed its stream drop within "
+                              f"{args.timeout} s") from None
+        shown = page.evaluate("""() => ({conn: document.getElementById('conn').textContent,
+          banner: document.getElementById('banner').hidden ? null
+                  : document.getElementById('banner').textContent,
+          stale: document.body.classList.contains('stale')})""")
+        if not shown["banner"] or not shown["stale"]:
+            raise CheckFailed(f"a dropped stream is not shown as such: {shown}")
+        log(f"  dropped: {shown['conn']} / {shown['banner']}")
+        try:
+            page.wait_for_function(
+                "() => window.pbx2mqttWallboard.connection().stream === 'live'"
+                " && window.pbx2mqttWallboard.stats.snapshots >= 2",
+                timeout=args.timeout * 1000, polling=20)
+        except Exception:
+            state = page.evaluate("() => window.pbx2mqttWallboard.connection()")
+            raise CheckFailed(f"the wallboard did not reconnect within {args.timeout} s "
+                              f"({state}, {len(requests)} stream requests)") from None
+        # The board now shows what changed while it was away.
+        deadline = time.monotonic() + args.timeout
+        while True:
+            count, behind = compare_board(page, args)
+            if count >= 0 and not behind:
+                break
+            if time.monotonic() > deadline:
+                raise CheckFailed(f"after reconnecting, tiles differ from /api/agents: {behind}")
+            page.wait_for_timeout(100)
+        if not page.evaluate("() => document.getElementById('banner').hidden"):
+            raise CheckFailed("the connection banner stays after reconnecting")
+        browser.check_no_page_errors()
+        # `headers` leaves out what the network stack adds: ask for all.
+        streams = [request.all_headers().get("last-event-id") for request in requests]
+        resumed = [header for header in streams[1:] if header]
+        if args.require_last_event_id and not resumed:
+            raise CheckFailed(f"no reconnect carried Last-Event-ID (stream requests: {streams})")
+        return (f"reconnected after {len(streams) - 1} attempt(s), Last-Event-ID "
+                f"{resumed[-1] if resumed else 'not sent'}, {count} tiles match /api/agents")
 
 
 # ------------------------------------------------------------------ reports
@@ -724,6 +788,14 @@ def parser() -> argparse.ArgumentParser:
     sub.add_argument("--status", help="wait for a change to this status (default: any)")
     sub.add_argument("--within", type=float, default=2.0, help="seconds from event to DOM (default 2)")
     sub.add_argument("--events", type=int, default=1, help="how many changes to check (default 1)")
+    sub.add_argument("--since-update-within", type=float,
+                     help="also fail when a change is on the page later than this many seconds "
+                          "after its `updated` time (the bridge's poll)")
+
+    sub = common("reconnect", "the stream drops and comes back by itself")
+    sub.add_argument("--expect-agents", type=int, help="the number of agents there must be")
+    sub.add_argument("--require-last-event-id", action="store_true",
+                     help="fail unless a reconnect sends Last-Event-ID")
 
     sub = common("reports", "one strip per agent, table, CSV, errors")
     sub.add_argument("--date", help="YYYY-MM-DD (default: today in the report time zone)")
@@ -750,6 +822,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     handlers = {"wallboard": command_wallboard, "wait-status": command_wait_status,
+                "reconnect": command_reconnect,
                 "reports": command_reports, "perf": command_perf}
     try:
         message = handlers[args.command](args)

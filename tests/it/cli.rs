@@ -397,3 +397,68 @@ async fn run_logs_its_warnings_once_at_start() {
     // Not a terminal: no colour codes.
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_bridge_on_one_sqlite_file_is_refused_with_a_clear_message() {
+    let app = prepare_app(Options::default()).await;
+    let config = app.dir.path().join("pbx2mqtt.toml").display().to_string();
+    let mut first = tokio::process::Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
+        .args(["run", "--config", &config])
+        .env_remove("PBX2MQTT_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the first bridge");
+    let lock = app.dir.path().join("history.db.lock");
+    let database = app.dir.path().join("history.db");
+    crate::helpers::wait_until(
+        std::time::Duration::from_secs(20),
+        "the first bridge opens its database",
+        || lock.exists() && database.exists(),
+    )
+    .await;
+
+    let out = pbx2mqtt(vec!["run".into(), "--config".into(), config]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another pbx2mqtt bridge is already running on the sqlite database")
+            && stderr.contains("use PostgreSQL to run several bridges"),
+        "{stderr}"
+    );
+    assert!(
+        first
+            .try_wait()
+            .expect("the first bridge's status")
+            .is_none(),
+        "the first bridge keeps running"
+    );
+    first.kill().await.expect("stop the first bridge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthcheck_exits_0_on_a_live_bridge_and_1_otherwise() {
+    let app = crate::helpers::spawn_app(Options::default()).await;
+    let http = app.http.expect("the bridge's HTTP address");
+    let out = pbx2mqtt(vec![
+        "healthcheck".into(),
+        "--url".into(),
+        format!("http://{http}/healthz"),
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+
+    let closed = crate::process::free_port();
+    let out = pbx2mqtt(vec![
+        "healthcheck".into(),
+        "--timeout".into(),
+        "2s".into(),
+        "--url".into(),
+        format!("http://127.0.0.1:{closed}/healthz"),
+    ])
+    .await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no answer"), "{stderr}");
+}

@@ -21,8 +21,7 @@
 //!    the simulator's.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use pbx2mqtt::simulator::{Simulator, SimulatorConfig, VirtualState};
@@ -34,6 +33,7 @@ use crate::helpers::{
     broker_url, clear_retained, uses_embedded_broker, PgDatabase, TEST_KEY, TEST_PIN,
 };
 use crate::mqtt_client::TestClient;
+use crate::process::BridgeProcess;
 
 /// Agents in the simulator.
 const AGENTS: u32 = 240;
@@ -44,98 +44,20 @@ const TAKEOVER_AFTER: Duration = Duration::from_secs(3);
 /// How long anything in this test may take before it fails.
 const PATIENCE: Duration = Duration::from_secs(40);
 
-/// One bridge process.
-struct Bridge {
-    id: &'static str,
-    child: Child,
-    http: u16,
-    log: PathBuf,
+/// Starts bridge `id` of the cluster.
+fn start(id: &str, config: &Path, dir: &Path, client_prefix: &str) -> BridgeProcess {
+    let client_id = format!("{client_prefix}-{id}");
+    BridgeProcess::start(id, config, dir, &[("PBX2MQTT_MQTT__CLIENT_ID", client_id)])
 }
 
-impl Bridge {
-    fn start(id: &'static str, config: &Path, dir: &Path, client_prefix: &str) -> Bridge {
-        let http = free_port();
-        let log = dir.join(format!("{id}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_pbx2mqtt"))
-            .args(["run", "--config"])
-            .arg(config)
-            .env("PBX2MQTT_BRIDGE__ID", id)
-            .env("PBX2MQTT_HTTP__LISTEN", format!("127.0.0.1:{http}"))
-            .env("PBX2MQTT_MQTT__CLIENT_ID", format!("{client_prefix}-{id}"))
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start the pbx2mqtt binary");
-        Bridge {
-            id,
-            child,
-            http,
-            log,
-        }
-    }
-
-    fn user_agent_tag(&self) -> String {
-        format!("({})", self.id)
-    }
-
-    async fn readyz(&self) -> Option<Value> {
-        let response = reqwest::get(format!("http://127.0.0.1:{}/readyz", self.http))
-            .await
-            .ok()?;
-        serde_json::from_slice(&response.bytes().await.ok()?).ok()
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([signal, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success(), "kill {signal} {}", self.id);
-    }
-
-    fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGTERM, then waits for a clean exit.
-    async fn stop(mut self) -> String {
-        self.signal("-TERM");
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "{} exited with {status}: {}",
-                    self.id,
-                    self.logs()
-                );
-                return self.logs();
-            }
-            assert!(Instant::now() < deadline, "{} did not stop", self.id);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// What the simulator's request log names a bridge by (its `User-Agent`).
+fn user_agent_tag(bridge: &BridgeProcess) -> String {
+    format!("({})", bridge.id)
 }
 
 /// Waits until every bridge in `bridges` reports, on its `/readyz`, the
 /// shares of exactly `expected` bridges covering every agent.
-async fn wait_for_shares(bridges: &[&Bridge], expected: &[&str]) -> Duration {
+async fn wait_for_shares(bridges: &[&BridgeProcess], expected: &[&str]) -> Duration {
     let started = Instant::now();
     let mut last = Value::Null;
     loop {
@@ -157,7 +79,7 @@ async fn wait_for_shares(bridges: &[&Bridge], expected: &[&str]) -> Duration {
             if names != expected
                 || total != u64::from(AGENTS)
                 || ready["ready"] != true
-                || shares[bridge.id].as_u64() != ready["cluster"]["owned_agents"].as_u64()
+                || shares[&bridge.id].as_u64() != ready["cluster"]["owned_agents"].as_u64()
             {
                 settled = false;
                 last = ready;
@@ -240,10 +162,10 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
     let mut answers = TestClient::connect(&broker_url(), &[format!("{base}/response/#")]).await;
 
     // 1. Three bridges share the agents, each polled by one bridge.
-    let b1 = Bridge::start("b1", &config, dir.path(), &client_prefix);
+    let b1 = start("b1", &config, dir.path(), &client_prefix);
     wait_for_shares(&[&b1], &["b1"]).await;
-    let b2 = Bridge::start("b2", &config, dir.path(), &client_prefix);
-    let b3 = Bridge::start("b3", &config, dir.path(), &client_prefix);
+    let b2 = start("b2", &config, dir.path(), &client_prefix);
+    let b3 = start("b3", &config, dir.path(), &client_prefix);
     wait_for_shares(&[&b1, &b2, &b3], &["b1", "b2", "b3"]).await;
     simulator.reset_poll_log();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -351,14 +273,16 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
 
     // 3. kill -9: the dead bridge's agents are polled by the others within
     // the bound.
-    let b3_tag = b3.user_agent_tag();
+    let b3_tag = user_agent_tag(&b3);
     let b3_agents: Vec<String> = owner
         .iter()
         .filter(|(_, user_agent)| user_agent.contains(&b3_tag))
         .map(|(agent, _)| agent.clone())
         .collect();
     simulator.reset_poll_log();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // More than one poll interval (500 ms): every agent of b3's is in the
+    // log as polled by b3 before it dies.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     b3.signal("-KILL");
     let took = wait_for_shares(&[&b1, &b2], &["b1", "b2"]).await;
     eprintln!("kill -9: the others hold every lease after {took:?}");
@@ -441,9 +365,9 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
         assert!(Instant::now() < deadline, "agents never settled: {open:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let b2_logs = b2.stop().await;
+    let b2_logs = b2.stop(PATIENCE).await;
     wait_for_shares(&[&b1], &["b1"]).await;
-    let b1_logs = b1.stop().await;
+    let b1_logs = b1.stop(PATIENCE).await;
     for logs in [&b1_logs, &b2_logs] {
         assert!(
             !logs.contains(TEST_PIN) && !logs.contains(TEST_KEY),
@@ -495,17 +419,20 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
     simulator_stop.cancel();
 }
 
+/// An interval as stored: agent, status, started_at, ended_at, seq, bridge.
+type IntervalRow = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+);
+
 /// History is whole: per agent one stream of contiguous intervals, never a
 /// transition to the status it already had, one dense `seq`.
 async fn check_history(pool: &PgPool) {
-    let rows: Vec<(
-        String,
-        String,
-        i64,
-        Option<i64>,
-        Option<i64>,
-        Option<String>,
-    )> = sqlx::query_as(
+    let rows: Vec<IntervalRow> = sqlx::query_as(
         "SELECT agent, status, started_at, ended_at, seq, bridge FROM intervals \
          ORDER BY agent, started_at, id",
     )

@@ -122,6 +122,28 @@ async fn the_demo_logs_no_error_when_clients_come_and_go_and_reports_on_its_hist
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|port| port.parse().ok())
         .unwrap_or_else(|| panic!("no broker port in:\n{banner}"));
+    // The pages come from the binary itself (it runs in an empty directory).
+    let wallboard = banner
+        .split("Wallboard:")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no wallboard address in:\n{banner}"))
+        .to_owned();
+    for (path, needle) in [
+        ("", "assets/wallboard.js"),
+        ("assets/wallboard.js", "api/stream"),
+    ] {
+        let response = reqwest::get(format!("{wallboard}{path}")).await.unwrap();
+        assert_eq!(
+            response.status(),
+            reqwest::StatusCode::OK,
+            "{wallboard}{path}"
+        );
+        assert!(
+            response.text().await.unwrap().contains(needle),
+            "{wallboard}{path}"
+        );
+    }
     assert!(
         banner.contains(&format!(
             "Report on it:       pbx2mqtt demo --database {database} report summary"

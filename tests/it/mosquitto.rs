@@ -30,14 +30,7 @@ pub fn required_binary() -> &'static str {
     mosquitto_binary().expect("mosquitto was installed when the tests were built but is not now")
 }
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub use crate::process::free_port;
 
 /// A running Mosquitto, killed when dropped.
 pub struct Mosquitto(Child);
