@@ -240,6 +240,7 @@ impl Drop for TestApp {
         self.simulator_stop.cancel();
         let broker = self.broker_url.clone();
         let base = self.base.clone();
+        let prefix = self.config.homeassistant.discovery_prefix.clone();
         let handle = bridge.map(|(_, handle)| handle);
         // Drop cannot await: a thread with its own runtime waits for the
         // bridge to finish (it publishes `offline` last), then clears.
@@ -254,7 +255,7 @@ impl Drop for TestApp {
                 if let Some(handle) = handle {
                     let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
                 }
-                if let Err(error) = clear_retained(&broker, &base).await {
+                if let Err(error) = clear_retained_under(&broker, &base, &prefix).await {
                     eprintln!("could not clear the retained topics under {base}: {error}");
                 }
             });
@@ -264,13 +265,28 @@ impl Drop for TestApp {
 }
 
 /// Clears (with an empty retained message) every retained message under
-/// `base`, and every Home Assistant discovery config naming the test's
-/// unique id; the number cleared. Never panics: it runs in `Drop`.
+/// `base`, and every Home Assistant discovery config of the bridge with
+/// that base topic; the number cleared. Never panics: it runs in `Drop`.
 pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, String> {
+    clear_retained_under(broker_url, base, "homeassistant").await
+}
+
+/// [`clear_retained`] for a bridge with the discovery prefix `prefix`.
+///
+/// It subscribes to this bridge's configs only (`<prefix>/+/<node>/+/config`)
+/// and at QoS 0: a subscription to all of `homeassistant/#` at QoS 1 on a
+/// shared broker gets every other test's retained configs too, beyond
+/// Mosquitto's queue for one client (`max_queued_messages`, 1000), which
+/// then drops the rest, its own among them, so leftovers piled up.
+pub async fn clear_retained_under(
+    broker_url: &str,
+    base: &str,
+    prefix: &str,
+) -> Result<usize, String> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
     let url = pbx2mqtt::config::BrokerUrl::parse(broker_url).map_err(|e| e.to_string())?;
-    let unique = base.rsplit('/').next().unwrap_or(base).to_owned();
+    let node = pbx2mqtt::homeassistant::topic_id(base);
     let mut options = MqttOptions::new(
         format!("cleanup-{:016x}", rand::random::<u64>()),
         url.host(),
@@ -278,21 +294,33 @@ pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, Strin
     );
     options.set_max_packet_size(1 << 24, 1 << 24);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    let filters = [format!("{base}/#"), "homeassistant/#".to_owned()];
+    let filters = [format!("{base}/#"), format!("{prefix}/+/{node}/+/config")];
     let marker = |n: u32| format!("{base}/cleanup-marker/{n}");
     let ours = |topic: &str| {
         topic.starts_with(&format!("{base}/"))
-            || (topic.starts_with("homeassistant/") && topic.contains(&unique))
+            || (topic.starts_with(&format!("{prefix}/")) && topic.contains(&format!("/{node}/")))
     };
     let work = async {
         let mut retained = std::collections::BTreeSet::<String>::new();
+        // Clears not yet handed to the client (its queue is bounded), then
+        // the last marker.
+        let mut pending = std::collections::VecDeque::<(String, bool)>::new();
         let mut subacks = 0;
         loop {
+            while let Some((topic, is_marker)) = pending.front() {
+                if client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, !is_marker, Vec::new())
+                    .is_err()
+                {
+                    break;
+                }
+                pending.pop_front();
+            }
             match eventloop.poll().await.map_err(|e| e.to_string())? {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     for filter in &filters {
                         client
-                            .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .try_subscribe(filter.clone(), QoS::AtMostOnce)
                             .map_err(|e| e.to_string())?;
                     }
                 }
@@ -300,22 +328,14 @@ pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, Strin
                     subacks += 1;
                     if subacks == filters.len() {
                         // Everything retained is delivered before this.
-                        client
-                            .try_publish(marker(1), QoS::AtLeastOnce, false, "")
-                            .map_err(|e| e.to_string())?;
+                        pending.push_back((marker(1), true));
                     }
                 }
                 Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(1) => {
-                    for topic in &retained {
-                        client
-                            .try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
-                            .map_err(|e| e.to_string())?;
-                    }
+                    pending.extend(retained.iter().map(|topic| (topic.clone(), false)));
                     // The broker handles a client's messages in order: when
                     // this comes back, every clear before it is done.
-                    client
-                        .try_publish(marker(2), QoS::AtLeastOnce, false, "")
-                        .map_err(|e| e.to_string())?;
+                    pending.push_back((marker(2), true));
                 }
                 Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(2) => {
                     let _ = client.try_disconnect();
