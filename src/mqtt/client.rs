@@ -295,6 +295,14 @@ pub fn new(settings: &Settings, capacity: usize) -> (Client, Connection) {
 }
 
 impl Client {
+    /// The protocol version this client speaks.
+    pub fn protocol(&self) -> Protocol {
+        match self {
+            Client::V311(_) => Protocol::V311,
+            Client::V5(_) => Protocol::V5,
+        }
+    }
+
     /// Hands a QoS 1 publish to the event loop without waiting.
     pub fn try_publish(&self, message: &Message) -> Result<(), QueueFull> {
         match self {
@@ -492,7 +500,21 @@ fn error_v311(failure: rumqttc::ConnectionError) -> BrokerError {
         ConnectionError::MqttState(rumqttc::StateError::Io(detail)) => {
             error(BrokerErrorKind::Network, detail)
         }
-        other => error(BrokerErrorKind::Protocol, other),
+        other => error(kind_of_other(&other.to_string()), other),
+    }
+}
+
+/// The kind of a failure rumqttc reports as a protocol or state error. A
+/// TLS alert can arrive after the handshake (TLS 1.3: a broker that wants a
+/// client certificate says so on the first read), and rumqttc then reports
+/// it as a failed read of an MQTT packet; its text still names the alert.
+fn kind_of_other(text: &str) -> BrokerErrorKind {
+    const TLS_SIGNS: [&str; 3] = ["fatal alert", "peer certificate", "tls handshake"];
+    let lower = text.to_ascii_lowercase();
+    if TLS_SIGNS.iter().any(|sign| lower.contains(sign)) {
+        BrokerErrorKind::Tls
+    } else {
+        BrokerErrorKind::Protocol
     }
 }
 
@@ -514,6 +536,23 @@ fn error_v5(failure: rumqttc::v5::ConnectionError) -> BrokerError {
         ConnectionError::MqttState(rumqttc::v5::StateError::Io(detail)) => {
             error(BrokerErrorKind::Network, detail)
         }
-        other => error(BrokerErrorKind::Protocol, other),
+        other => error(kind_of_other(&other.to_string()), other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{kind_of_other, BrokerErrorKind};
+
+    #[test]
+    fn a_tls_alert_after_the_handshake_is_a_tls_failure() {
+        assert_eq!(
+            kind_of_other("Mqtt state: Mqtt serialization/deserialization error: IO: received fatal alert: CertificateRequired"),
+            BrokerErrorKind::Tls
+        );
+        assert_eq!(
+            kind_of_other("Mqtt state: Received unsolicited ack pkid: 3"),
+            BrokerErrorKind::Protocol
+        );
     }
 }

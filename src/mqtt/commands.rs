@@ -8,7 +8,15 @@
 //! - A persistent session (clean start off): a request published while the
 //!   bridge reconnects is delivered afterwards and runs once.
 //! - MQTT 5: subscriptions with retain-as-published, so a retained request
-//!   is recognised (and refused and cleared) whenever it arrives; the
+//!   is recognised (and refused and cleared) whenever it arrives. MQTT 3.1.1
+//!   brokers clear the retain flag of a message delivered live, so a
+//!   retained request published while the bridge is subscribed looks like a
+//!   plain one and runs; after every live request the connection therefore
+//!   subscribes to the request filters again (the same filters: the
+//!   subscription is replaced, nothing is delivered twice, and the broker
+//!   sends what is retained under them, flagged), so a retained request is
+//!   refused and cleared right after it ran once, and never replays. At
+//!   most one such SUBSCRIBE is in flight at a time. The
 //!   CONNECT announces `mqtt.max_packet_size`, so the broker drops bigger
 //!   messages. MQTT 3.1.1 cannot announce a limit: this connection then
 //!   reads any size (the request is refused as too large), which is what
@@ -29,7 +37,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::client::{Client, Connection, Filter, Message, NetEvent};
+use super::client::{Client, Connection, Filter, Message, NetEvent, Protocol};
 use super::session::{self, Session};
 use super::{Incoming, Outgoing};
 use crate::metrics::Metrics;
@@ -104,6 +112,20 @@ pub struct CommandConnection {
     metrics: Arc<Metrics>,
     /// True between CONNACK and the next connection error.
     connected: bool,
+    /// MQTT 3.1.1: subscribing again to the request filters, to find
+    /// retained requests that arrived live (see the module doc).
+    recheck: Recheck,
+}
+
+/// MQTT 3.1.1's second look for retained requests.
+#[derive(Debug, Default)]
+struct Recheck {
+    /// The connection speaks 3.1.1 (set on connect).
+    needed: bool,
+    /// A live request arrived since the last SUBSCRIBE went out.
+    due: bool,
+    /// A SUBSCRIBE went out and its SUBACK has not come back.
+    in_flight: bool,
 }
 
 /// Local work for the command connection.
@@ -137,7 +159,23 @@ impl CommandConnection {
             max_request_bytes,
             metrics,
             connected: false,
+            recheck: Recheck::default(),
         }
+    }
+
+    /// The request filters, joined to the shared group when there is one.
+    fn request_filters(&self) -> Vec<Filter> {
+        self.subscriptions
+            .requests
+            .iter()
+            .map(|path| Filter {
+                path: match &self.subscriptions.shared_group {
+                    Some(group) => format!("$share/{group}/{path}"),
+                    None => path.clone(),
+                },
+                retain_as_published: true,
+            })
+            .collect()
     }
 
     /// Runs until `shutdown`; then waits (at most `flush_timeout`) for the
@@ -269,6 +307,9 @@ impl CommandConnection {
             );
             return;
         }
+        if self.recheck.needed && !received.retain && !received.payload.is_empty() {
+            self.recheck.due = true;
+        }
         let keep = received
             .payload
             .len()
@@ -337,6 +378,13 @@ impl Session for CommandConnection {
         if !self.connected {
             return;
         }
+        if self.recheck.due
+            && !self.recheck.in_flight
+            && client.try_subscribe(&self.request_filters()).is_ok()
+        {
+            self.recheck.due = false;
+            self.recheck.in_flight = true;
+        }
         while let Some(message) = self.out.front() {
             if client.try_publish(message).is_err() {
                 return;
@@ -352,22 +400,16 @@ impl Session for CommandConnection {
 
     fn on_connected(&mut self, session_present: bool, client: &Client) {
         self.connected = true;
+        self.recheck = Recheck {
+            needed: client.protocol() == Protocol::V311,
+            // This SUBSCRIBE delivers what is retained anyway.
+            due: false,
+            in_flight: true,
+        };
         Metrics::set(&self.metrics.mqtt_commands_connected, 1);
         self.out
             .push_front(presence(&self.subscriptions.presence.own, "online"));
-        let shared = |path: &String| match &self.subscriptions.shared_group {
-            Some(group) => format!("$share/{group}/{path}"),
-            None => path.clone(),
-        };
-        let mut filters: Vec<Filter> = self
-            .subscriptions
-            .requests
-            .iter()
-            .map(|path| Filter {
-                path: shared(path),
-                retain_as_published: true,
-            })
-            .collect();
+        let mut filters = self.request_filters();
         filters.extend(
             self.subscriptions
                 .presence
@@ -398,11 +440,15 @@ impl Session for CommandConnection {
     fn on_event(&mut self, event: NetEvent, _client: &Client) {
         match event {
             NetEvent::Received(received) => self.on_received(received),
-            NetEvent::SubscriptionsRefused(refused) if !refused.is_empty() => {
-                tracing::error!(
-                    ?refused,
-                    "the broker refused some subscriptions (check its ACL for the request topics)"
-                );
+            NetEvent::SubscriptionsRefused(refused) => {
+                // Every SUBACK: SUBSCRIBEs go out one at a time.
+                self.recheck.in_flight = false;
+                if !refused.is_empty() {
+                    tracing::error!(
+                        ?refused,
+                        "the broker refused some subscriptions (check its ACL for the request topics)"
+                    );
+                }
             }
             _ => {}
         }
@@ -410,6 +456,7 @@ impl Session for CommandConnection {
 
     fn on_disconnected(&mut self) {
         self.connected = false;
+        self.recheck = Recheck::default();
         Metrics::set(&self.metrics.mqtt_commands_connected, 0);
     }
 }

@@ -1047,9 +1047,11 @@ def retained_configs(args: argparse.Namespace, tag: str) -> list[str]:
         # own marker comes back every retained config has been delivered.
         bus.publish(marker, b"x")
         wait_for("the retained-config marker", 10, lambda: bus.get(marker))
-        with bus.lock:
-            seen = dict(bus.last)
-        return sorted(t for t, (p, retained) in seen.items() if retained and p and t.endswith("/config"))
+        # Any retained copy counts: a bridge republishing at this moment (it
+        # answers HA's birth) sends live copies too, which must not hide the
+        # retained ones.
+        return sorted({t for _, t, p, retained in bus.messages(f"{args.discovery_prefix}/#")
+                       if retained and p and t.endswith("/config")})
     finally:
         bus.close()
 

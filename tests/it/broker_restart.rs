@@ -6,108 +6,11 @@
 //! CI installs it) behind a gate the test opens, so the test subscriber is
 //! back before the bridge reconnects.
 
-use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
-use tokio::net::{TcpListener, TcpStream};
+use std::sync::atomic::Ordering;
 
 use crate::helpers::{prepare_app, wait_until, Options, SOON};
+use crate::mosquitto::{free_port, required_binary, Gate, Mosquitto};
 use crate::mqtt_client::TestClient;
-use crate::process::free_port;
-
-fn mosquitto_binary() -> Option<&'static str> {
-    [
-        "/usr/sbin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-    ]
-    .into_iter()
-    .find(|path| std::path::Path::new(path).exists())
-}
-
-struct Mosquitto(Child);
-
-impl Mosquitto {
-    async fn start(binary: &str, port: u16) -> Mosquitto {
-        let child = Command::new(binary)
-            .args(["-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start mosquitto");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = tokio::time::Instant::now() + SOON;
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "mosquitto did not listen on {port}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Mosquitto(child)
-    }
-
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-    }
-}
-
-/// A TCP proxy to the broker that accepts connections only while open.
-/// Closing it also cuts the connections it carries.
-#[derive(Clone)]
-pub struct Gate {
-    open: Arc<AtomicBool>,
-    generation: Arc<tokio::sync::watch::Sender<u64>>,
-}
-
-impl Gate {
-    pub async fn start(target: u16) -> (Gate, u16) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let gate = Gate {
-            open: Arc::new(AtomicBool::new(true)),
-            generation: Arc::new(tokio::sync::watch::channel(0).0),
-        };
-        let state = gate.clone();
-        tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                if !state.open.load(Ordering::SeqCst) {
-                    continue; // dropped: the bridge sees a refused/closed connection
-                }
-                let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", target)).await else {
-                    continue;
-                };
-                let mut cut = state.generation.subscribe();
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        _ = cut.changed() => {}
-                    }
-                });
-            }
-        });
-        (gate, port)
-    }
-
-    pub fn close(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.generation.send_modify(|g| *g += 1);
-    }
-
-    pub fn open(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
@@ -115,8 +18,7 @@ impl Gate {
     ignore = "needs the mosquitto binary (apt install mosquitto; CI installs it)"
 )]
 async fn broker_restart_republishes_state_and_resends_unacknowledged_events() {
-    let binary = mosquitto_binary()
-        .expect("mosquitto was installed when the tests were built but is not now");
+    let binary = required_binary();
     let broker_port = free_port();
     let broker = Mosquitto::start(binary, broker_port).await;
     let (gate, gate_port) = Gate::start(broker_port).await;

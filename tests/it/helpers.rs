@@ -100,6 +100,8 @@ pub struct Options {
     /// `mqtt.protocol`; by default MQTT 5, or 3.1.1 on the embedded broker
     /// (rumqttd serves MQTT 5 on a separate listener only).
     pub protocol: Option<&'static str>,
+    /// More `[mqtt]` keys (TOML lines), e.g. TLS files and credentials.
+    pub mqtt_toml: String,
 }
 
 impl Default for Options {
@@ -111,6 +113,7 @@ impl Default for Options {
             extra_toml: String::new(),
             broker_url: None,
             protocol: None,
+            mqtt_toml: String::new(),
         }
     }
 }
@@ -172,15 +175,11 @@ impl TestApp {
         TestClient::connect(&self.broker_url, &[format!("{}/#", self.base)]).await
     }
 
-    /// A subscriber, once the bridge is online (it subscribes to request
-    /// topics before it publishes `online`, so commands sent now are heard).
+    /// A subscriber, once the bridge is online and its command connection
+    /// subscribed (so commands sent now are heard).
     pub async fn ready_subscriber(&self) -> TestClient {
         let mut sub = self.subscriber().await;
-        let topic = format!("{}/bridge/state", self.base);
-        sub.wait_for(SOON, "bridge online", |m| {
-            m.topic == topic && m.text() == "online"
-        })
-        .await;
+        wait_ready(&mut sub, &self.base).await;
         sub
     }
 
@@ -241,6 +240,7 @@ impl Drop for TestApp {
         self.simulator_stop.cancel();
         let broker = self.broker_url.clone();
         let base = self.base.clone();
+        let prefix = self.config.homeassistant.discovery_prefix.clone();
         let handle = bridge.map(|(_, handle)| handle);
         // Drop cannot await: a thread with its own runtime waits for the
         // bridge to finish (it publishes `offline` last), then clears.
@@ -255,7 +255,7 @@ impl Drop for TestApp {
                 if let Some(handle) = handle {
                     let _ = tokio::time::timeout(Duration::from_secs(10), handle).await;
                 }
-                if let Err(error) = clear_retained(&broker, &base).await {
+                if let Err(error) = clear_retained_under(&broker, &base, &prefix).await {
                     eprintln!("could not clear the retained topics under {base}: {error}");
                 }
             });
@@ -265,13 +265,28 @@ impl Drop for TestApp {
 }
 
 /// Clears (with an empty retained message) every retained message under
-/// `base`, and every Home Assistant discovery config naming the test's
-/// unique id; the number cleared. Never panics: it runs in `Drop`.
+/// `base`, and every Home Assistant discovery config of the bridge with
+/// that base topic; the number cleared. Never panics: it runs in `Drop`.
 pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, String> {
+    clear_retained_under(broker_url, base, "homeassistant").await
+}
+
+/// [`clear_retained`] for a bridge with the discovery prefix `prefix`.
+///
+/// It subscribes to this bridge's configs only (`<prefix>/+/<node>/+/config`)
+/// and at QoS 0: a subscription to all of `homeassistant/#` at QoS 1 on a
+/// shared broker gets every other test's retained configs too, beyond
+/// Mosquitto's queue for one client (`max_queued_messages`, 1000), which
+/// then drops the rest, its own among them, so leftovers piled up.
+pub async fn clear_retained_under(
+    broker_url: &str,
+    base: &str,
+    prefix: &str,
+) -> Result<usize, String> {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
     let url = pbx2mqtt::config::BrokerUrl::parse(broker_url).map_err(|e| e.to_string())?;
-    let unique = base.rsplit('/').next().unwrap_or(base).to_owned();
+    let node = pbx2mqtt::homeassistant::topic_id(base);
     let mut options = MqttOptions::new(
         format!("cleanup-{:016x}", rand::random::<u64>()),
         url.host(),
@@ -279,21 +294,33 @@ pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, Strin
     );
     options.set_max_packet_size(1 << 24, 1 << 24);
     let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    let filters = [format!("{base}/#"), "homeassistant/#".to_owned()];
+    let filters = [format!("{base}/#"), format!("{prefix}/+/{node}/+/config")];
     let marker = |n: u32| format!("{base}/cleanup-marker/{n}");
     let ours = |topic: &str| {
         topic.starts_with(&format!("{base}/"))
-            || (topic.starts_with("homeassistant/") && topic.contains(&unique))
+            || (topic.starts_with(&format!("{prefix}/")) && topic.contains(&format!("/{node}/")))
     };
     let work = async {
         let mut retained = std::collections::BTreeSet::<String>::new();
+        // Clears not yet handed to the client (its queue is bounded), then
+        // the last marker.
+        let mut pending = std::collections::VecDeque::<(String, bool)>::new();
         let mut subacks = 0;
         loop {
+            while let Some((topic, is_marker)) = pending.front() {
+                if client
+                    .try_publish(topic.clone(), QoS::AtLeastOnce, !is_marker, Vec::new())
+                    .is_err()
+                {
+                    break;
+                }
+                pending.pop_front();
+            }
             match eventloop.poll().await.map_err(|e| e.to_string())? {
                 Event::Incoming(Packet::ConnAck(_)) => {
                     for filter in &filters {
                         client
-                            .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .try_subscribe(filter.clone(), QoS::AtMostOnce)
                             .map_err(|e| e.to_string())?;
                     }
                 }
@@ -301,22 +328,14 @@ pub async fn clear_retained(broker_url: &str, base: &str) -> Result<usize, Strin
                     subacks += 1;
                     if subacks == filters.len() {
                         // Everything retained is delivered before this.
-                        client
-                            .try_publish(marker(1), QoS::AtLeastOnce, false, "")
-                            .map_err(|e| e.to_string())?;
+                        pending.push_back((marker(1), true));
                     }
                 }
                 Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(1) => {
-                    for topic in &retained {
-                        client
-                            .try_publish(topic.clone(), QoS::AtLeastOnce, true, Vec::new())
-                            .map_err(|e| e.to_string())?;
-                    }
+                    pending.extend(retained.iter().map(|topic| (topic.clone(), false)));
                     // The broker handles a client's messages in order: when
                     // this comes back, every clear before it is done.
-                    client
-                        .try_publish(marker(2), QoS::AtLeastOnce, false, "")
-                        .map_err(|e| e.to_string())?;
+                    pending.push_back((marker(2), true));
                 }
                 Event::Incoming(Packet::Publish(publish)) if publish.topic == marker(2) => {
                     let _ = client.try_disconnect();
@@ -389,7 +408,7 @@ pub async fn prepare_app(options: Options) -> TestApp {
             });
     let broker_url = options.broker_url.clone().unwrap_or_else(broker_url);
     let mut toml = format!(
-        "[mqtt]\nurl = {broker_url:?}\nclient_id = \"bridge-{unique:08x}\"\nbase_topic = {base:?}\nprotocol = {protocol:?}\n\
+        "[mqtt]\nurl = {broker_url:?}\nclient_id = \"bridge-{unique:08x}\"\nbase_topic = {base:?}\nprotocol = {protocol:?}\n{mqtt_toml}\n\
          [belfabriek]\nurl = {bel:?}\naccount_pin = {TEST_PIN:?}\ntimeout = \"1s\"\n\
          [tring]\nurl = {tring:?}\nkey = {TEST_KEY:?}\ntenant = \"TEST\"\ntimeout = \"1s\"\n\
          [poll]\ninterval = {interval:?}\nstale_after = {stale}\nmax_backoff = \"200ms\"\n\
@@ -399,6 +418,7 @@ pub async fn prepare_app(options: Options) -> TestApp {
         interval = options.poll_interval,
         stale = options.stale_after,
         extra = options.extra_toml,
+        mqtt_toml = options.mqtt_toml,
     );
     toml.push_str(&simulator.agents_toml("agent"));
     let config = Config::from_toml_str(&toml).expect("test config");
@@ -415,6 +435,27 @@ pub async fn prepare_app(options: Options) -> TestApp {
         http: None,
         metrics: None,
     }
+}
+
+/// Waits (on `sub`, subscribed to `<base>/#`) until the bridge under
+/// `base` is online: the publisher's `bridge/state` and the command
+/// connection's own `bridge/<id>/state`, which it publishes after
+/// subscribing to the request topics. Call `sub.forget()` first after a
+/// restart.
+pub async fn wait_ready(sub: &mut TestClient, base: &str) {
+    let overall = format!("{base}/bridge/state");
+    sub.wait_for(SOON, "bridge online", |m| {
+        m.topic == overall && m.text() == "online"
+    })
+    .await;
+    let prefix = format!("{base}/bridge/");
+    sub.wait_for(SOON, "command connection subscribed", |m| {
+        m.topic != overall
+            && m.topic.starts_with(&prefix)
+            && m.topic.ends_with("/state")
+            && m.text() == "online"
+    })
+    .await;
 }
 
 /// Waits until `condition` holds, checking every 10 ms, for at most `within`.
@@ -501,5 +542,105 @@ impl PgDatabase {
         .await
         .unwrap();
         admin.close().await;
+    }
+}
+
+impl TestApp {
+    /// `GET /readyz`: the status code and the JSON body.
+    pub async fn readyz(&self) -> (u16, serde_json::Value) {
+        let http = self.http.expect("bridge not started");
+        let response = reqwest::get(format!("http://{http}/readyz"))
+            .await
+            .expect("GET /readyz");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("/readyz body");
+        (status, serde_json::from_slice(&body).expect("/readyz JSON"))
+    }
+
+    /// Waits until the audit table holds a row satisfying `matches`, and
+    /// returns it (the audit writer stores rows in batches).
+    pub async fn wait_audit(
+        &self,
+        what: &str,
+        matches: impl Fn(&pbx2mqtt::store::AuditRecord) -> bool,
+    ) -> pbx2mqtt::store::AuditRecord {
+        let store = self.store().await;
+        let deadline = tokio::time::Instant::now() + SOON;
+        loop {
+            let rows = store
+                .audit_since(chrono::DateTime::<chrono::Utc>::UNIX_EPOCH, 10_000)
+                .await
+                .expect("read the audit table");
+            if let Some(row) = rows.into_iter().find(|row| matches(row)) {
+                return row;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for the audit row: {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// The messages retained on the broker under `filter` right now: a fresh
+/// client subscribes, then publishes a marker under `marker_topic` (which
+/// `filter` must match); what came before the marker is what was retained.
+pub async fn retained_under(
+    broker_url: &str,
+    filter: &str,
+    marker_topic: &str,
+) -> Vec<crate::mqtt_client::Message> {
+    let mut client = TestClient::connect(broker_url, &[filter.to_owned()]).await;
+    let marker = format!("marker-{}", rand::random::<u64>());
+    client.publish(marker_topic, marker.clone(), false).await;
+    client
+        .wait_for(SOON, "the marker", |m| {
+            m.topic == marker_topic && m.text() == marker
+        })
+        .await;
+    client
+        .seen
+        .iter()
+        .filter(|m| m.retain && !m.payload.is_empty())
+        .cloned()
+        .collect()
+}
+
+/// A broker that is Mosquitto: the shared one at `PBX2MQTT_TEST_MQTT_URL`,
+/// else a private one when the binary is installed. Tests of MQTT 5 need
+/// it (the embedded rumqttd speaks MQTT 5 on another listener only).
+pub struct RealBroker {
+    pub url: String,
+    /// A private broker, stopped on drop.
+    _private: Option<crate::mosquitto::Mosquitto>,
+}
+
+impl RealBroker {
+    /// `None` (with a message saying why the test is skipped) when there is
+    /// no Mosquitto to use.
+    pub async fn get(test: &str) -> Option<RealBroker> {
+        if !uses_embedded_broker() {
+            return Some(RealBroker {
+                url: broker_url(),
+                _private: None,
+            });
+        }
+        match crate::mosquitto::mosquitto_binary() {
+            Some(binary) => {
+                let port = crate::mosquitto::free_port();
+                let mosquitto = crate::mosquitto::Mosquitto::start(binary, port).await;
+                Some(RealBroker {
+                    url: format!("mqtt://127.0.0.1:{port}"),
+                    _private: Some(mosquitto),
+                })
+            }
+            None => {
+                eprintln!(
+                    "SKIPPED {test}: needs Mosquitto (set PBX2MQTT_TEST_MQTT_URL or install mosquitto)"
+                );
+                None
+            }
+        }
     }
 }

@@ -3,6 +3,7 @@
 //! embedded rumqttd) and a real SQLite file. One binary, so it links once.
 
 mod helpers;
+mod mosquitto;
 mod mqtt_client;
 mod process;
 
@@ -19,6 +20,9 @@ mod fault_proxy;
 mod fault_suite;
 mod faults;
 mod grafana;
+mod homeassistant;
+mod mqtt_session;
+mod mqtt_tls;
 mod pages;
 mod pipeline;
 mod report_limits;

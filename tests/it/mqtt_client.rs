@@ -6,12 +6,18 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+/// The largest packet the test clients send or read: above the 17 MB
+/// message of the oversized-request tests.
+const MAX_PACKET: usize = 64 << 20;
+
 /// One received message.
 #[derive(Debug, Clone)]
 pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+    /// MQTT 5 correlation data (a [`V5Client`] only).
+    pub correlation_data: Option<Vec<u8>>,
 }
 
 impl Message {
@@ -46,7 +52,7 @@ impl TestClient {
         let id = format!("test-{}", rand::random::<u64>());
         let mut options = MqttOptions::new(id, host, port);
         options.set_keep_alive(Duration::from_secs(30));
-        options.set_max_packet_size(1 << 24, 1 << 24);
+        options.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         let (client, mut eventloop) = AsyncClient::new(options, 1024);
         let (tx, messages) = mpsc::unbounded_channel();
         let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
@@ -66,6 +72,7 @@ impl TestClient {
                             topic: p.topic.clone(),
                             payload: p.payload.to_vec(),
                             retain: p.retain,
+                            correlation_data: None,
                         };
                         if tx.send(message).is_err() {
                             return;
@@ -99,31 +106,7 @@ impl TestClient {
         what: &str,
         matches: impl Fn(&Message) -> bool,
     ) -> Message {
-        if let Some(found) = self.seen.iter().find(|m| matches(m)) {
-            return found.clone();
-        }
-        let deadline = tokio::time::Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(deadline, self.messages.recv()).await {
-                Ok(Some(message)) => {
-                    self.seen.push(message.clone());
-                    if matches(&message) {
-                        return message;
-                    }
-                }
-                Ok(None) => panic!("test client stopped while waiting for {what}"),
-                Err(_) => panic!(
-                    "timed out after {within:?} waiting for {what}; saw {} messages: {:?}",
-                    self.seen.len(),
-                    self.seen
-                        .iter()
-                        .rev()
-                        .take(10)
-                        .map(|m| format!("{} {}", m.topic, m.text()))
-                        .collect::<Vec<_>>()
-                ),
-            }
-        }
+        wait_in(&mut self.messages, &mut self.seen, within, what, matches).await
     }
 
     /// Waits for a message on exactly `topic`.
@@ -170,5 +153,158 @@ impl TestClient {
             .publish(topic, QoS::AtLeastOnce, retain, payload.into())
             .await
             .unwrap();
+    }
+}
+
+async fn wait_in(
+    messages: &mut mpsc::UnboundedReceiver<Message>,
+    seen: &mut Vec<Message>,
+    within: Duration,
+    what: &str,
+    matches: impl Fn(&Message) -> bool,
+) -> Message {
+    if let Some(found) = seen.iter().find(|m| matches(m)) {
+        return found.clone();
+    }
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, messages.recv()).await {
+            Ok(Some(message)) => {
+                seen.push(message.clone());
+                if matches(&message) {
+                    return message;
+                }
+            }
+            Ok(None) => panic!("test client stopped while waiting for {what}"),
+            Err(_) => panic!(
+                "timed out after {within:?} waiting for {what}; saw {} messages: {:?}",
+                seen.len(),
+                seen.iter()
+                    .rev()
+                    .take(10)
+                    .map(|m| format!("{} {}", m.topic, m.text()))
+                    .collect::<Vec<_>>()
+            ),
+        }
+    }
+}
+
+/// An MQTT 5 test client: publishes requests with a response topic and
+/// correlation data, and records the correlation data of what it receives.
+pub struct V5Client {
+    pub client: rumqttc::v5::AsyncClient,
+    messages: mpsc::UnboundedReceiver<Message>,
+    /// Everything received so far, in order.
+    pub seen: Vec<Message>,
+}
+
+impl V5Client {
+    /// Connects to `url` with MQTT 5 and subscribes to `filters`.
+    pub async fn connect(url: &str, filters: &[String]) -> V5Client {
+        use rumqttc::v5::mqttbytes::v5::Packet as V5Packet;
+        use rumqttc::v5::mqttbytes::QoS as V5QoS;
+        use rumqttc::v5::{
+            AsyncClient as V5AsyncClient, Event as V5Event, MqttOptions as V5Options,
+        };
+
+        let url = pbx2mqtt::config::BrokerUrl::parse(url).unwrap();
+        let id = format!("test5-{}", rand::random::<u64>());
+        let mut options = V5Options::new(id, url.host(), url.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_max_packet_size(Some(MAX_PACKET as u32));
+        let (client, mut eventloop) = V5AsyncClient::new(options, 1024);
+        let (tx, messages) = mpsc::unbounded_channel();
+        let (subscribed_tx, mut subscribed) = mpsc::unbounded_channel();
+        let resubscriber = client.clone();
+        let wanted: Vec<String> = filters.to_vec();
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(V5Event::Incoming(V5Packet::ConnAck(_))) => {
+                        for filter in &wanted {
+                            let _ = resubscriber.try_subscribe(filter.clone(), V5QoS::AtLeastOnce);
+                        }
+                    }
+                    Ok(V5Event::Incoming(V5Packet::Publish(p))) => {
+                        let message = Message {
+                            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                            payload: p.payload.to_vec(),
+                            retain: p.retain,
+                            correlation_data: p
+                                .properties
+                                .and_then(|props| props.correlation_data)
+                                .map(|data| data.to_vec()),
+                        };
+                        if tx.send(message).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(V5Event::Incoming(V5Packet::SubAck(_))) => {
+                        let _ = subscribed_tx.send(());
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        for _ in filters {
+            tokio::time::timeout(Duration::from_secs(10), subscribed.recv())
+                .await
+                .expect("no SUBACK within 10 s");
+        }
+        V5Client {
+            client,
+            messages,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Publishes a QoS 1 request naming `response_topic` and
+    /// `correlation_data`.
+    pub async fn request(
+        &self,
+        topic: &str,
+        payload: impl Into<Vec<u8>>,
+        response_topic: &str,
+        correlation_data: &[u8],
+    ) {
+        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+            response_topic: Some(response_topic.to_owned()),
+            correlation_data: Some(bytes::Bytes::copy_from_slice(correlation_data)),
+            ..Default::default()
+        };
+        self.client
+            .publish_with_properties(
+                topic.to_owned(),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                false,
+                payload.into(),
+                properties,
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Publishes a QoS 1 message without properties.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>, retain: bool) {
+        self.client
+            .publish(
+                topic.to_owned(),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                retain,
+                payload.into(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Waits up to `within` for a message satisfying `matches`.
+    pub async fn wait_for(
+        &mut self,
+        within: Duration,
+        what: &str,
+        matches: impl Fn(&Message) -> bool,
+    ) -> Message {
+        wait_in(&mut self.messages, &mut self.seen, within, what, matches).await
     }
 }

@@ -176,7 +176,7 @@ async fn kill_9_loses_nothing_committed_and_resumes() {
 async fn events_unacknowledged_at_kill_9_are_resent_by_the_next_bridge() {
     let broker = crate::helpers::broker_url();
     let broker_port = pbx2mqtt::config::BrokerUrl::parse(&broker).unwrap().port();
-    let (gate, gate_port) = crate::broker_restart::Gate::start(broker_port).await;
+    let (gate, gate_port) = crate::mosquitto::Gate::start(broker_port).await;
     let mut app = prepare_app(Options {
         broker_url: Some(format!("mqtt://127.0.0.1:{gate_port}")),
         ..Options::default()
