@@ -118,7 +118,7 @@ impl Broker {
         let url = format!("mqtt://127.0.0.1:{port}");
         Ok(Self {
             description: format!(
-                "private Mosquitto at {url} with set_tcp_nodelay true (PIPELINE_BROKER=mosquitto)"
+                "private Mosquitto at {url} with set_tcp_nodelay true (PIPELINE_BROKER=env or embedded for others)"
             ),
             pid: Some(broker.pid()),
             url,
