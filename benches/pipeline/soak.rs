@@ -46,6 +46,10 @@ const PRINTED_ROWS: usize = 30;
 struct Sample {
     at_s: f64,
     rss_kb: Option<u64>,
+    /// RssAnon and RssFile (+ RssShmem) of `/proc/<pid>/status`: heap
+    /// versus mapped files (SQLite's mmap counts in the resident memory).
+    rss_anon_kb: Option<u64>,
+    rss_file_kb: Option<u64>,
     open_files: Option<u64>,
     wal_bytes: Option<u64>,
     outbox_depth: Option<f64>,
@@ -198,6 +202,9 @@ async fn run(
         let sample = Sample {
             at_s: clock.elapsed().as_secs_f64(),
             rss_kb: read_memory(pid, clock).map(|m| m.rss_kb),
+            rss_anon_kb: status_kb(pid, "RssAnon:"),
+            rss_file_kb: status_kb(pid, "RssFile:")
+                .map(|file| file + status_kb(pid, "RssShmem:").unwrap_or(0)),
             open_files: std::fs::read_dir(format!("/proc/{pid}/fd"))
                 .ok()
                 .map(|entries| entries.count() as u64),
@@ -227,15 +234,29 @@ async fn run(
     Ok(())
 }
 
+/// One `kB` field of `/proc/<pid>/status`.
+fn status_kb(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|line| line.starts_with(field))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
 /// One sample as a progress line.
 fn line(sample: &Sample) -> String {
     let show = |value: Option<f64>, decimals: usize| {
         value.map_or("?".to_owned(), |v| format!("{v:.decimals$}"))
     };
     format!(
-        "t={:>6.0}s rss={} MB fds={} wal={} MB outbox={} polls/s={} bridge={}% of a core",
+        "t={:>6.0}s rss={} MB (anon {}, file {}) fds={} wal={} MB outbox={} polls/s={} bridge={}% of a core",
         sample.at_s,
         show(sample.rss_kb.map(|kb| kb as f64 / 1024.0), 1),
+        show(sample.rss_anon_kb.map(|kb| kb as f64 / 1024.0), 1),
+        show(sample.rss_file_kb.map(|kb| kb as f64 / 1024.0), 1),
         show(sample.open_files.map(|n| n as f64), 0),
         show(sample.wal_bytes.map(|b| b as f64 / 1_048_576.0), 2),
         show(sample.outbox_depth, 0),
@@ -302,8 +323,8 @@ fn print_and_judge(title: &str, every: Duration, samples: &[Sample]) -> Vec<Verd
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| t (s) | RSS (MB) | open files | WAL (MB) | outbox depth | agent-polls/s | bridge % of a core |");
-    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| t (s) | RSS (MB) | of which anon / file (MB) | open files | WAL (MB) | outbox depth | agent-polls/s | bridge % of a core |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let step = samples.len().div_ceil(PRINTED_ROWS).max(1);
     for (index, sample) in samples.iter().enumerate() {
         if index % step != 0 && index + 1 != samples.len() {
@@ -313,9 +334,11 @@ fn print_and_judge(title: &str, every: Duration, samples: &[Sample]) -> Vec<Verd
             value.map_or("?".to_owned(), |v| format!("{v:.decimals$}"))
         };
         println!(
-            "| {:.0} | {} | {} | {} | {} | {} | {} |",
+            "| {:.0} | {} | {} / {} | {} | {} | {} | {} | {} |",
             sample.at_s,
             show(sample.rss_kb.map(|kb| kb as f64 / 1024.0), 1),
+            show(sample.rss_anon_kb.map(|kb| kb as f64 / 1024.0), 1),
+            show(sample.rss_file_kb.map(|kb| kb as f64 / 1024.0), 1),
             show(sample.open_files.map(|n| n as f64), 0),
             show(sample.wal_bytes.map(|b| b as f64 / 1_048_576.0), 2),
             show(sample.outbox_depth, 0),
@@ -396,6 +419,8 @@ fn write_json(
         "samples": samples.iter().map(|s| json!({
             "at_s": (s.at_s * 10.0).round() / 10.0,
             "rss_kb": s.rss_kb,
+            "rss_anon_kb": s.rss_anon_kb,
+            "rss_file_kb": s.rss_file_kb,
             "open_files": s.open_files,
             "wal_bytes": s.wal_bytes,
             "outbox_depth": s.outbox_depth,
