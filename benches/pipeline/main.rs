@@ -3,28 +3,49 @@
 //! It runs the real release binary as separate processes, so the figures
 //! are what a deployment would see: the PBX simulator (`pbx2mqtt simulate`)
 //! with thousands of auto-moving agents, the bridge (`pbx2mqtt run`) with a
-//! generated configuration and a fresh SQLite history, and a broker
-//! (`PBX2MQTT_TEST_MQTT_URL`, else an embedded rumqttd in this process). This
+//! generated configuration and a fresh SQLite history, and a broker (a
+//! private Mosquitto when `mosquitto` is on the PATH, else
+//! `PBX2MQTT_TEST_MQTT_URL`, else an embedded rumqttd in this process). This
 //! process plays the outside world: an MQTT subscriber timing every
 //! transition event, a command client, and samplers of memory and CPU. Then,
 //! with the bridge stopped, it measures history write throughput on SQLite
 //! (and PostgreSQL when `PBX2MQTT_TEST_POSTGRES_URL` is set).
 //!
-//! It prints one table (metric, measured, target, pass/fail) against
-//! `product.md` §8 and writes the same as JSON to `target/pipeline-bench.json`.
-//! Every phase is bounded in time; children are killed when this process
-//! ends, fails, panics or is interrupted (a guard with `Drop`). All traffic
-//! stays on 127.0.0.1. It measures; it does not assert.
+//! Stages, one after the other (each has the machine): saturation (a poll
+//! schedule above what the cores carry: polls/s and CPU per poll), the plain
+//! Python peer (`benches/python_peer/peer.py`) against a fresh simulator with
+//! the same agents and seed and the same broker (its polls/s, CPU per poll,
+//! and the bridge/peer ratio), and steady (5,000 agents at the normal
+//! interval: the bridge's share of a core, poll gaps, transition latency,
+//! memory, then commands). CPU per agent-poll comes from
+//! `/proc/<pid>/stat` (utime + stime over the window) for every stage.
 //!
-//! Knobs (environment): `PIPELINE_AGENTS` (5000), `PIPELINE_INTERVAL`
-//! (500ms), `PIPELINE_CONCURRENCY` (128), `PIPELINE_DWELL` (5s),
-//! `PIPELINE_WARMUP` (5s), `PIPELINE_SECONDS` (20, the steady window),
+//! It prints one table (metric, measured, target, pass/fail) against
+//! `product.md` §8 and writes the same as JSON to `target/pipeline-bench.json`;
+//! the previous JSON is kept as `target/pipeline-bench.previous.json` and
+//! every figure that moved the wrong way by more than 20% since it is printed
+//! as a `WARNING` line. Every phase is bounded in time; children are killed
+//! when this process ends, fails, panics or is interrupted (a guard with
+//! `Drop`). All traffic stays on 127.0.0.1. It measures; it does not assert.
+//!
+//! `--soak DURATION` (`cargo bench --bench pipeline -- --soak 1h`) runs only
+//! the soak: the steady setup for DURATION, sampling the bridge's memory,
+//! open files, WAL size and outbox depth (see `soak`), written to
+//! `target/pipeline-soak.json`.
+//!
+//! Knobs (environment): `PIPELINE_AGENTS` (5000), `PIPELINE_INTERVAL` (1s,
+//! steady and soak), `PIPELINE_SATURATION_INTERVAL` (200ms),
+//! `PIPELINE_CONCURRENCY` (128), `PIPELINE_DWELL` (5s), `PIPELINE_WARMUP`
+//! (5s), `PIPELINE_SATURATION_SECONDS` (20), `PIPELINE_PEER_SECONDS` (20; 0
+//! skips the peer), `PIPELINE_SECONDS` (20, the steady window; 0 skips it),
 //! `PIPELINE_COMMAND_SECONDS` (5; 0 skips commands),
-//! `PIPELINE_COMMANDS_IN_FLIGHT` (8), `PIPELINE_HISTORY_INTERVALS` (200000),
+//! `PIPELINE_COMMANDS_IN_FLIGHT` (8), `PIPELINE_HISTORY_INTERVALS` (100000),
 //! `PIPELINE_DATA_DIR` (where the SQLite files go; the temp directory),
 //! `PIPELINE_BROKER` (`mosquitto`: a private Mosquitto with
-//! `set_tcp_nodelay true`; `embedded`; unset: `PBX2MQTT_TEST_MQTT_URL`, else
-//! embedded).
+//! `set_tcp_nodelay true`; `embedded`; `env`: `PBX2MQTT_TEST_MQTT_URL`;
+//! unset: Mosquitto when on the PATH, else as `env`, else embedded),
+//! `PBX2MQTT_BENCH_PYTHON` (the peer's Python; else a venv under
+//! the target directory).
 //! Arguments `pipeline` or `history` run only that part.
 //!
 //! This file runs the stages; the rooms beside it, from the bottom up:
@@ -32,14 +53,17 @@
 //! `settings` (knobs, stages, the simulated setup), `processes` (broker,
 //! simulator, bridge, their control and metrics), `samplers` (memory and
 //! CPU), `subscriber` (MQTT: event timing, cleanup), `table` (rows, the
-//! printed table and the JSON), `commands` (the command phase) and `history`
-//! (write throughput).
+//! printed table, the JSON and the comparison with the previous run),
+//! `commands` (the command phase), `history` (write throughput), `peer` (the
+//! Python peer) and `soak`.
 
 mod commands;
 mod history;
+mod peer;
 mod processes;
 mod samplers;
 mod settings;
+mod soak;
 mod stats;
 mod subscriber;
 mod table;
@@ -54,12 +78,13 @@ use chrono::Utc;
 
 use crate::commands::run_commands;
 use crate::history::{commit_probe, history};
+use crate::peer::{run_peer, BridgeFigures};
 use crate::processes::{
     bridge_metrics, free_port, start_bridge, start_simulator, write_bridge_config, Broker,
     SimulatorControl,
 };
 use crate::samplers::{MemorySampler, Processes};
-use crate::settings::{Settings, Stage, STARTUP_LIMIT};
+use crate::settings::{Settings, Stage, StageKind, STARTUP_LIMIT};
 use crate::subscriber::{clear_retained, EventSubscriber};
 use crate::table::{cost_rows, latency_rows, memory_rows, polling_rows, progress, Report, Row};
 
@@ -92,6 +117,21 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(duration) = settings.soak {
+        let outcome = runtime.block_on(async {
+            tokio::select! {
+                outcome = soak::soak(&settings, duration) => outcome,
+                _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+            }
+        });
+        return match outcome {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("pipeline soak failed: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let outcome = runtime.block_on(async {
         tokio::select! {
             outcome = run(&settings) => outcome,
@@ -103,7 +143,13 @@ fn main() -> ExitCode {
         Ok(report) => {
             report.print(&settings);
             match report.write_json(&settings) {
-                Ok(path) => eprintln!("results written to {}", path.display()),
+                Ok((path, comparison)) => {
+                    println!();
+                    for line in comparison {
+                        println!("{line}");
+                    }
+                    eprintln!("results written to {}", path.display());
+                }
                 Err(error) => eprintln!("pipeline bench: cannot write the JSON results: {error:#}"),
             }
             ExitCode::SUCCESS
@@ -138,7 +184,7 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
             let stage_dir = dir.path().join(stage.key);
             std::fs::create_dir_all(&stage_dir)?;
             report.group(&stage.title);
-            let outcome = run_stage(
+            let figures = run_stage(
                 settings,
                 &stage,
                 &broker,
@@ -153,7 +199,41 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
             if let Err(error) = clear_retained(&broker.url, &base, settings.agents).await {
                 eprintln!("warning: could not clear the retained topics under {base}: {error:#}");
             }
-            outcome.with_context(|| format!("stage {:?} failed", stage.key))?;
+            let figures = figures.with_context(|| format!("stage {:?} failed", stage.key))?;
+            // The Python peer after the saturation stage, alone on the machine.
+            if stage.kind == StageKind::Saturation && !settings.peer_window.is_zero() {
+                let base = format!("pbx2mqtt-bench/{tag}/peer");
+                let peer_dir = dir.path().join("peer");
+                std::fs::create_dir_all(&peer_dir)?;
+                run_peer(
+                    settings,
+                    &broker,
+                    &base,
+                    &peer_dir,
+                    Some(figures),
+                    &mut report,
+                )
+                .await;
+                if let Err(error) = clear_retained(&broker.url, &base, settings.agents).await {
+                    eprintln!(
+                        "warning: could not clear the retained topics under {base}: {error:#}"
+                    );
+                }
+            }
+        }
+        if !settings.peer_window.is_zero()
+            && !settings
+                .stages()
+                .iter()
+                .any(|stage| stage.kind == StageKind::Saturation)
+        {
+            let base = format!("pbx2mqtt-bench/{tag}/peer");
+            let peer_dir = dir.path().join("peer");
+            std::fs::create_dir_all(&peer_dir)?;
+            run_peer(settings, &broker, &base, &peer_dir, None, &mut report).await;
+            if let Err(error) = clear_retained(&broker.url, &base, settings.agents).await {
+                eprintln!("warning: could not clear the retained topics under {base}: {error:#}");
+            }
         }
     }
     if settings.run_history {
@@ -164,7 +244,8 @@ async fn run(settings: &Settings) -> anyhow::Result<Report> {
 }
 
 /// One stage: simulator and bridge started, warmed up, measured (polling,
-/// latency, and per the stage memory, CPU and commands), stopped.
+/// CPU per poll, latency, memory, and per the stage commands), stopped.
+/// Returns the bridge's polls/s and CPU per poll (for the peer's ratio).
 async fn run_stage(
     settings: &Settings,
     stage: &Stage,
@@ -173,7 +254,7 @@ async fn run_stage(
     tag: &str,
     dir: &Path,
     report: &mut Report,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<BridgeFigures> {
     progress(format!(
         "starting the simulator ({} agents, mean dwell {})",
         settings.agents,
@@ -227,8 +308,13 @@ async fn run_stage(
     tokio::time::sleep(settings.warmup).await;
     // The start is a burst (every agent's first status, every retained
     // state): wait, within bounds, until events flow at a settled latency.
-    let settle_deadline = online + settings.warmup * SETTLE_LIMIT_FACTOR;
-    let mut settled = false;
+    // At saturation the latency never settles (the CPU queue): no wait.
+    let settle_deadline = if stage.kind == StageKind::Steady {
+        online + settings.warmup * SETTLE_LIMIT_FACTOR
+    } else {
+        Instant::now()
+    };
+    let mut settled = stage.kind != StageKind::Steady;
     while Instant::now() < settle_deadline {
         bridge.check_running()?;
         if events
@@ -287,26 +373,33 @@ async fn run_stage(
         metrics_before.as_ref().zip(metrics_after.as_ref()),
     );
     let samples = events.samples_between(window_start, window_end);
-    latency_rows(report, &samples, window_seconds, events.malformed());
+    let steady = stage.kind == StageKind::Steady;
+    latency_rows(report, &samples, window_seconds, events.malformed(), steady);
     report.cpu[stage.key] = processes.cpu_json(&cpu_before, &cpu_after, window_seconds);
     report.notes.push(format!(
         "{}: {}",
         stage.key,
         processes.cpu_summary(&cpu_before, &cpu_after, window_seconds)
     ));
-    if stage.throughput {
-        let polls = stats_after
-            .method("ivr.getAgentAvail")
-            .saturating_sub(stats_before.method("ivr.getAgentAvail"));
-        cost_rows(
-            report,
-            &processes
-                .cpu_percentages(&cpu_before, &cpu_after, window_seconds)
-                .0,
-            window_seconds,
-            polls,
-        );
-    }
+    let polls = stats_after
+        .method("ivr.getAgentAvail")
+        .saturating_sub(stats_before.method("ivr.getAgentAvail"));
+    let (per_process, _) = processes.cpu_percentages(&cpu_before, &cpu_after, window_seconds);
+    cost_rows(
+        report,
+        Some(stage.kind),
+        &per_process,
+        window_seconds,
+        polls,
+    );
+    let figures = BridgeFigures {
+        polls_per_second: polls as f64 / window_seconds,
+        micros_per_poll: per_process
+            .iter()
+            .find(|(name, _)| name == "bridge")
+            .filter(|_| polls > 0)
+            .map(|(_, percent)| percent / 100.0 * window_seconds * 1e6 / polls as f64),
+    };
 
     // Commands, with polling still running (the production condition).
     if stage.commands {
@@ -326,16 +419,15 @@ async fn run_stage(
     let stop_time = bridge.terminate(STOP_LIMIT)?;
     memory.stop();
     simulator.terminate(STOP_LIMIT)?;
-    if stage.throughput {
-        memory_rows(
-            report,
-            rss_window_start,
-            rss_window_end,
-            rss_before_stop,
-            peak,
-            stage.window,
-        );
-    }
+    memory_rows(
+        report,
+        rss_window_start,
+        rss_window_end,
+        rss_before_stop,
+        peak,
+        stage.window,
+        steady,
+    );
     report.rss_samples[stage.key] = memory.samples_json();
     report.push(Row::info(
         "bridge graceful stop",
@@ -344,5 +436,5 @@ async fn run_stage(
         "s",
     ));
     drop(events);
-    Ok(())
+    Ok(figures)
 }

@@ -18,14 +18,11 @@ use pbx2mqtt::broker::EmbeddedBroker;
 use pbx2mqtt::simulator::RequestCounts;
 
 use crate::settings::{
-    Settings, Stage, COMMAND_QUEUE, FIRST_EXTENSION, FIRST_TRING_EXTENSION, STARTUP_LIMIT,
+    Settings, Stage, COMMAND_QUEUE, FIRST_EXTENSION, FIRST_TRING_EXTENSION, PIN, STARTUP_LIMIT,
 };
 
 /// The release binary under test.
 const BINARY: &str = env!("CARGO_BIN_EXE_pbx2mqtt");
-
-/// The simulator's account PIN (the bridge gets it in its config).
-const PIN: &str = "bench-pin-7731";
 
 /// The simulator's TRiNG key.
 const KEY: &str = "bench-key-4410";
@@ -48,16 +45,18 @@ pub struct Broker {
 
 impl Broker {
     /// `PIPELINE_BROKER=mosquitto`: a private Mosquitto with
-    /// `set_tcp_nodelay true`; `embedded`: rumqttd in this process; unset:
-    /// `PBX2MQTT_TEST_MQTT_URL`, else embedded.
+    /// `set_tcp_nodelay true`; `embedded`: rumqttd in this process; `env`:
+    /// `PBX2MQTT_TEST_MQTT_URL`; unset: a private Mosquitto when `mosquitto`
+    /// is on the PATH, else `PBX2MQTT_TEST_MQTT_URL`, else embedded.
     pub fn choose(dir: &Path) -> anyhow::Result<Self> {
         let choice = std::env::var("PIPELINE_BROKER").unwrap_or_default();
         match choice.as_str() {
             "mosquitto" => return Self::private_mosquitto(dir),
             "embedded" => return Self::embedded(),
+            "" if on_path("mosquitto") => return Self::private_mosquitto(dir),
             "" | "env" => {}
             other => {
-                bail!("PIPELINE_BROKER={other:?}: use `mosquitto`, `embedded` or leave it unset")
+                bail!("PIPELINE_BROKER={other:?}: use `mosquitto`, `embedded`, `env` or leave it unset")
             }
         }
         match std::env::var("PBX2MQTT_TEST_MQTT_URL") {
@@ -119,7 +118,7 @@ impl Broker {
         let url = format!("mqtt://127.0.0.1:{port}");
         Ok(Self {
             description: format!(
-                "private Mosquitto at {url} with set_tcp_nodelay true (PIPELINE_BROKER=mosquitto)"
+                "private Mosquitto at {url} with set_tcp_nodelay true (PIPELINE_BROKER=env or embedded for others)"
             ),
             pid: Some(broker.pid()),
             url,
@@ -130,6 +129,12 @@ impl Broker {
     pub fn describe(&self) -> String {
         self.description.clone()
     }
+}
+
+/// True when an executable `name` is in a directory of the PATH.
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released: a tiny race, fine for
@@ -166,7 +171,12 @@ impl ChildProcess {
             .stdin(Stdio::null())
             .stderr(log_file)
             .spawn()
-            .with_context(|| format!("cannot start {BINARY} for the {name}"))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} for the {name}",
+                    command.get_program().to_string_lossy()
+                )
+            })?;
         Ok(Self { name, child, log })
     }
 

@@ -134,6 +134,11 @@ impl Processes {
         if let Some(pid) = broker {
             list.push(("broker".to_owned(), pid));
         }
+        Self::from_list(list)
+    }
+
+    /// These processes (name, pid).
+    pub fn from_list(list: Vec<(String, u32)>) -> Self {
         let ticks_per_second = Command::new("getconf")
             .arg("CLK_TCK")
             .output()
