@@ -75,6 +75,7 @@ pub enum Command {
 
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
+    crate::malloc::tune();
     let cli = Cli::parse();
     crate::logging::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

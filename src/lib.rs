@@ -20,6 +20,7 @@ pub mod http;
 pub mod latest;
 pub mod localtime;
 pub mod logging;
+pub mod malloc;
 pub mod metrics;
 pub mod model;
 pub mod mqtt;

@@ -17,14 +17,30 @@ use super::rows::{agent_from_db, from_millis, seq_from_db, seq_to_db, status_fro
 use super::{Store, StoreError};
 
 /// The transitions after `$1`, oldest first, at most `$2`, each with the
-/// interval before it of the same agent (its `from`).
-const EVENTS_AFTER: &str = "SELECT i.agent, i.status, i.started_at, i.seq, \
-      (SELECT p.status FROM intervals p WHERE p.agent = i.agent AND p.started_at < i.started_at \
-        ORDER BY p.started_at DESC, p.id DESC LIMIT 1), \
-      (SELECT p.started_at FROM intervals p WHERE p.agent = i.agent AND p.started_at < i.started_at \
-        ORDER BY p.started_at DESC, p.id DESC LIMIT 1) \
-    FROM intervals i WHERE i.seq > $1 AND (i.bridge = $3 OR i.bridge IS NULL) \
-    ORDER BY i.seq LIMIT $2";
+/// interval before it of the same agent (its `from`); `$filter` narrows
+/// them to one bridge's.
+macro_rules! events_after {
+    ($filter:literal) => {
+        concat!(
+            "SELECT i.agent, i.status, i.started_at, i.seq, \
+              (SELECT p.status FROM intervals p WHERE p.agent = i.agent AND p.started_at < i.started_at \
+                ORDER BY p.started_at DESC, p.id DESC LIMIT 1), \
+              (SELECT p.started_at FROM intervals p WHERE p.agent = i.agent AND p.started_at < i.started_at \
+                ORDER BY p.started_at DESC, p.id DESC LIMIT 1) \
+            FROM intervals i WHERE i.seq > $1",
+            $filter,
+            " ORDER BY i.seq LIMIT $2"
+        )
+    };
+}
+
+/// [`events_after!`] of bridge `$3` (and of transitions recorded before
+/// bridges were told apart): several bridges share the database.
+const EVENTS_AFTER: &str = events_after!(" AND (i.bridge = $3 OR i.bridge IS NULL)");
+
+/// [`events_after!`] of every bridge: one bridge at a time on this database
+/// (SQLite), whatever it was called when it committed them.
+const EVENTS_AFTER_ANY_BRIDGE: &str = events_after!("");
 
 /// One row of [`EVENTS_AFTER`].
 type EventRow = (String, String, i64, i64, Option<String>, Option<i64>);
@@ -35,7 +51,13 @@ impl Store {
     /// database); `None` before the first one was stored.
     pub async fn acked_seq(&self, bridge: &str) -> Result<Option<u64>, StoreError> {
         let mut value: Option<i64> = None;
-        for key in [format!("acked_seq:{bridge}"), "acked_seq".to_owned()] {
+        // Then the keys of earlier versions: a per-bridge mark on SQLite,
+        // the mark from before bridges were told apart.
+        for key in [
+            self.acked_key(bridge),
+            format!("acked_seq:{bridge}"),
+            "acked_seq".to_owned(),
+        ] {
             value = with_pool!(&self.writer, |pool, _d| {
                 sqlx::query_scalar(READ_META)
                     .bind(key)
@@ -55,7 +77,7 @@ impl Store {
     pub async fn store_acked_seq(&self, bridge: &str, seq: u64) -> Result<(), StoreError> {
         with_pool!(&self.writer, |pool, _d| {
             sqlx::query(RAISE_META)
-                .bind(format!("acked_seq:{bridge}"))
+                .bind(self.acked_key(bridge))
                 .bind(seq_to_db(seq))
                 .execute(pool)
                 .await
@@ -64,9 +86,9 @@ impl Store {
         .map_err(StoreError::query("storing acked_seq"))
     }
 
-    /// The events of `bridge`'s transitions after seq `after` (and of
-    /// transitions recorded before bridges were told apart), oldest first,
-    /// at most `limit` of them.
+    /// The events of the transitions after seq `after`, oldest first, at
+    /// most `limit` of them: with several bridges, `bridge`'s (and those
+    /// recorded before bridges were told apart); with one, every one.
     pub async fn events_after(
         &self,
         bridge: &str,
@@ -74,18 +96,38 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<TransitionEvent>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let shared = self.is_shared();
         let rows: Vec<EventRow> = with_pool!(&self.reader, |pool, _d| {
-            sqlx::query_as(EVENTS_AFTER)
-                .bind(seq_to_db(after))
-                .bind(limit)
-                .bind(bridge)
-                .fetch_all(pool)
-                .await
+            let query = if shared {
+                sqlx::query_as(EVENTS_AFTER)
+                    .bind(seq_to_db(after))
+                    .bind(limit)
+                    .bind(bridge)
+            } else {
+                sqlx::query_as(EVENTS_AFTER_ANY_BRIDGE)
+                    .bind(seq_to_db(after))
+                    .bind(limit)
+            };
+            query.fetch_all(pool).await
         })
         .map_err(StoreError::query(
             "reading transitions after the acknowledged mark",
         ))?;
         rows.into_iter().map(event_from_row).collect()
+    }
+}
+
+impl Store {
+    /// Where `bridge`'s acknowledged mark is kept. Several bridges (shared
+    /// PostgreSQL) each have their own; one bridge at a time (SQLite) keeps
+    /// one mark, so a bridge renamed (a new host name) resends what its
+    /// predecessor left unacknowledged.
+    fn acked_key(&self, bridge: &str) -> String {
+        if self.is_shared() {
+            format!("acked_seq:{bridge}")
+        } else {
+            "acked_seq".to_owned()
+        }
     }
 }
 

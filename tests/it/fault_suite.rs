@@ -345,6 +345,9 @@ async fn kill_9_at_random_moments_of_a_storm_loses_nothing() {
     let stop = tokio_util::sync::CancellationToken::new();
     let storm = storm(&app, stop.clone());
     let kills = 8;
+    // Each run under another `bridge.id` (a host renamed, a container
+    // recreated): on SQLite the next bridge still resends what the killed
+    // one left unacknowledged.
     for round in 0..kills {
         let bridge = crate::process::BridgeProcess::start(
             &format!("kill-{round}"),
