@@ -177,8 +177,9 @@ impl ReportLimits {
 pub struct ReportSettings {
     /// Periods are cut at local midnight in this zone; times are shown in it.
     pub tz: Tz,
-    /// Configured agents with their display names, in configuration order.
-    pub agents: Vec<(AgentId, String)>,
+    /// Configured agents with their display names, in configuration order
+    /// (shared: the HTTP server's state is cloned for every request).
+    pub agents: std::sync::Arc<[(AgentId, String)]>,
     /// The bounds on one report.
     pub limits: ReportLimits,
 }

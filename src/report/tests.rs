@@ -47,7 +47,7 @@ pub(crate) fn intervals(specs: &[Spec]) -> Vec<ReportInterval> {
 pub(crate) fn settings() -> ReportSettings {
     ReportSettings {
         tz: AMSTERDAM,
-        agents: vec![(agent("carol"), "Carol C.".to_owned())],
+        agents: vec![(agent("carol"), "Carol C.".to_owned())].into(),
         limits: crate::report::ReportLimits::default(),
     }
 }
