@@ -90,18 +90,36 @@ impl Discovery {
     /// Every config, the bridge's first (its device is every agent's
     /// `via_device`).
     pub fn configs(&self) -> Vec<Config> {
-        let mut configs = vec![self.bridge_connection()];
-        for (agent, name) in &self.agents {
-            configs.extend(self.agent_configs(agent, name));
+        (0..self.groups())
+            .flat_map(|group| self.group(group))
+            .collect()
+    }
+
+    /// How many groups [`Discovery::group`] has: the bridge's, then one per
+    /// agent. The publisher formats a few groups at a time, so thousands of
+    /// agents never hold every config in memory at once.
+    pub fn groups(&self) -> usize {
+        1 + self.agents.len()
+    }
+
+    /// The configs of group `index` (0: the bridge's connectivity; `n`: the
+    /// n-th agent's); empty past the end.
+    pub fn group(&self, index: usize) -> Vec<Config> {
+        match index {
+            0 => vec![self.bridge_connection()],
+            n => self
+                .agents
+                .get(n - 1)
+                .map(|(agent, name)| self.agent_configs(agent, name))
+                .unwrap_or_default(),
         }
-        configs
     }
 
     /// The topics of [`Discovery::configs`]: a retained config found on any
     /// other topic under [`Discovery::own_configs_filter`] is stale.
     pub fn config_topics(&self) -> std::collections::HashSet<String> {
-        self.configs()
-            .into_iter()
+        (0..self.groups())
+            .flat_map(|group| self.group(group))
             .map(|config| config.topic)
             .collect()
     }

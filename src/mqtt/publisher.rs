@@ -57,6 +57,10 @@ const STATES_AT_ONCE: usize = 256;
 /// in milliseconds; a loaded one within a few seconds.
 const ACK_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Discovery groups (the configs of one agent) formatted at a time; the
+/// rest wait until these are handed over.
+const DISCOVERY_GROUPS_AT_ONCE: usize = 64;
+
 /// How long shutdown waits for `offline` to be acknowledged.
 const SHUTDOWN_FLUSH: Duration = Duration::from_secs(3);
 
@@ -145,6 +149,9 @@ pub struct Publisher {
     connected: bool,
     /// The last PUBACK, or when events began waiting for one.
     ack_progress: tokio::time::Instant,
+    /// The next discovery group to format, while discovery is being
+    /// (re)published.
+    discovery_next: Option<usize>,
 }
 
 /// Local work for the publisher.
@@ -177,6 +184,7 @@ impl Publisher {
             queues: BTreeMap::new(),
             connected: false,
             ack_progress: tokio::time::Instant::now(),
+            discovery_next: None,
         }
     }
 
@@ -506,6 +514,11 @@ impl Session for Publisher {
         if !self.drain(client, true) {
             return;
         }
+        while self.queue_discovery() {
+            if !self.drain(client, true) {
+                return;
+            }
+        }
         loop {
             self.take_changes();
             if self.messages.is_empty() {
@@ -591,6 +604,7 @@ impl Session for Publisher {
         Metrics::set(&self.parts.metrics.mqtt_connected, 0);
         self.acks.disconnected();
         self.control.clear();
+        self.discovery_next = None;
         self.messages.clear();
         self.to_send.clear();
     }
@@ -605,12 +619,26 @@ impl Publisher {
         let info = serde_json::to_vec(&self.parts.info).unwrap_or_default();
         self.control
             .push_back(Self::message(topics.bridge_info(), info, None));
-        if let Some(discovery) = &self.parts.discovery {
-            for config in discovery.configs() {
+        if self.parts.discovery.is_some() {
+            self.discovery_next = Some(0);
+        }
+    }
+
+    /// Formats the next few discovery groups into the control queue; false
+    /// when none were left.
+    fn queue_discovery(&mut self) -> bool {
+        let (Some(discovery), Some(next)) = (&self.parts.discovery, self.discovery_next) else {
+            return false;
+        };
+        let end = (next + DISCOVERY_GROUPS_AT_ONCE).min(discovery.groups());
+        for group in next..end {
+            for config in discovery.group(group) {
                 let payload = config.payload.to_string();
                 self.control
                     .push_back(Self::message(config.topic, payload, None));
             }
         }
+        self.discovery_next = (end < discovery.groups()).then_some(end);
+        end > next
     }
 }
