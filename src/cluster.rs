@@ -80,7 +80,7 @@ pub struct Coordinator {
     /// What is shown and published.
     latest: LatestStates,
     /// Agents the history writer was fenced off.
-    fenced: mpsc::UnboundedReceiver<Vec<AgentId>>,
+    fenced: mpsc::Receiver<Vec<AgentId>>,
     /// The wall clock, for take-over times.
     clock: Clock,
     /// Where the view goes (`/metrics`, `/readyz`).
@@ -104,7 +104,7 @@ impl Coordinator {
         timings: Timings,
         poller: mpsc::Sender<PollerControl>,
         latest: LatestStates,
-        fenced: mpsc::UnboundedReceiver<Vec<AgentId>>,
+        fenced: mpsc::Receiver<Vec<AgentId>>,
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Self {

@@ -58,6 +58,11 @@ const RESPONSES_CAPACITY: usize = 1024;
 /// Orders from the cluster coordinator to the poller waiting at most.
 const CONTROL_CAPACITY: usize = 64;
 
+/// Fencing reports from the history writer to the coordinator waiting at
+/// most. The writer never waits on it: a report that finds it full is
+/// dropped, and the coordinator's next tick finds the lost leases anyway.
+const FENCED_CAPACITY: usize = 16;
+
 /// The shared subscription group of the request topics when several
 /// bridges share the work: each request goes to one of them.
 const SHARE_GROUP: &str = "pbx2mqtt";
@@ -315,7 +320,7 @@ impl Application {
             shutdown_timeout,
         )
         .with_acked(acked_rx.clone());
-        let (fenced_tx, fenced_rx) = mpsc::unbounded_channel();
+        let (fenced_tx, fenced_rx) = mpsc::channel(FENCED_CAPACITY);
         let writer = writer.as_bridge(
             &config.bridge.id,
             self.cluster.map(|timings| ClusterMember {

@@ -56,8 +56,9 @@ pub struct ClusterMember {
     /// other bridge renewed its heartbeat within it.
     pub lease_ms: i64,
     /// Where agents lost to fencing are reported (the coordinator stops
-    /// polling them).
-    pub lost: tokio::sync::mpsc::UnboundedSender<Vec<AgentId>>,
+    /// polling them at once; a report dropped because the channel is full
+    /// is found by its next tick, which reads the leases).
+    pub lost: tokio::sync::mpsc::Sender<Vec<AgentId>>,
 }
 
 /// The history writer task's state. Build it with [`HistoryWriter::new`] and
@@ -274,7 +275,8 @@ impl HistoryWriter {
                     );
                     batch.retain(|change| !lost.contains(&change.state.agent));
                     if let Some(cluster) = &self.cluster {
-                        let _ = cluster.lost.send(lost);
+                        // Never waits: see `ClusterMember::lost`.
+                        let _ = cluster.lost.try_send(lost);
                     }
                     if batch.is_empty() {
                         return true;

@@ -160,6 +160,7 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
     let client_prefix = format!("cluster-{unique:08x}");
     let mut events = TestClient::connect(&broker_url(), &[format!("{base}/agent/+/event")]).await;
     let mut answers = TestClient::connect(&broker_url(), &[format!("{base}/response/#")]).await;
+    let mut presence = TestClient::connect(&broker_url(), &[format!("{base}/bridge/#")]).await;
 
     // 1. Three bridges share the agents, each polled by one bridge.
     let b1 = start("b1", &config, dir.path(), &client_prefix);
@@ -167,6 +168,39 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
     let b2 = start("b2", &config, dir.path(), &client_prefix);
     let b3 = start("b3", &config, dir.path(), &client_prefix);
     wait_for_shares(&[&b1, &b2, &b3], &["b1", "b2", "b3"]).await;
+    // Each bridge says it is online on its own topic, and the overall one.
+    for id in ["b1", "b2", "b3"] {
+        let topic = format!("{base}/bridge/{id}/state");
+        presence
+            .wait_for(PATIENCE, &format!("{id} online"), |m| {
+                m.topic == topic && m.text() == "online"
+            })
+            .await;
+    }
+    let overall = format!("{base}/bridge/state");
+    presence
+        .wait_for(PATIENCE, "bridge/state online", |m| {
+            m.topic == overall && m.text() == "online"
+        })
+        .await;
+    // Metrics show every bridge's share and this bridge's own.
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", b1.http))
+        .await
+        .expect("metrics answer")
+        .text()
+        .await
+        .expect("metrics text");
+    for line in [
+        "pbx2mqtt_cluster_agents{bridge=\"b1\"}",
+        "pbx2mqtt_cluster_agents{bridge=\"b3\"}",
+        "pbx2mqtt_cluster_owned_agents ",
+        "pbx2mqtt_cluster_coordinated 1",
+    ] {
+        assert!(
+            metrics.contains(line),
+            "{line} missing in /metrics:\n{metrics}"
+        );
+    }
     simulator.reset_poll_log();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let log = simulator.poll_log(Some(Duration::from_millis(250)));
@@ -283,9 +317,24 @@ async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one(
     // More than one poll interval (500 ms): every agent of b3's is in the
     // log as polled by b3 before it dies.
     tokio::time::sleep(Duration::from_millis(1200)).await;
+    presence.forget_into_seen();
+    presence.seen.clear();
     b3.signal("-KILL");
     let took = wait_for_shares(&[&b1, &b2], &["b1", "b2"]).await;
     eprintln!("kill -9: the others hold every lease after {took:?}");
+    // The broker publishes b3's last wills: `offline` on its own state and
+    // on the overall one, which the living bridges answer with `online`.
+    let b3_state = format!("{base}/bridge/b3/state");
+    presence
+        .wait_for(PATIENCE, "b3's last will", |m| {
+            m.topic == b3_state && m.text() == "offline"
+        })
+        .await;
+    presence
+        .wait_for(PATIENCE, "bridge/state online again", |m| {
+            m.topic == overall && m.text() == "online"
+        })
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let log = simulator.poll_log(Some(Duration::from_millis(250)));
     assert!(
