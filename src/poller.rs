@@ -10,6 +10,14 @@
 //! never waits on MQTT or the database: the change queue is a mutex held
 //! for a map insert.
 //!
+//! The poller wakes on a grid of ticks ([`tick_for`]: a fiftieth of the
+//! interval, at most 20 ms), not at every agent's own deadline: each wake-up
+//! starts every poll due by then. 5,000 agents polled every second then cost
+//! 50 wake-ups a second instead of 5,000, their answers arrive together, and
+//! the history writer commits the transitions of a tick in one transaction.
+//! A poll starts at most one tick after its planned time, and the planned
+//! times keep their phase, so the lateness never accumulates.
+//!
 //! What a poll does is the [`AgentSource`]'s job (the Belfabriek client);
 //! what it means is the tracker's.
 
@@ -150,6 +158,7 @@ impl<S: AgentSource> Poller<S> {
             .map(|(index, slot)| Reverse((slot.planned, index, 0)))
             .collect();
         let concurrency = self.config.concurrency.max(1);
+        let tick = tick_for(self.config.interval);
         let (source, agents) = (self.source.clone(), self.agents.clone());
         let poll = |index: usize, generation: u32| {
             let source = source.clone();
@@ -179,7 +188,7 @@ impl<S: AgentSource> Poller<S> {
                 }
             }
             let next_due = (in_flight.len() < concurrency)
-                .then(|| due.peek().map(|Reverse((at, _, _))| *at))
+                .then(|| due.peek().map(|Reverse((at, _, _))| on_grid(start, *at, tick)))
                 .flatten();
             tokio::select! {
                 biased;
@@ -312,6 +321,21 @@ async fn next_control(
     }
 }
 
+/// The poller's wake-up grid for `interval`: a fiftieth of it, between
+/// 1 ms and 20 ms.
+fn tick_for(interval: Duration) -> Duration {
+    (interval / 50).clamp(Duration::from_millis(1), Duration::from_millis(20))
+}
+
+/// The first point of the grid (`start`, then every `tick`) at or after `at`.
+fn on_grid(start: Instant, at: Instant, tick: Duration) -> Instant {
+    let tick_nanos = tick.as_nanos().max(1);
+    let offset = at.saturating_duration_since(start).as_nanos();
+    let ticks = offset.div_ceil(tick_nanos);
+    let nanos = u64::try_from(ticks.saturating_mul(tick_nanos)).unwrap_or(u64::MAX);
+    start + Duration::from_nanos(nanos)
+}
+
 /// Sleeps until `at`; never completes for `None`.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -353,6 +377,25 @@ mod tests {
         assert_eq!(backoff(second, cap, u32::MAX), cap);
         // A cap below the interval never polls faster than the interval.
         assert_eq!(backoff(second, Duration::from_millis(1), 3), second);
+    }
+
+    #[test]
+    fn wake_ups_fall_on_a_grid_of_ticks_never_before_the_deadline() {
+        assert_eq!(tick_for(Duration::from_secs(1)), Duration::from_millis(20));
+        assert_eq!(tick_for(Duration::from_millis(200)), Duration::from_millis(4));
+        assert_eq!(tick_for(Duration::from_millis(10)), Duration::from_millis(1));
+        assert_eq!(tick_for(Duration::from_secs(60)), Duration::from_millis(20));
+        let start = Instant::now();
+        let tick = Duration::from_millis(20);
+        let at = |ms| start + Duration::from_millis(ms);
+        assert_eq!(on_grid(start, at(0), tick), at(0));
+        assert_eq!(on_grid(start, at(1), tick), at(20));
+        assert_eq!(on_grid(start, at(20), tick), at(20));
+        assert_eq!(on_grid(start, at(39), tick), at(40));
+        // Many deadlines, few wake-ups: 1,000 agents spread over a second.
+        let wakes: std::collections::BTreeSet<Instant> =
+            (0..1000).map(|ms| on_grid(start, at(ms), tick)).collect();
+        assert_eq!(wakes.len(), 51);
     }
 
     #[test]

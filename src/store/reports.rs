@@ -3,9 +3,10 @@
 //! A summary is split so that the database does the bulk work with plain
 //! sums and the exact arithmetic stays in one pure place (`report::summary::combine`):
 //! - per period, per agent and status, the summed durations of the closed
-//!   intervals that start in the period (`GROUP BY agent, status` read in
-//!   index order from `intervals_report`, migration `..._report_indexes`:
-//!   no table access, no sort), and per agent the calls starting in it;
+//!   intervals that start in the period (read from the covering index
+//!   `intervals_agent_time (agent, started_at, status, ended_at, seq)`,
+//!   migration `..._one_agent_index` on SQLite: no table access), and per
+//!   agent the calls starting in it;
 //! - at each period boundary (and at the range end), per agent, the one
 //!   interval that started before it and had not ended by then (an agent's
 //!   intervals never overlap, so it is the agent's last one before the
@@ -23,7 +24,7 @@
 //! several microseconds each, which for the ~35,000 (agent, status) sums of
 //! a 5,000-agent day would cost more than the query itself; PostgreSQL rows
 //! arrive in binary batches and are read directly. SQLite reads the sums per
-//! agent chunk (the list lets it read `intervals_report` in order);
+//! agent chunk (the list lets it seek `intervals_agent_time` per agent);
 //! PostgreSQL hashes them and is split by time instead.
 
 use std::future::Future;
@@ -213,7 +214,7 @@ fn crossing_sql(dialect: Dialect) -> &'static str {
 
 /// One agent's (`$1`) intervals overlapping `[$2, $3)`, by start: the one in
 /// progress at `$2`, then at most `$4` of those starting inside, read in
-/// index order (`intervals_agent_started_at`) and no further: a timeline
+/// index order (`(agent, started_at)`: `intervals_agent_time` on SQLite) and no further: a timeline
 /// over its limit stops reading at the limit.
 const TIMELINE: &str = "\
     SELECT agent, status, reason, extension_status, destination, started_at, ended_at FROM (\
