@@ -1,8 +1,9 @@
-//! The HTTP side of the Belfabriek client: a pooled reqwest client
-//! (keep-alive, `TCP_NODELAY`, no redirects, `belfabriek.timeout`), one retry
-//! when a kept-alive connection was closed under a request, a body size
-//! limit, and transport errors mapped to [`BelfabriekError`] without the PIN.
-//! What the bodies say is read by the pure `answers` module.
+//! The HTTP side of the Belfabriek client: the lean keep-alive client of
+//! [`super::http1`] (`TCP_NODELAY`, no redirects, `belfabriek.timeout` for
+//! each exchange, one retry when a kept-alive connection was closed under a
+//! request, a body size limit), and its failures mapped to
+//! [`BelfabriekError`] without the PIN. What the bodies say is read by the
+//! pure `answers` module.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,33 +15,32 @@ use super::answers::{
     agent_avail_call, extension_status_call, interpret_agent_avail, interpret_extension_status,
     snippet, METHOD_AGENT_AVAIL, METHOD_EXTENSION_STATUS, SNIPPET_CHARS,
 };
+use super::http1::{Http1Client, HttpError, Target};
 use super::BelfabriekError;
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::model::AgentReading;
 use crate::secret::Secret;
-use crate::text::{error_chain, shorten};
+use crate::text::shorten;
 
 /// Larger response bodies are refused (a real answer is well under 1 KiB).
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
-/// Member names and the timeout, shared by clones of the client.
+/// Member names and the PIN, shared by clones of the client.
 #[derive(Debug)]
 struct Settings {
-    /// The endpoint.
-    url: reqwest::Url,
     /// The member names (the rest of the config is unused).
     config: BelfabriekConfig,
     /// The account PIN.
     pin: Secret,
 }
 
-/// A pooled HTTP client for the Belfabriek API. Cheap to clone; clones share
-/// the connection pool.
+/// A keep-alive HTTP client for the Belfabriek API. Cheap to clone; clones
+/// share the connections.
 #[derive(Debug, Clone)]
 pub struct BelfabriekClient {
-    /// The reqwest client (keep-alive pool, timeout, `TCP_NODELAY`).
-    http: reqwest::Client,
-    /// Endpoint, member names, PIN.
+    /// The HTTP/1.1 client (keep-alive connections, timeout, `TCP_NODELAY`).
+    http: Arc<Http1Client>,
+    /// Member names, PIN.
     settings: Arc<Settings>,
 }
 
@@ -70,26 +70,26 @@ impl BelfabriekClient {
         } else {
             format!("pbx2mqtt/{} ({bridge})", env!("CARGO_PKG_VERSION"))
         };
-        let url = reqwest::Url::parse(&config.url).map_err(|error| BelfabriekError::Setup {
-            detail: format!("belfabriek.url {:?} is not a url: {error}", config.url),
-        })?;
-        let http = reqwest::Client::builder()
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout)
-            .pool_max_idle_per_host(max_idle_per_host)
-            .tcp_nodelay(true)
-            .user_agent(user_agent)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|error| BelfabriekError::Setup {
-                detail: error_chain(&error),
-            })?;
+        let setup = |detail: String| BelfabriekError::Setup {
+            detail: format!("belfabriek.url {:?}: {detail}", config.url),
+        };
+        let url = url::Url::parse(&config.url).map_err(|error| setup(format!("not a url: {error}")))?;
+        let target = Target::from_url(&url).map_err(setup)?;
+        let http = Http1Client::new(
+            target,
+            &user_agent,
+            "text/xml",
+            max_idle_per_host,
+            config.timeout,
+            MAX_BODY_BYTES,
+        )
+        .map_err(setup)?;
         let mut config = config.clone();
         // The client holds the PIN once, in `pin`; drop the config's copy.
         config.account_pin = None;
         Ok(Self {
-            http,
-            settings: Arc::new(Settings { url, config, pin }),
+            http: Arc::new(http),
+            settings: Arc::new(Settings { config, pin }),
         })
     }
 
@@ -100,11 +100,11 @@ impl BelfabriekClient {
         async move {
             let settings = &*self.settings;
             let body = agent_avail_call(&settings.config, &settings.pin, agent);
-            let answer = self.call(METHOD_AGENT_AVAIL, body).await?;
+            let answer = self.call(METHOD_AGENT_AVAIL, &body).await?;
             let avail = interpret_agent_avail(&answer, &settings.pin)?;
             let extension_status = if avail.available {
                 let body = extension_status_call(&settings.config, &settings.pin, agent);
-                let answer = self.call(METHOD_EXTENSION_STATUS, body).await?;
+                let answer = self.call(METHOD_EXTENSION_STATUS, &body).await?;
                 Some(interpret_extension_status(&answer, &settings.pin)?)
             } else {
                 None
@@ -121,7 +121,7 @@ impl BelfabriekClient {
     }
 
     /// Posts one call and returns the body of a success answer.
-    async fn call(&self, method: &'static str, body: Vec<u8>) -> Result<Vec<u8>, BelfabriekError> {
+    async fn call(&self, method: &'static str, body: &[u8]) -> Result<Vec<u8>, BelfabriekError> {
         let started = Instant::now();
         let result = self.exchange(method, body).await;
         let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -137,73 +137,37 @@ impl BelfabriekClient {
         result
     }
 
-    async fn exchange(
-        &self,
-        method: &'static str,
-        body: Vec<u8>,
-    ) -> Result<Vec<u8>, BelfabriekError> {
+    async fn exchange(&self, method: &'static str, body: &[u8]) -> Result<Vec<u8>, BelfabriekError> {
         let settings = &*self.settings;
-        let mut response = match self.send(body.clone()).await {
-            Err(error) if closed_under_request(&error) => {
-                debug!(
+        let answer = self.http.post(body).await.map_err(|error| match error {
+            HttpError::Timeout(_) => BelfabriekError::Timeout {
+                method,
+                after: settings.config.timeout,
+            },
+            HttpError::TooLarge { status, .. } if !(200..300).contains(&status) => {
+                BelfabriekError::Http {
                     method,
-                    "kept-alive connection closed under the request; retrying once"
-                );
-                self.send(body).await
-            }
-            other => other,
-        }
-        .map_err(|error| self.transport_error(method, &error))?;
-
-        let status = response.status();
-        let answer = read_body(&mut response)
-            .await
-            .map_err(|error| match error {
-                ReadError::Transport(error) => self.transport_error(method, &error),
-                ReadError::TooLarge if !status.is_success() => BelfabriekError::Http {
-                    method,
-                    status: status.as_u16(),
+                    status,
                     snippet: "(body larger than 1 MiB)".to_owned(),
-                },
-                ReadError::TooLarge => BelfabriekError::Malformed {
-                    method,
-                    detail: "body larger than 1 MiB".to_owned(),
-                },
-            })?;
-        if !status.is_success() {
+                }
+            }
+            HttpError::TooLarge { .. } => BelfabriekError::Malformed {
+                method,
+                detail: "body larger than 1 MiB".to_owned(),
+            },
+            other => BelfabriekError::Connect {
+                method,
+                detail: shorten(&settings.pin.redact_in(&other.to_string()), SNIPPET_CHARS),
+            },
+        })?;
+        if !(200..300).contains(&answer.status) {
             return Err(BelfabriekError::Http {
                 method,
-                status: status.as_u16(),
-                snippet: snippet(&answer, &settings.pin),
+                status: answer.status,
+                snippet: snippet(&answer.body, &settings.pin),
             });
         }
-        Ok(answer)
-    }
-
-    async fn send(&self, body: Vec<u8>) -> Result<reqwest::Response, reqwest::Error> {
-        self.http
-            .post(self.settings.url.clone())
-            .header(reqwest::header::CONTENT_TYPE, "text/xml")
-            .body(body)
-            .send()
-            .await
-    }
-
-    fn transport_error(&self, method: &'static str, error: &reqwest::Error) -> BelfabriekError {
-        if error.is_timeout() {
-            BelfabriekError::Timeout {
-                method,
-                after: self.settings.config.timeout,
-            }
-        } else {
-            BelfabriekError::Connect {
-                method,
-                detail: shorten(
-                    &self.settings.pin.redact_in(&error_chain(error)),
-                    SNIPPET_CHARS,
-                ),
-            }
-        }
+        Ok(answer.body)
     }
 }
 
@@ -220,62 +184,6 @@ impl crate::poller::AgentSource for BelfabriekClient {
     fn error_kind(error: &Self::Error) -> &'static str {
         error.kind()
     }
-}
-
-/// True when a request failed because the (kept-alive) connection was closed
-/// or reset before any response arrived: safe to send once more, since both
-/// methods only read. Never for timeouts or failed connects.
-fn closed_under_request(error: &reqwest::Error) -> bool {
-    if error.is_timeout() || error.is_connect() {
-        return false;
-    }
-    let mut source: Option<&dyn std::error::Error> = std::error::Error::source(error);
-    while let Some(cause) = source {
-        if let Some(io) = cause.downcast_ref::<std::io::Error>() {
-            if matches!(
-                io.kind(),
-                std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-                    | std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::UnexpectedEof
-            ) {
-                return true;
-            }
-        }
-        // hyper's `IncompleteMessage` (the peer closed the connection before
-        // the response began) has no public type to downcast to without a
-        // direct hyper dependency; its message is stable and the retry test
-        // below would notice a change.
-        if cause
-            .to_string()
-            .contains("connection closed before message completed")
-        {
-            return true;
-        }
-        source = cause.source();
-    }
-    false
-}
-
-enum ReadError {
-    Transport(reqwest::Error),
-    TooLarge,
-}
-
-/// Reads the whole body, refusing more than [`MAX_BODY_BYTES`].
-async fn read_body(response: &mut reqwest::Response) -> Result<Vec<u8>, ReadError> {
-    let expected = response.content_length().unwrap_or(0);
-    if expected > MAX_BODY_BYTES as u64 {
-        return Err(ReadError::TooLarge);
-    }
-    let mut body = Vec::with_capacity(usize::try_from(expected).unwrap_or(0).max(512));
-    while let Some(chunk) = response.chunk().await.map_err(ReadError::Transport)? {
-        if body.len() + chunk.len() > MAX_BODY_BYTES {
-            return Err(ReadError::TooLarge);
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(body)
 }
 
 #[cfg(test)]

@@ -3,14 +3,16 @@
 //! `general.getExtensionStatus`, and returns the raw
 //! [`AgentReading`](crate::model::AgentReading).
 //!
-//! Two rooms, as a protocol beside its connection:
+//! Three rooms, a protocol beside its connection:
 //! - `answers`: pure. Builds the request bodies and reads the answers
 //!   tolerantly ([`interpret_agent_avail`], [`interpret_extension_status`]),
 //!   quoting upstream text only redacted and cut short. No HTTP, no tokio;
 //!   tested with recorded answers.
-//! - `client`: the HTTP side (pooled keep-alive connections, the request
-//!   timeout, one retry when a kept-alive connection was closed under a
-//!   request, the body size limit).
+//! - `client`: the HTTP side (the request timeout, the body size limit,
+//!   transport failures as typed errors without the PIN);
+//! - `http1`: the small keep-alive HTTP/1.1 client it posts with (reused
+//!   connections, one retry when a kept-alive connection was closed under a
+//!   request, TLS for `https`), chosen over reqwest for the poll's hot path.
 //!
 //! This file holds what both share: the error type. None of it derives
 //! statuses (that is `crate::status`), schedules polls (that is
@@ -21,6 +23,7 @@
 
 mod answers;
 mod client;
+mod http1;
 #[cfg(test)]
 mod fixtures;
 
