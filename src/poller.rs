@@ -188,7 +188,10 @@ impl<S: AgentSource> Poller<S> {
                 }
             }
             let next_due = (in_flight.len() < concurrency)
-                .then(|| due.peek().map(|Reverse((at, _, _))| on_grid(start, *at, tick)))
+                .then(|| {
+                    due.peek()
+                        .map(|Reverse((at, _, _))| on_grid(start, *at, tick))
+                })
                 .flatten();
             tokio::select! {
                 biased;
@@ -382,8 +385,14 @@ mod tests {
     #[test]
     fn wake_ups_fall_on_a_grid_of_ticks_never_before_the_deadline() {
         assert_eq!(tick_for(Duration::from_secs(1)), Duration::from_millis(20));
-        assert_eq!(tick_for(Duration::from_millis(200)), Duration::from_millis(4));
-        assert_eq!(tick_for(Duration::from_millis(10)), Duration::from_millis(1));
+        assert_eq!(
+            tick_for(Duration::from_millis(200)),
+            Duration::from_millis(4)
+        );
+        assert_eq!(
+            tick_for(Duration::from_millis(10)),
+            Duration::from_millis(1)
+        );
         assert_eq!(tick_for(Duration::from_secs(60)), Duration::from_millis(20));
         let start = Instant::now();
         let tick = Duration::from_millis(20);

@@ -73,7 +73,8 @@ impl BelfabriekClient {
         let setup = |detail: String| BelfabriekError::Setup {
             detail: format!("belfabriek.url {:?}: {detail}", config.url),
         };
-        let url = url::Url::parse(&config.url).map_err(|error| setup(format!("not a url: {error}")))?;
+        let url =
+            url::Url::parse(&config.url).map_err(|error| setup(format!("not a url: {error}")))?;
         let target = Target::from_url(&url).map_err(setup)?;
         let http = Http1Client::new(
             target,
@@ -137,7 +138,11 @@ impl BelfabriekClient {
         result
     }
 
-    async fn exchange(&self, method: &'static str, body: &[u8]) -> Result<Vec<u8>, BelfabriekError> {
+    async fn exchange(
+        &self,
+        method: &'static str,
+        body: &[u8],
+    ) -> Result<Vec<u8>, BelfabriekError> {
         let settings = &*self.settings;
         let answer = self.http.post(body).await.map_err(|error| match error {
             HttpError::Timeout(_) => BelfabriekError::Timeout {

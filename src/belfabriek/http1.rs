@@ -130,7 +130,10 @@ pub struct Http1Client {
     /// Host, port, path, TLS.
     target: Target,
     /// The TLS connector and server name, for `https`.
-    tls: Option<(tokio_rustls::TlsConnector, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     /// The request line and fixed headers, up to `Content-Length: `.
     head: Box<[u8]>,
     /// Idle kept-alive connections, newest last.
@@ -186,9 +189,14 @@ impl Http1Client {
             "POST {} HTTP/1.1\r\nhost: {host}\r\nuser-agent: {user_agent}\r\ncontent-type: {content_type}\r\naccept: */*\r\ncontent-length: ",
             target.path
         );
-        if [target.path.as_str(), user_agent, content_type, target.host.as_str()]
-            .iter()
-            .any(|part| part.contains(['\r', '\n']))
+        if [
+            target.path.as_str(),
+            user_agent,
+            content_type,
+            target.host.as_str(),
+        ]
+        .iter()
+        .any(|part| part.contains(['\r', '\n']))
         {
             return Err("the url or the user agent holds a line break".to_owned());
         }
@@ -214,7 +222,9 @@ impl Http1Client {
         if let Some(mut connection) = self.take_idle() {
             match self.exchange(&mut connection, body).await {
                 Err(HttpError::ClosedBeforeAnswer) => {
-                    tracing::debug!("kept-alive connection closed under the request; retrying once");
+                    tracing::debug!(
+                        "kept-alive connection closed under the request; retrying once"
+                    );
                 }
                 other => return self.finish(connection, other),
             }
@@ -406,7 +416,9 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, HttpError> {
 /// of the stream).
 async fn read_more(connection: &mut Connection) -> io::Result<usize> {
     if connection.buffer.capacity() - connection.buffer.len() < BUFFER_BYTES / 2 {
-        connection.buffer.reserve(BUFFER_BYTES.max(connection.buffer.len()));
+        connection
+            .buffer
+            .reserve(BUFFER_BYTES.max(connection.buffer.len()));
     }
     connection.stream.read_buf(&mut connection.buffer).await
 }
@@ -453,7 +465,10 @@ async fn read_answer(
         Framing::Length(length) if length > max_body => return Err(too_large),
         Framing::Length(length) => {
             fill(connection, start + length).await?;
-            (connection.buffer[start..start + length].to_vec(), start + length)
+            (
+                connection.buffer[start..start + length].to_vec(),
+                start + length,
+            )
         }
         Framing::UntilClose => {
             while read_more(connection).await.map_err(HttpError::Io)? > 0 {
@@ -502,7 +517,9 @@ async fn read_chunked(
                 break at + offset;
             }
             if connection.buffer.len() - at > 1024 {
-                return Err(HttpError::Protocol("a chunk size line is too long".to_owned()));
+                return Err(HttpError::Protocol(
+                    "a chunk size line is too long".to_owned(),
+                ));
             }
             let wanted = connection.buffer.len() + 1;
             fill(connection, wanted).await?;
@@ -538,7 +555,9 @@ async fn read_chunked(
         fill(connection, at + size + 2).await?;
         body.extend_from_slice(&connection.buffer[at..at + size]);
         if &connection.buffer[at + size..at + size + 2] != b"\r\n" {
-            return Err(HttpError::Protocol("a chunk does not end with CRLF".to_owned()));
+            return Err(HttpError::Protocol(
+                "a chunk does not end with CRLF".to_owned(),
+            ));
         }
         at += size + 2;
     }
@@ -631,19 +650,28 @@ mod tests {
     #[test]
     fn a_head_says_how_the_body_is_framed_and_whether_to_keep_the_connection() {
         let plain = head("HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n");
-        assert_eq!((plain.status, plain.body, plain.keep_alive), (200, Framing::Length(12), true));
+        assert_eq!(
+            (plain.status, plain.body, plain.keep_alive),
+            (200, Framing::Length(12), true)
+        );
         let chunked = head("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
         assert_eq!(chunked.body, Framing::Chunked);
         let close = head("HTTP/1.1 500 Oops\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
         assert!(!close.keep_alive);
         let old = head("HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\n");
         assert!(!old.keep_alive);
-        let old_kept = head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 3\r\n\r\n");
+        let old_kept =
+            head("HTTP/1.0 200 OK\r\nConnection: Keep-Alive\r\nContent-Length: 3\r\n\r\n");
         assert!(old_kept.keep_alive);
         let unframed = head("HTTP/1.1 200 OK\r\n\r\n");
-        assert_eq!((unframed.body, unframed.keep_alive), (Framing::UntilClose, false));
+        assert_eq!(
+            (unframed.body, unframed.keep_alive),
+            (Framing::UntilClose, false)
+        );
         assert_eq!(head("HTTP/1.1 204 No Content\r\n\r\n").body, Framing::Empty);
-        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Len").unwrap().is_none());
+        assert!(parse_head(b"HTTP/1.1 200 OK\r\nContent-Len")
+            .unwrap()
+            .is_none());
         assert!(parse_head(b"<html>hello</html>\r\n\r\n").is_err());
         let two = parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n");
         assert!(matches!(two, Err(HttpError::Protocol(_))));
@@ -663,7 +691,15 @@ mod tests {
             }
         );
         let secure = Target::from_url(&url("https://[::1]:8443/x?y=1")).unwrap();
-        assert_eq!((secure.host.as_str(), secure.port, secure.path.as_str(), secure.tls), ("::1", 8443, "/x?y=1", true));
+        assert_eq!(
+            (
+                secure.host.as_str(),
+                secure.port,
+                secure.path.as_str(),
+                secure.tls
+            ),
+            ("::1", 8443, "/x?y=1", true)
+        );
         assert!(Target::from_url(&url("ftp://example.nl/")).is_err());
     }
 
@@ -691,7 +727,15 @@ mod tests {
             path: "/".into(),
             tls: false,
         };
-        Http1Client::new(target, "test", "text/xml", 4, Duration::from_secs(2), max_body).unwrap()
+        Http1Client::new(
+            target,
+            "test",
+            "text/xml",
+            4,
+            Duration::from_secs(2),
+            max_body,
+        )
+        .unwrap()
     }
 
     #[tokio::test]
@@ -703,7 +747,10 @@ mod tests {
         .await;
         let client = client(address, 1024);
         let chunked = client.post(b"<x/>").await.unwrap();
-        assert_eq!((chunked.status, chunked.body.as_slice()), (200, b"hello, world".as_slice()));
+        assert_eq!(
+            (chunked.status, chunked.body.as_slice()),
+            (200, b"hello, world".as_slice())
+        );
         let closed = client.post(b"<x/>").await.unwrap();
         assert_eq!(closed.body, b"until the end");
     }
@@ -720,12 +767,24 @@ mod tests {
         let client = client(address, 16);
         assert!(matches!(
             client.post(b"").await,
-            Err(HttpError::TooLarge { status: 200, limit: 16 })
+            Err(HttpError::TooLarge {
+                status: 200,
+                limit: 16
+            })
         ));
-        assert!(matches!(client.post(b"").await, Err(HttpError::TooLarge { .. })));
+        assert!(matches!(
+            client.post(b"").await,
+            Err(HttpError::TooLarge { .. })
+        ));
         let short = client.post(b"").await.unwrap_err();
-        assert!(short.to_string().contains("closed within the body"), "{short}");
-        assert!(matches!(client.post(b"").await, Err(HttpError::Protocol(_))));
+        assert!(
+            short.to_string().contains("closed within the body"),
+            "{short}"
+        );
+        assert!(matches!(
+            client.post(b"").await,
+            Err(HttpError::Protocol(_))
+        ));
     }
 
     #[tokio::test]

@@ -23,9 +23,9 @@
 
 mod answers;
 mod client;
-mod http1;
 #[cfg(test)]
 mod fixtures;
+mod http1;
 
 use std::time::Duration;
 

@@ -32,6 +32,19 @@ pub(crate) const RAISE_META: &str = "INSERT INTO bridge_meta (key, value) VALUES
 const SET_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
+/// [`SET_META`] for `rows` keys at once (`$1`, `$2` the first key and value,
+/// and so on).
+fn set_metas_sql(rows: usize) -> String {
+    let values: Vec<String> = (0..rows)
+        .map(|row| format!("(${}, ${})", 2 * row + 1, 2 * row + 2))
+        .collect();
+    format!(
+        "INSERT INTO bridge_meta (key, value) VALUES {} \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        values.join(", ")
+    )
+}
+
 /// Reads one `bridge_meta` value.
 pub(crate) const READ_META: &str = "SELECT value FROM bridge_meta WHERE key = $1";
 
@@ -189,20 +202,26 @@ impl Store {
                 first_seq = seq_from_db(last) + 1 - transitions as u64;
                 assign_seqs(changes, first_seq);
             }
-            for (key, value) in [
+            // The batch marker, and the heartbeat when due: one statement.
+            let mut meta = vec![
                 (format!("batch:{}", options.bridge), options.batch_id),
                 (
                     format!("batch_seq:{}", options.bridge),
                     seq_to_db(first_seq),
                 ),
-            ] {
-                sqlx::query(SET_META)
-                    .bind(key)
-                    .bind(value)
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::query("storing the batch marker"))?;
+            ];
+            if let Some(at) = options.heartbeat_at {
+                meta.push(("heartbeat_at".to_owned(), to_millis(at)));
             }
+            let sql = set_metas_sql(meta.len());
+            let mut query = sqlx::query(&sql);
+            for (key, value) in meta {
+                query = query.bind(key).bind(value);
+            }
+            query
+                .execute(&mut *transaction)
+                .await
+                .map_err(StoreError::query("storing the batch marker"))?;
             let rows = batch_rows(
                 changes
                     .iter()
@@ -210,14 +229,6 @@ impl Store {
                 Some(options.bridge),
             );
             self.write_rows(&mut *transaction, &rows).await?;
-            if let Some(at) = options.heartbeat_at {
-                sqlx::query(SET_META)
-                    .bind("heartbeat_at")
-                    .bind(to_millis(at))
-                    .execute(&mut *transaction)
-                    .await
-                    .map_err(StoreError::query("storing the heartbeat"))?;
-            }
             transaction
                 .commit()
                 .await

@@ -190,6 +190,11 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     let writer = SqlitePoolOptions::new()
         .max_connections(WRITER_CONNECTIONS)
         .acquire_timeout(ACQUIRE_TIMEOUT)
+        // A file connection does not go stale like a socket: no ping (a
+        // round trip to the connection's thread) before every batch. A
+        // connection a failed commit left inside a transaction is closed
+        // by `begin_on_clean_connection`.
+        .test_before_acquire(false)
         .connect_with(
             options
                 .clone()
