@@ -797,4 +797,33 @@ mod tests {
         assert!(matches!(error, HttpError::Timeout(_)), "{error}");
         drop(listener);
     }
+
+    #[tokio::test]
+    async fn an_https_target_speaks_tls_and_a_failed_handshake_is_a_connect_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let first_bytes = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut hello = [0u8; 2];
+            stream.read_exact(&mut hello).await.unwrap();
+            stream
+                .write_all(b"HTTP/1.1 400 Not TLS\r\n\r\n")
+                .await
+                .unwrap();
+            hello
+        });
+        let target = Target {
+            host: "localhost".into(),
+            port: address.port(),
+            path: "/".into(),
+            tls: true,
+        };
+        let client =
+            Http1Client::new(target, "test", "text/xml", 1, Duration::from_secs(2), 16).unwrap();
+        let error = client.post(b"secret body").await.unwrap_err();
+        assert!(matches!(error, HttpError::Connect { .. }), "{error}");
+        assert!(!error.to_string().contains("secret"), "{error}");
+        // A TLS record of type handshake (0x16), version 3.x: a ClientHello.
+        assert_eq!(first_bytes.await.unwrap(), [0x16, 0x03]);
+    }
 }
