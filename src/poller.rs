@@ -18,6 +18,12 @@
 //! A poll starts at most one tick after its planned time, and the planned
 //! times keep their phase, so the lateness never accumulates.
 //!
+//! The changes of a tick are handed to the writer together: held in the
+//! queue until the tick's last poll answered, or [`HOLD_MAX`] after the
+//! first of them, whichever comes first. One commit (one fsync) then carries
+//! them all, instead of the first change starting a commit that the rest of
+//! the tick waits behind before getting one of their own.
+//!
 //! What a poll does is the [`AgentSource`]'s job (the Belfabriek client);
 //! what it means is the tracker's.
 
@@ -40,6 +46,11 @@ use crate::history::ChangeQueue;
 use crate::metrics::Metrics;
 use crate::model::{AgentId, AgentReading};
 use crate::status::{Observation, Tracker};
+
+/// The longest a change waits in the queue for the rest of its tick's polls
+/// before the writer is woken anyway (a slow poll does not hold back the
+/// others' changes).
+pub const HOLD_MAX: Duration = Duration::from_millis(3);
 
 /// Something that can poll one agent's status (the Belfabriek client).
 pub trait AgentSource: Send + Sync + 'static {
@@ -85,6 +96,8 @@ pub struct Poller<S> {
     /// Which agents to poll, when they change at run time (several
     /// bridges); `None` polls every agent from the start.
     control: Option<mpsc::Receiver<PollerControl>>,
+    /// How long changes are held for the rest of their tick ([`HOLD_MAX`]).
+    hold_max: Duration,
 }
 
 /// One agent's place in the schedule.
@@ -121,6 +134,7 @@ impl<S: AgentSource> Poller<S> {
             metrics,
             clock,
             control: None,
+            hold_max: HOLD_MAX,
         }
     }
 
@@ -171,7 +185,13 @@ impl<S: AgentSource> Poller<S> {
         };
         let mut control = self.control.take();
         let mut in_flight = FuturesUnordered::new();
+        // When the oldest change not yet handed to the writer was pushed.
+        let mut held_since: Option<Instant> = None;
         loop {
+            if held_since.is_some() && in_flight.is_empty() {
+                self.changes.release();
+                held_since = None;
+            }
             let now = Instant::now();
             while in_flight.len() < concurrency {
                 match due.peek() {
@@ -195,7 +215,11 @@ impl<S: AgentSource> Poller<S> {
                 .flatten();
             tokio::select! {
                 biased;
-                () = shutdown.cancelled() => return,
+                () = shutdown.cancelled() => {
+                    // The writer commits what waits when it stops.
+                    self.changes.release();
+                    return;
+                }
                 Some(order) = next_control(&mut control) => {
                     self.control_order(order, &mut slots, &index_of, &mut due, spread);
                 }
@@ -204,13 +228,20 @@ impl<S: AgentSource> Poller<S> {
                     if !slot.active || slot.generation != generation {
                         continue; // Lost (or lost and regained) meanwhile.
                     }
-                    let failed = self.apply(index, outcome, took);
+                    let (failed, pushed) = self.apply(index, outcome, took);
+                    if pushed && held_since.is_none() {
+                        held_since = Some(Instant::now());
+                    }
                     let slot = &mut slots[index];
                     slot.failures = if failed { slot.failures.saturating_add(1) } else { 0 };
                     slot.planned = next_poll(&self.config, slot.planned, Instant::now(), slot.failures);
                     due.push(Reverse((slot.planned, index, generation)));
                 }
                 () = sleep_until(next_due), if next_due.is_some() => {}
+                () = sleep_until(held_since.map(|since| since + self.hold_max)), if held_since.is_some() => {
+                    self.changes.release();
+                    held_since = None;
+                }
             }
         }
     }
@@ -252,14 +283,14 @@ impl<S: AgentSource> Poller<S> {
         }
     }
 
-    /// Feeds one poll's outcome to the tracker and queues the change it
-    /// finds; true when the poll failed.
+    /// Feeds one poll's outcome to the tracker and queues (holds) the change
+    /// it finds; whether the poll failed, and whether a change was queued.
     fn apply(
         &mut self,
         index: usize,
         outcome: Result<AgentReading, S::Error>,
         took: Duration,
-    ) -> bool {
+    ) -> (bool, bool) {
         let agent = &self.agents[index];
         self.metrics.poll_duration.observe(took);
         let (observation, failed) = match outcome {
@@ -285,12 +316,12 @@ impl<S: AgentSource> Poller<S> {
             .tracker
             .observe(&agent.id, observation, self.clock.now())
         else {
-            return failed;
+            return (failed, false);
         };
         if change.previous.is_some() {
             debug!(agent = %change.state.agent, to = %change.state.status, "transition");
         }
-        match self.changes.push(change) {
+        match self.changes.push_held(change) {
             Pushed::Merged => {
                 Metrics::inc(&self.metrics.history_merged);
                 let merged = self.changes.merged();
@@ -304,7 +335,7 @@ impl<S: AgentSource> Poller<S> {
             Pushed::Queued | Pushed::Coalesced => {}
         }
         Metrics::set(&self.metrics.history_queue_depth, self.changes.len() as u64);
-        failed
+        (failed, true)
     }
 }
 
@@ -380,6 +411,110 @@ mod tests {
         assert_eq!(backoff(second, cap, u32::MAX), cap);
         // A cap below the interval never polls faster than the interval.
         assert_eq!(backoff(second, Duration::from_millis(1), 3), second);
+    }
+
+    /// Answers every agent `-` (not available) after the delay in its
+    /// extension id (milliseconds).
+    struct Delayed;
+
+    impl AgentSource for Delayed {
+        type Error = String;
+
+        fn poll(
+            &self,
+            agent: &AgentConfig,
+        ) -> impl Future<Output = Result<AgentReading, String>> + Send {
+            let delay = Duration::from_millis(agent.extension_id.parse().unwrap_or(0));
+            async move {
+                tokio::time::sleep(delay).await;
+                Ok(AgentReading {
+                    available: false,
+                    reason: "-".to_owned(),
+                    destination: None,
+                    extension_status: None,
+                })
+            }
+        }
+
+        fn error_kind(_: &String) -> &'static str {
+            "test"
+        }
+    }
+
+    /// When the writer is first woken by a poller holding changes at most
+    /// `hold_max`, over agents answering after `delays_ms` (their first polls
+    /// spread over the first half of `interval`); and how many changes wait
+    /// then.
+    async fn first_hand_over(
+        delays_ms: &[u64],
+        interval: Duration,
+        hold_max: Duration,
+    ) -> (Duration, usize) {
+        let agents: Vec<AgentConfig> = delays_ms
+            .iter()
+            .enumerate()
+            .map(|(index, delay)| AgentConfig {
+                id: AgentId::parse(&format!("agent{index}")).unwrap(),
+                name: None,
+                extension_id: delay.to_string(),
+                sup_id: None,
+                man_id: None,
+                cust_id: None,
+                queue_extension: None,
+            })
+            .collect();
+        let now = chrono::Utc::now();
+        let tracker = Tracker::new(
+            agents.iter().map(|agent| {
+                crate::status::unknown_state(agent.id.clone(), agent.id.to_string(), now)
+            }),
+            crate::config::default_reasons(),
+            3,
+        );
+        let config = PollConfig {
+            interval,
+            concurrency: 16,
+            stale_after: 3,
+            max_backoff: Duration::from_secs(3600),
+        };
+        let changes = ChangeQueue::new();
+        let mut poller = Poller::new(
+            Arc::new(Delayed),
+            agents,
+            config,
+            tracker,
+            changes.clone(),
+            Arc::new(Metrics::default()),
+            Clock::system(),
+        );
+        poller.hold_max = hold_max;
+        let shutdown = CancellationToken::new();
+        let start = Instant::now();
+        let task = tokio::spawn(poller.run(shutdown.clone()));
+        changes.pushed().await;
+        let woken = (start.elapsed(), changes.len());
+        shutdown.cancel();
+        task.await.unwrap();
+        woken
+    }
+
+    #[tokio::test]
+    async fn a_ticks_changes_reach_the_writer_together_or_after_the_hold() {
+        // Two agents, polls starting at 0 and 20 ms: the second answers at
+        // 21 ms while the first is still out (until 30 ms). Its change is
+        // held, and both go to the writer together.
+        let interval = Duration::from_millis(40);
+        let (at, waiting) = first_hand_over(&[30, 1], interval, Duration::from_secs(30)).await;
+        assert_eq!(waiting, 2, "woken after {at:?}");
+        assert!(at >= Duration::from_millis(30), "{at:?}");
+        // A slow poll holds the others' changes back only for the hold.
+        let hold = Duration::from_millis(200);
+        let (at, waiting) = first_hand_over(&[5_000, 1], interval, hold).await;
+        assert_eq!(waiting, 1, "woken after {at:?}");
+        assert!(
+            at >= Duration::from_millis(221) && at < Duration::from_secs(5),
+            "{at:?}"
+        );
     }
 
     #[test]

@@ -44,9 +44,21 @@ impl ChangeQueue {
 
     /// Adds a change and wakes the writer.
     pub fn push(&self, change: Change) -> Pushed {
-        let pushed = self.lock().push(change);
-        self.inner.notify.notify_one();
+        let pushed = self.push_held(change);
+        self.release();
         pushed
+    }
+
+    /// Adds a change without waking the writer: the caller gathers the
+    /// changes of a burst and [`release`](Self::release)s them together, so
+    /// they go into one commit.
+    pub fn push_held(&self, change: Change) -> Pushed {
+        self.lock().push(change)
+    }
+
+    /// Wakes the writer for the changes pushed so far.
+    pub fn release(&self) {
+        self.inner.notify.notify_one();
     }
 
     /// Takes up to `max` changes, oldest first.
