@@ -617,7 +617,59 @@ fn split_time(from: i64, to: i64, parts: usize) -> Vec<(i64, i64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::split_time;
+    use super::*;
+    use crate::store::test_database::TestDatabase;
+
+    /// Every report query on SQLite reads `intervals` through the one agent
+    /// index (migration `..._one_agent_index`), never by scanning the table.
+    #[tokio::test]
+    async fn report_queries_seek_the_agent_index_on_sqlite() {
+        let database = TestDatabase::sqlite().await;
+        let pool = database.store.sqlite_pool().unwrap();
+        // (what, SQL, parameters, which one is the agent list).
+        let queries = [
+            ("summary", started_sql(Dialect::Sqlite, true), 3, Some(3)),
+            ("calls", calls_sql(Dialect::Sqlite, true), 3, Some(3)),
+            (
+                "crossing",
+                crossing_sql(Dialect::Sqlite).to_owned(),
+                2,
+                Some(2),
+            ),
+            ("timeline", TIMELINE.to_owned(), 4, None),
+            ("agents", ALL_AGENTS.to_owned(), 0, None),
+        ];
+        for (what, sql, parameters, list) in queries {
+            let explain = format!("EXPLAIN QUERY PLAN {sql}");
+            let mut query = sqlx::query_as::<_, (i64, i64, i64, String)>(&explain);
+            for parameter in 1..=parameters {
+                query = query.bind(if Some(parameter) == list {
+                    r#"["alice"]"#.to_owned()
+                } else {
+                    parameter.to_string()
+                });
+            }
+            let plan: Vec<String> = query
+                .fetch_all(pool)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(_, _, _, step)| step)
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|step| step.contains("intervals_agent_time")),
+                "{what}: {plan:?}"
+            );
+            assert!(
+                !plan.iter().any(|step| step.starts_with("SCAN intervals")
+                    || step.starts_with("SCAN b")
+                    || step.starts_with("SCAN n")),
+                "{what}: {plan:?}"
+            );
+        }
+        database.finish().await;
+    }
 
     #[test]
     fn time_is_split_into_contiguous_parts() {
