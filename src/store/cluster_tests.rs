@@ -249,3 +249,57 @@ backend_tests!(
     take_over_keeps_a_clean_hand_over_and_marks_a_silence_unknown,
     command_transactions_are_claimed_once,
 );
+
+/// A bridge paused inside a write transaction (SIGSTOP, a frozen VM) holds
+/// row locks every other bridge's commit needs (the `last_seq` counter);
+/// the server ends its session after its idle limit, so the others go on
+/// and the paused one finds its transaction gone when it wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_postgres),
+    ignore = "set PBX2MQTT_TEST_POSTGRES_URL to run"
+)]
+async fn a_bridge_paused_inside_a_transaction_does_not_stall_the_others() {
+    let database = TestDatabase::create(super::test_database::Backend::Postgres)
+        .await
+        .expect("PBX2MQTT_TEST_POSTGRES_URL was set when the tests were built");
+    let store = &database.store;
+    store
+        .record(&[state("x", Status::Available, 0, 1)])
+        .await
+        .unwrap();
+    let paused = database.open().await;
+    let mut transaction = paused.postgres_pool().unwrap().begin().await.unwrap();
+    sqlx::query("UPDATE bridge_meta SET value = value WHERE key = 'last_seq'")
+        .execute(&mut *transaction)
+        .await
+        .unwrap();
+
+    let options = CommitOptions {
+        bridge: "a",
+        fenced: false,
+        batch_id: 1,
+        heartbeat_at: None,
+    };
+    let mut batch = vec![Change {
+        state: state("x", Status::OnCall, 10, 0),
+        previous: Some(Previous {
+            status: Status::Available,
+            since: at(0),
+        }),
+    }];
+    // Without the idle limit this waits until the paused bridge commits,
+    // which it never does here.
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        store.commit_changes(&mut batch, &options),
+    )
+    .await
+    .expect("the commit waited for the paused bridge's locks")
+    .unwrap();
+    assert_eq!(outcome, CommitOutcome::Stored { first_seq: 2 });
+    let woke = transaction.commit().await;
+    assert!(woke.is_err(), "the paused session was ended: {woke:?}");
+    paused.close().await;
+    database.finish().await;
+}
