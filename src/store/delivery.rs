@@ -75,7 +75,7 @@ impl Store {
     /// Stores the acknowledged mark (never lowering it: a late report
     /// cannot undo a newer one).
     pub async fn store_acked_seq(&self, bridge: &str, seq: u64) -> Result<(), StoreError> {
-        with_pool!(&self.writer, |pool, _d| {
+        with_pool!(&self.history, |pool, _d| {
             sqlx::query(RAISE_META)
                 .bind(self.acked_key(bridge))
                 .bind(seq_to_db(seq))

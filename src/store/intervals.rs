@@ -136,7 +136,7 @@ impl Store {
     /// benchmarks; the bridge commits with [`Store::commit_changes`].
     pub async fn record(&self, transitions: &[AgentState]) -> Result<(), StoreError> {
         let rows = batch_rows(transitions.iter().map(|state| (state, true)), None);
-        with_pool!(&self.writer, |pool, _d| {
+        with_pool!(&self.history, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -169,7 +169,7 @@ impl Store {
         options: &CommitOptions<'_>,
     ) -> Result<CommitOutcome, StoreError> {
         let transitions = changes.iter().filter(|c| c.previous.is_some()).count();
-        with_pool!(&self.writer, |pool, _d| {
+        with_pool!(&self.history, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -246,7 +246,7 @@ impl Store {
         batch_id: i64,
     ) -> Result<Option<u64>, StoreError> {
         let read = |key: String| async move {
-            with_pool!(&self.writer, |pool, _d| {
+            with_pool!(&self.history, |pool, _d| {
                 sqlx::query_scalar::<_, i64>(READ_META)
                     .bind(key)
                     .fetch_optional(pool)
@@ -290,7 +290,7 @@ impl Store {
     /// Stores the time the bridge was last known to be running; resume ends
     /// open intervals there after a crash.
     pub async fn heartbeat(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
-        with_pool!(&self.writer, |pool, _d| {
+        with_pool!(&self.history, |pool, _d| {
             sqlx::query(SET_META)
                 .bind("heartbeat_at")
                 .bind(to_millis(at))

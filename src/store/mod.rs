@@ -62,7 +62,16 @@ use self::dialect::with_pool;
 /// The history database. Cheap to clone (the pools are shared handles).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The pool the bridge writes with (history, heartbeats, audit).
+    /// The pool the history writer writes with (batches, heartbeats, the
+    /// acknowledged mark). On SQLite a pool of its own with one connection,
+    /// so every batch finds that connection's page cache warm: two
+    /// connections taking turns would each find its cache emptied by the
+    /// other's last commit and read the pages back. On PostgreSQL the same
+    /// pool as `writer`.
+    history: Backend,
+    /// The pool everything else writes with (audit, leases, resume,
+    /// migrations) and readiness checks use, so they never queue behind a
+    /// history batch.
     writer: Backend,
     /// The pool reports and the HTTP API read with (read-only connections
     /// on SQLite), so a long report never delays a history batch.
@@ -105,6 +114,7 @@ impl Store {
     /// its WAL when the last connection closes.
     pub async fn close(self) {
         with_pool!(self.reader, |pool, _d| pool.close().await);
+        with_pool!(self.history, |pool, _d| pool.close().await);
         with_pool!(self.writer, |pool, _d| pool.close().await);
     }
 

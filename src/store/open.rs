@@ -23,12 +23,16 @@ use super::{Backend, Store, StoreError};
 /// only matters for a checkpoint or an outside tool holding the file.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// SQLite page cache per writing connection, in KiB (SQLite's default is
-/// 2 MiB). A burst batch touches thousands of index pages; with the default
-/// cache SQLite spills them to the WAL mid-transaction and reads them back.
-/// The cache fills only as pages are used, so this bounds memory rather than
-/// reserving it.
-const SQLITE_WRITER_CACHE_KIB: u32 = 4096;
+/// SQLite page cache of the history writer's connection, in KiB (SQLite's
+/// default is 2 MiB). A burst batch touches thousands of index pages; with
+/// the default cache SQLite spills them to the WAL mid-transaction and reads
+/// them back. The cache fills only as pages are used, so this bounds memory
+/// rather than reserving it.
+const SQLITE_HISTORY_CACHE_KIB: u32 = 4096;
+
+/// SQLite page cache of the other writing connection (audit rows, resume,
+/// readiness checks), in KiB: small writes, a small cache.
+const SQLITE_WRITER_CACHE_KIB: u32 = 1024;
 
 /// SQLite page cache per reading connection, in KiB. Reports read with
 /// index seeks and the OS page cache holds the file; a small cache keeps
@@ -41,10 +45,15 @@ const SQLITE_READER_CACHE_KIB: u32 = 1024;
 /// checkpoints each page once for several batches.
 const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
-/// Writing connections: the history writer, plus one for heartbeats, audit
-/// batches and readiness checks, which then never queue behind a batch.
-/// SQLite lets one transaction write at a time anyway.
+/// Writing connections besides the history writer's: audit batches, leases
+/// and readiness checks, which then never queue behind a batch. On SQLite
+/// the history writer has one connection of its own besides these (SQLite
+/// lets one transaction write at a time anyway); on PostgreSQL it shares
+/// these.
 const WRITER_CONNECTIONS: u32 = 2;
+
+/// On SQLite: the writing connections besides the history writer's.
+const SQLITE_WRITER_CONNECTIONS: u32 = 1;
 
 /// Reading connections (reports, HTTP API): two queries of one report run
 /// at once, and a second request can start beside them.
@@ -163,6 +172,7 @@ impl Store {
                     .map_err(|error| connect_error(url, &error))?;
                 let backend = Backend::Postgres(pool);
                 Store {
+                    history: backend.clone(),
                     writer: backend.clone(),
                     reader: backend,
                     daily: None,
@@ -200,26 +210,29 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     let options = sqlite_options(url)?;
     create_parent_directory(options.get_filename())?;
-    let writer = SqlitePoolOptions::new()
-        .max_connections(WRITER_CONNECTIONS)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        // A file connection does not go stale like a socket: no ping (a
-        // round trip to the connection's thread) before every batch. A
-        // connection a failed commit left inside a transaction is closed
-        // by `begin_on_clean_connection`.
-        .test_before_acquire(false)
-        .connect_with(
-            options
-                .clone()
-                .create_if_missing(true)
-                .journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Full)
-                .pragma("cache_size", format!("-{SQLITE_WRITER_CACHE_KIB}"))
-                .pragma(
-                    "wal_autocheckpoint",
-                    SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
-                ),
-        )
+    let writing = |connections, cache_kib: u32| {
+        SqlitePoolOptions::new()
+            .max_connections(connections)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            // A file connection does not go stale like a socket: no ping (a
+            // round trip to the connection's thread) before every batch. A
+            // connection a failed commit left inside a transaction is
+            // closed by `begin_on_clean_connection`.
+            .test_before_acquire(false)
+            .connect_with(
+                options
+                    .clone()
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Full)
+                    .pragma("cache_size", format!("-{cache_kib}"))
+                    .pragma(
+                        "wal_autocheckpoint",
+                        SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+                    ),
+            )
+    };
+    let writer = writing(SQLITE_WRITER_CONNECTIONS, SQLITE_WRITER_CACHE_KIB)
         .await
         .map_err(|error| connect_error(url, &error))?;
     SQLITE_MIGRATOR
@@ -229,8 +242,12 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             url: redact_url(url),
             source,
         })?;
+    let history = writing(1, SQLITE_HISTORY_CACHE_KIB)
+        .await
+        .map_err(|error| connect_error(url, &error))?;
     let reader = sqlite_reader(options, url).await?;
     Ok(Store {
+        history: Backend::Sqlite(history),
         writer: Backend::Sqlite(writer),
         reader: Backend::Sqlite(reader),
         daily: None,
@@ -275,6 +292,7 @@ async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
     }
     let reader = Backend::Sqlite(sqlite_reader(options, url).await?);
     Ok(Store {
+        history: reader.clone(),
         writer: reader.clone(),
         reader,
         daily: None,
@@ -314,8 +332,10 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         "idle_in_transaction_session_timeout",
         PG_IDLE_IN_TRANSACTION.as_millis().to_string(),
     )]);
+    let writer = Backend::Postgres(pool(WRITER_CONNECTIONS, writer_options));
     let store = Store {
-        writer: Backend::Postgres(pool(WRITER_CONNECTIONS, writer_options)),
+        history: writer.clone(),
+        writer,
         reader: Backend::Postgres(pool(READER_CONNECTIONS, options)),
         daily: None,
     };

@@ -519,26 +519,40 @@ async fn sqlite_uses_wal_and_full_sync() {
     let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
         .await
         .unwrap();
-    let pool = store.sqlite_pool().unwrap();
-    let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-        .fetch_one(pool)
-        .await
-        .unwrap();
-    let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    // The history writer's own connection with the large cache, the other
+    // writing connection with a small one; both WAL, FULL, foreign keys.
+    for (backend, cache_kib) in [(&store.history, 4096), (&store.writer, 1024)] {
+        let Backend::Sqlite(pool) = backend else {
+            panic!("an SQLite store")
+        };
+        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            (journal.as_str(), synchronous, foreign_keys, cache_size),
+            ("wal", 2, 1, -cache_kib)
+        );
+    }
+    let Backend::Sqlite(history) = &store.history else {
+        panic!("an SQLite store")
+    };
     assert_eq!(
-        (journal.as_str(), synchronous, foreign_keys, cache_size),
-        ("wal", 2, 1, -4096)
+        history.options().get_max_connections(),
+        1,
+        "one history connection: its page cache stays warm"
     );
     store.close().await;
 }
