@@ -144,6 +144,29 @@ impl<S: AgentSource> Poller<S> {
         self
     }
 
+    /// Runs [`Poller::run`] on a thread of its own, with a single-threaded
+    /// runtime that owns the poll connections and the tick timer: the
+    /// answers of a tick are read by the thread that sent the requests,
+    /// with no task stolen between threads and no other worker woken for
+    /// them. The returned handle finishes with the poller (an error when
+    /// it panicked or its thread could not start).
+    pub fn spawn_on_own_thread(
+        self,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (done, finished) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("pbx2mqtt-poller".into())
+            .spawn(move || {
+                runtime.block_on(self.run(shutdown));
+                let _ = done.send(());
+            })?;
+        Ok(finished)
+    }
+
     /// Polls until `shutdown`; polls in flight then are dropped (their
     /// outcome would only be stale).
     pub async fn run(mut self, shutdown: CancellationToken) {

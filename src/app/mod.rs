@@ -55,6 +55,10 @@ const REQUESTS_CAPACITY: usize = 1024;
 /// Responses waiting for the command connection, which always drains them.
 const RESPONSES_CAPACITY: usize = 1024;
 
+/// How often the allocator's free pages go back to the system (see
+/// `malloc.rs`).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Orders from the cluster coordinator to the poller waiting at most.
 const CONTROL_CAPACITY: usize = 64;
 
@@ -395,12 +399,15 @@ impl Application {
         let audit_writer = tokio::spawn(audit_writer.run());
         let membership = tokio::spawn(membership.run(shutdown.clone()));
         let dispatcher = tokio::spawn(dispatcher.run(requests_rx, responses_tx));
-        let poller = tokio::spawn(poller.run(shutdown.clone()));
+        let poller = poller
+            .spawn_on_own_thread(shutdown.clone())
+            .context("cannot start the poller's thread")?;
         let coordinator =
             coordinator.map(|coordinator| tokio::spawn(coordinator.run(shutdown.clone())));
         let http = self
             .http
             .map(|server| tokio::spawn(server.run(shutdown.clone())));
+        tokio::spawn(crate::malloc::trim_every(TRIM_EVERY, shutdown.clone()));
         info!(
             agents = config.agents.len(),
             bridge = %config.bridge.id,
@@ -414,7 +421,7 @@ impl Application {
             "shutting down"
         );
         let ordered = async {
-            poller.await.context("poller task panicked")?;
+            poller.await.context("the poller panicked")?;
             // No coordination step may run once the writer leaves.
             if let Some(coordinator) = coordinator {
                 coordinator.await.context("cluster coordinator panicked")?;
