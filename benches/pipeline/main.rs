@@ -35,7 +35,7 @@
 //!
 //! Knobs (environment): `PIPELINE_AGENTS` (5000), `PIPELINE_INTERVAL` (1s,
 //! steady and soak), `PIPELINE_SATURATION_INTERVAL` (200ms),
-//! `PIPELINE_CONCURRENCY` (128), `PIPELINE_DWELL` (5s), `PIPELINE_WARMUP`
+//! `PIPELINE_CONCURRENCY` (128), `PIPELINE_DWELL` (4.5s), `PIPELINE_WARMUP`
 //! (5s), `PIPELINE_SATURATION_SECONDS` (20), `PIPELINE_PEER_SECONDS` (20; 0
 //! skips the peer), `PIPELINE_SECONDS` (20, the steady window; 0 skips it),
 //! `PIPELINE_COMMAND_SECONDS` (5; 0 skips commands),

@@ -57,7 +57,7 @@ const RESPONSES_CAPACITY: usize = 1024;
 
 /// How often the allocator's free pages go back to the system (see
 /// `malloc.rs`).
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Orders from the cluster coordinator to the poller waiting at most.
 const CONTROL_CAPACITY: usize = 64;

@@ -68,9 +68,13 @@ const CLOSED_AFTER: &str = "SELECT json_group_array(json_array(id, agent, status
 const CHUNK_ROWS: usize = 256;
 
 /// The row counts multi-row statements are built for: a batch is cut into as
-/// many chunks of the largest size as fit, then of the next, so only three
-/// statements of each kind exist and each stays prepared in sqlx's cache.
-const CHUNK_SIZES: [usize; 3] = [CHUNK_ROWS, 16, 1];
+/// many chunks of the largest size as fit, then of the next, so a batch of
+/// `n` rows below [`CHUNK_ROWS`] takes one statement per bit set in `n` (at
+/// most eight; a tick's 18 transitions two, where sizes 16 and 1 took
+/// three and 15 rows took fifteen), each statement a round trip to the
+/// connection's thread. Nine shapes of each kind, each prepared once and
+/// kept in sqlx's statement cache.
+const CHUNK_SIZES: [usize; 9] = [CHUNK_ROWS, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// `rows` cut into chunks of the sizes in `CHUNK_SIZES`.
 fn chunks<T>(mut rows: &[T]) -> Vec<&[T]> {
@@ -392,7 +396,9 @@ mod tests {
     fn batches_are_cut_into_few_statement_shapes() {
         let rows: Vec<usize> = (0..(2 * CHUNK_ROWS + 35)).collect();
         let sizes: Vec<usize> = chunks(&rows).iter().map(|chunk| chunk.len()).collect();
-        assert_eq!(sizes, [CHUNK_ROWS, CHUNK_ROWS, 16, 16, 1, 1, 1]);
+        assert_eq!(sizes, [CHUNK_ROWS, CHUNK_ROWS, 32, 2, 1]);
+        let sizes: Vec<usize> = chunks(&rows[..15]).iter().map(|c| c.len()).collect();
+        assert_eq!(sizes, [8, 4, 2, 1], "one statement per bit of the count");
         assert!(chunks::<usize>(&[]).is_empty());
         assert_eq!(placeholders(2, 3), "($1,$2),($3,$4),($5,$6)");
     }
