@@ -52,6 +52,60 @@ pub struct Config {
     pub payload: Value,
 }
 
+/// The topics of this bridge's discovery configs, answered without holding
+/// them: per agent only its object id (5,000 agents with four entities each
+/// as topic strings were 2.6 MB for the bridge's lifetime). Built by
+/// [`Discovery::current_configs`]; [`CurrentConfigs::contains`] agrees with
+/// the topics [`Discovery::configs`] publishes (tested).
+#[derive(Debug, Clone)]
+pub struct CurrentConfigs {
+    /// `<discovery prefix>/`.
+    prefix: String,
+    /// The node id ([`Discovery::node`]).
+    node: String,
+    /// Each agent's object id ([`topic_id`]), and whether it has queue
+    /// switches.
+    agents: std::collections::HashMap<String, bool>,
+    /// `_queue_<queue>` for each allowed queue, made safe like an object id.
+    queue_suffixes: Vec<String>,
+}
+
+impl CurrentConfigs {
+    /// True for the topic of a config the bridge publishes now.
+    pub fn contains(&self, topic: &str) -> bool {
+        let Some(rest) = topic.strip_prefix(self.prefix.as_str()) else {
+            return false;
+        };
+        let mut parts = rest.split('/');
+        let (Some(component), Some(node), Some(object), Some("config"), None) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return false;
+        };
+        if node != self.node {
+            return false;
+        }
+        let agent = |suffix: &str| {
+            object
+                .strip_suffix(suffix)
+                .and_then(|id| self.agents.get(id).copied())
+        };
+        match component {
+            "binary_sensor" => object == "bridge_connection" || agent("_on_a_call").is_some(),
+            "sensor" => agent("_status").is_some() || agent("_status_since").is_some(),
+            "switch" => self
+                .queue_suffixes
+                .iter()
+                .any(|suffix| agent(suffix) == Some(true)),
+            _ => false,
+        }
+    }
+}
+
 /// A status as Home Assistant shows it (see the module doc).
 pub fn ha_status(status: Status) -> &'static str {
     match status {
@@ -115,13 +169,26 @@ impl Discovery {
         }
     }
 
-    /// The topics of [`Discovery::configs`]: a retained config found on any
-    /// other topic under [`Discovery::own_configs_filter`] is stale.
-    pub fn config_topics(&self) -> std::collections::HashSet<String> {
-        (0..self.groups())
-            .flat_map(|group| self.group(group))
-            .map(|config| config.topic)
-            .collect()
+    /// Which topics [`Discovery::configs`] publishes: a retained config
+    /// found on any other topic under [`Discovery::own_configs_filter`] is
+    /// stale.
+    pub fn current_configs(&self) -> CurrentConfigs {
+        let with_extension: std::collections::HashSet<&AgentId> =
+            self.agents_with_extension.iter().collect();
+        CurrentConfigs {
+            prefix: format!("{}/", self.prefix),
+            node: self.node(),
+            agents: self
+                .agents
+                .iter()
+                .map(|(agent, _)| (topic_id(agent.as_str()), with_extension.contains(agent)))
+                .collect(),
+            queue_suffixes: self
+                .queues
+                .iter()
+                .map(|queue| topic_id(&format!("_queue_{queue}")))
+                .collect(),
+        }
     }
 
     fn topic(&self, component: &str, object: &str) -> String {
@@ -286,6 +353,35 @@ mod tests {
             queues: vec!["500".into(), "501".into()],
             agents_with_extension: vec![alice],
             version: "1.2.3".into(),
+        }
+    }
+
+    #[test]
+    fn current_configs_are_exactly_the_published_topics() {
+        let discovery = discovery();
+        let current = discovery.current_configs();
+        for config in discovery.configs() {
+            assert!(current.contains(&config.topic), "{}", config.topic);
+        }
+        for stale in [
+            // An agent no longer configured, with every entity.
+            "homeassistant/sensor/site_pbx/carol_status/config",
+            "homeassistant/binary_sensor/site_pbx/carol_on_a_call/config",
+            "homeassistant/sensor/site_pbx/carol_status_since/config",
+            // Bob has no queue extension; 502 is not an allowed queue.
+            "homeassistant/switch/site_pbx/bob_queue_500/config",
+            "homeassistant/switch/site_pbx/alice_queue_502/config",
+            // A known object under another component, node or prefix.
+            "homeassistant/switch/site_pbx/alice_status/config",
+            "homeassistant/sensor/other_node/alice_status/config",
+            "ha/sensor/site_pbx/alice_status/config",
+            // Not a config topic.
+            "homeassistant/sensor/site_pbx/alice_status/config/x",
+            "homeassistant/sensor/site_pbx/alice_status",
+            "homeassistant/sensor/site_pbx/alice/config",
+            "homeassistant/sensor/site_pbx/_status/config",
+        ] {
+            assert!(!current.contains(stale), "{stale} is stale");
         }
     }
 

@@ -284,7 +284,7 @@ impl Application {
                 .then(|| config.homeassistant.status_topic.clone()),
             discovery: discovery
                 .as_ref()
-                .map(|discovery| (discovery.own_configs_filter(), discovery.config_topics())),
+                .map(|discovery| (discovery.own_configs_filter(), discovery.current_configs())),
             shared_group: self.cluster.map(|_| SHARE_GROUP.to_owned()),
             presence: Presence {
                 own: topics.bridge_member_state(&config.bridge.id),

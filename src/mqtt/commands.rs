@@ -28,7 +28,7 @@
 //!   of the configs it publishes (an agent taken out of the configuration)
 //!   is removed with an empty retained message.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,6 +40,7 @@ use tracing::{debug, info, warn};
 use super::client::{Client, Connection, Filter, Message, NetEvent, Protocol};
 use super::session::{self, Session};
 use super::{Incoming, Outgoing};
+use crate::homeassistant::CurrentConfigs;
 use crate::metrics::Metrics;
 
 /// Requests held for the dispatcher at most; beyond this the connection
@@ -61,9 +62,9 @@ pub struct Subscriptions {
     /// Home Assistant's status topic (its birth message), when discovery is
     /// on.
     pub ha_status: Option<String>,
-    /// The filter of this bridge's own discovery configs, and the topics of
-    /// the ones it publishes now.
-    pub discovery: Option<(String, HashSet<String>)>,
+    /// The filter of this bridge's own discovery configs, and which of
+    /// them it publishes now.
+    pub discovery: Option<(String, CurrentConfigs)>,
     /// Several bridges: the MQTT 5 / 3.1.1 shared subscription group the
     /// request filters join (`$share/<group>/...`), so each request goes
     /// to one bridge.
