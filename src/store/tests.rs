@@ -513,6 +513,17 @@ async fn sqlite_file_and_directories_are_created_when_missing() {
     assert!(absolute.is_file());
 }
 
+/// One SQLite setting of a connection of `pool`.
+async fn pragma<T>(pool: &sqlx::SqlitePool, name: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
+{
+    sqlx::query_scalar(&format!("PRAGMA {name}"))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn sqlite_uses_wal_and_full_sync() {
     let dir = tempfile::tempdir().unwrap();
@@ -525,22 +536,10 @@ async fn sqlite_uses_wal_and_full_sync() {
         let Backend::Sqlite(pool) = backend else {
             panic!("an SQLite store")
         };
-        let journal: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let foreign_keys: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(pool)
-            .await
-            .unwrap();
-        let cache_size: i64 = sqlx::query_scalar("PRAGMA cache_size")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+        let journal: String = pragma(pool, "journal_mode").await;
+        let synchronous: i64 = pragma(pool, "synchronous").await;
+        let foreign_keys: i64 = pragma(pool, "foreign_keys").await;
+        let cache_size: i64 = pragma(pool, "cache_size").await;
         assert_eq!(
             (journal.as_str(), synchronous, foreign_keys, cache_size),
             ("wal", 2, 1, -cache_kib)
