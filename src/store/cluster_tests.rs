@@ -269,7 +269,10 @@ async fn a_bridge_paused_inside_a_transaction_does_not_stall_the_others() {
         .await
         .unwrap();
     let paused = database.open().await;
-    let mut transaction = paused.postgres_pool().unwrap().begin().await.unwrap();
+    // The bridge's own kind of write transaction (`begin_write`).
+    let mut transaction = super::dialect::WritePool::begin_write(paused.postgres_pool().unwrap())
+        .await
+        .unwrap();
     sqlx::query("UPDATE bridge_meta SET value = value WHERE key = 'last_seq'")
         .execute(&mut *transaction)
         .await

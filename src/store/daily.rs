@@ -125,7 +125,7 @@ impl Store {
     async fn rebuild_daily_totals(&self, tz: Tz) -> Result<u64, StoreError> {
         let failed = || StoreError::query("rebuilding the per-day totals");
         with_pool!(&self.writer, |pool, _d| {
-            let mut transaction = pool.begin_write().await.map_err(failed())?;
+            let mut transaction = pool.begin_long_write().await.map_err(failed())?;
             for sql in [
                 "DELETE FROM daily_rollup",
                 "DELETE FROM daily_status",

@@ -79,8 +79,18 @@ pub(crate) trait WritePool {
     /// The sqlx database.
     type Database: sqlx::Database;
 
-    /// Starts a transaction that will write.
+    /// Starts a transaction that will write and goes from statement to
+    /// statement at once (a history batch, a lease step, a claim). On
+    /// PostgreSQL it may sit idle between statements for at most
+    /// a second (`BEGIN_SHORT_WRITE` in `postgres.rs`).
     fn begin_write(
+        &self,
+    ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
+
+    /// Starts a transaction that will write with long work of its own
+    /// between statements (rebuilding the per-day totals, an import): no
+    /// idle limit.
+    fn begin_long_write(
         &self,
     ) -> impl Future<Output = Result<sqlx::Transaction<'static, Self::Database>, sqlx::Error>> + Send;
 }

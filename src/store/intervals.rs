@@ -495,7 +495,7 @@ impl Store {
         let closed = ClosedInterval::from_inserts(&rows);
         let failed = StoreError::query("importing intervals");
         with_pool!(&self.writer, |pool, _d| {
-            let mut transaction = pool.begin_write().await.map_err(failed)?;
+            let mut transaction = pool.begin_long_write().await.map_err(failed)?;
             transaction
                 .insert_intervals(&rows)
                 .await

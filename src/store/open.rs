@@ -63,19 +63,6 @@ const READER_CONNECTIONS: u32 = 3;
 /// accept one) before an operation fails.
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a PostgreSQL writing session may sit idle inside a transaction
-/// before the server ends it (`idle_in_transaction_session_timeout`). The
-/// bridge's own transactions go from statement to statement in
-/// milliseconds; a bridge paused mid-transaction (SIGSTOP, a VM frozen, a
-/// swap storm) would otherwise hold its row locks (the `last_seq` counter,
-/// its leases `FOR SHARE`) and stall every other bridge's history and
-/// take-overs until it wakes. Shorter than the shortest lease
-/// (`takeover_after` ≥ 2 s gives leases ≥ 1.33 s), so the locks are gone
-/// before the leases expire; the paused bridge finds its transaction
-/// rolled back when it wakes, which its writer treats as an unknown outcome
-/// (it asks the database whether the batch landed).
-const PG_IDLE_IN_TRANSACTION: Duration = Duration::from_secs(1);
-
 /// Migrations for SQLite, embedded at build time (`migrations/sqlite`).
 static SQLITE_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -322,21 +309,17 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
             url: redact_url(url),
             source,
         })?;
-    let pool = |connections, options: PgConnectOptions| {
+    let pool = |connections| {
         PgPoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options)
+            .connect_lazy_with(options.clone())
     };
-    let writer_options = options.clone().options([(
-        "idle_in_transaction_session_timeout",
-        PG_IDLE_IN_TRANSACTION.as_millis().to_string(),
-    )]);
-    let writer = Backend::Postgres(pool(WRITER_CONNECTIONS, writer_options));
+    let writer = Backend::Postgres(pool(WRITER_CONNECTIONS));
     let store = Store {
         history: writer.clone(),
         writer,
-        reader: Backend::Postgres(pool(READER_CONNECTIONS, options)),
+        reader: Backend::Postgres(pool(READER_CONNECTIONS)),
         daily: None,
     };
     // Closing only tells the server goodbye; the pools open their own.

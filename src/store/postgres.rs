@@ -12,6 +12,20 @@ use super::rows::{
     Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
 };
 
+/// Starts a write transaction that the server ends when it sits idle
+/// between two statements for a second: a bridge paused inside a batch
+/// (SIGSTOP, a frozen VM, a swap storm) would otherwise hold its row locks
+/// (the `last_seq` counter, its leases `FOR SHARE`) and stall every other
+/// bridge's history and take-overs until it wakes. A second is shorter than
+/// the shortest lease (`takeover_after` ≥ 2 s gives leases ≥ 1.33 s), so
+/// the locks are gone before the leases expire; the paused bridge finds its
+/// transaction rolled back when it wakes, which its writer treats as an
+/// unknown outcome (it asks whether the batch landed). `SET LOCAL`: it ends
+/// with the transaction, so a connection pooler never carries it to
+/// another client, and long transactions (`begin_long_write`) have no
+/// limit.
+const BEGIN_SHORT_WRITE: &str = "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 1000";
+
 /// New details for open intervals, one array per column.
 const UPDATE_DETAILS: &str = "UPDATE intervals AS i \
      SET reason = u.reason, extension_status = u.extension_status, destination = u.destination \
@@ -104,6 +118,12 @@ impl WritePool for PgPool {
     type Database = sqlx::Postgres;
 
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        super::dialect::begin_on_clean_connection(self, Some(BEGIN_SHORT_WRITE)).await
+    }
+
+    async fn begin_long_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
         super::dialect::begin_on_clean_connection(self, None).await
     }
 }

@@ -148,6 +148,12 @@ impl WritePool for SqlitePool {
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
         super::dialect::begin_on_clean_connection(self, Some(BEGIN_WRITE)).await
     }
+
+    async fn begin_long_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.begin_write().await
+    }
 }
 
 impl BulkWrites for SqliteConnection {
