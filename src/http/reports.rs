@@ -119,7 +119,19 @@ async fn bounded<T>(
         .map_err(|_| ApiError::Busy {
             max: limits.max_concurrent,
         })?;
-    match tokio::time::timeout(limits.timeout, report).await {
+    let report = tokio::time::timeout(limits.timeout, report);
+    // A report computes for up to seconds between its queries without
+    // yielding, and `run` has one runtime worker (`cli::RUN_WORKERS`), which
+    // the history writer and the publisher need meanwhile: `block_in_place`
+    // hands that worker's other tasks to another thread while this one
+    // computes. (A current-thread runtime, as in some tests, cannot.)
+    let computed = match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(report)
+        }),
+        _ => report.await,
+    };
+    match computed {
         Ok(result) => result.map_err(ApiError::Report),
         Err(_) => Err(ApiError::Report(ReportError::TimedOut(limits.timeout))),
     }
