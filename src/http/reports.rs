@@ -126,9 +126,9 @@ async fn bounded<T>(
     // hands that worker's other tasks to another thread while this one
     // computes. (A current-thread runtime, as in some tests, cannot.)
     let computed = match tokio::runtime::Handle::current().runtime_flavor() {
-        tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(report)
-        }),
+        tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(report))
+        }
         _ => report.await,
     };
     match computed {
