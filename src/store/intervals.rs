@@ -353,7 +353,7 @@ impl Store {
         now: DateTime<Utc>,
         handovers: Option<&std::collections::HashMap<AgentId, Handover>>,
     ) -> Result<ResumedAgents, StoreError> {
-        with_pool!(&self.writer, |pool, dialect| {
+        with_pool!(&self.history, |pool, dialect| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -448,7 +448,7 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let failed = || StoreError::query("closing the history");
-        with_pool!(&self.writer, |pool, _d| {
+        with_pool!(&self.history, |pool, _d| {
             let mut transaction = pool.begin_write().await.map_err(failed())?;
             let closed: Vec<ClosedInterval> = match agents {
                 None => sqlx::query_as(CLOSE_ALL_OPEN)

@@ -63,13 +63,15 @@ use self::dialect::with_pool;
 #[derive(Debug, Clone)]
 pub struct Store {
     /// The pool the history writer writes with (batches, heartbeats, the
-    /// acknowledged mark). On SQLite a pool of its own with one connection,
+    /// acknowledged mark), and the start-up and shutdown bursts before and
+    /// after it runs (resume, take-over, the per-day rebuild, closing the
+    /// history). On SQLite a pool of its own with one connection,
     /// so every batch finds that connection's page cache warm: two
     /// connections taking turns would each find its cache emptied by the
     /// other's last commit and read the pages back. On PostgreSQL the same
     /// pool as `writer`.
     history: Backend,
-    /// The pool everything else writes with (audit, leases, resume,
+    /// The pool everything else writes with (audit, leases, claims,
     /// migrations) and readiness checks use, so they never queue behind a
     /// history batch.
     writer: Backend,
