@@ -154,16 +154,31 @@ impl<S: AgentSource> Poller<S> {
         self,
         shutdown: CancellationToken,
     ) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
         let (done, finished) = tokio::sync::oneshot::channel();
+        let (started, start) = std::sync::mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("pbx2mqtt-poller".into())
             .spawn(move || {
+                // Built (and dropped) on its own thread, never inside the
+                // caller's runtime.
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(error) => {
+                        let _ = started.send(Err(error));
+                        return;
+                    }
+                };
+                let _ = started.send(Ok(()));
                 runtime.block_on(self.run(shutdown));
                 let _ = done.send(());
             })?;
+        // Waits the microseconds the runtime takes to build.
+        start
+            .recv()
+            .map_err(|_| std::io::Error::other("the poller's thread ended at start"))??;
         Ok(finished)
     }
 
