@@ -21,8 +21,14 @@ use crate::settings::{
     Settings, Stage, COMMAND_QUEUE, FIRST_EXTENSION, FIRST_TRING_EXTENSION, PIN, STARTUP_LIMIT,
 };
 
-/// The release binary under test.
+/// The release binary under test (the simulator always runs from it).
 const BINARY: &str = env!("CARGO_BIN_EXE_pbx2mqtt");
+
+/// The bridge's binary: [`BINARY`], or `PIPELINE_BRIDGE_BINARY` when set (an
+/// older build compared in the same minutes by `benches/ab.sh`).
+fn bridge_binary() -> std::ffi::OsString {
+    std::env::var_os("PIPELINE_BRIDGE_BINARY").unwrap_or_else(|| BINARY.into())
+}
 
 /// The simulator's TRiNG key.
 const KEY: &str = "bench-key-4410";
@@ -357,7 +363,7 @@ pub fn write_bridge_config(
 
 /// Starts `pbx2mqtt run` with the generated configuration.
 pub fn start_bridge(config: &Path, dir: &Path) -> anyhow::Result<ChildProcess> {
-    let mut command = Command::new(BINARY);
+    let mut command = Command::new(bridge_binary());
     command
         .arg("--config")
         .arg(config)

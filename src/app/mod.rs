@@ -408,6 +408,11 @@ impl Application {
             .http
             .map(|server| tokio::spawn(server.run(shutdown.clone())));
         tokio::spawn(crate::malloc::trim_every(TRIM_EVERY, shutdown.clone()));
+        tokio::spawn(crate::store::keep_wal_short(
+            self.store.clone(),
+            crate::store::CHECKPOINT_EVERY,
+            shutdown.clone(),
+        ));
         info!(
             agents = config.agents.len(),
             bridge = %config.bridge.id,

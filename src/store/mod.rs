@@ -26,6 +26,7 @@
 //! database password in an error or a log line.
 
 mod audit;
+mod checkpoint;
 mod cluster;
 mod daily;
 mod delivery;
@@ -48,6 +49,7 @@ pub(crate) mod test_database;
 pub(crate) mod tests;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord, MAX_REQUEST_CHARS};
+pub use checkpoint::{keep_wal_short, CheckpointMode, Checkpointed, CHECKPOINT_EVERY};
 pub use cluster::{owner_of, ClusterTick};
 pub use daily::{DailyParts, DailyTotals};
 pub use error::StoreError;

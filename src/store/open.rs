@@ -39,11 +39,18 @@ const SQLITE_WRITER_CACHE_KIB: u32 = 1024;
 /// resident memory low.
 const SQLITE_READER_CACHE_KIB: u32 = 1024;
 
-/// WAL pages after which a commit checkpoints (SQLite's default is 1000,
-/// 4 MiB). A 4096-interval batch writes over a thousand pages, so the default
-/// checkpoints after nearly every commit; 4000 (16 MiB of WAL on disk)
-/// checkpoints each page once for several batches.
+/// WAL pages after which a commit on the other writing connection (audit,
+/// imports) checkpoints (SQLite's default is 1000, 4 MiB). A 4096-interval
+/// batch writes over a thousand pages, so the default checkpoints after
+/// nearly every commit; 4000 (16 MiB of WAL on disk) checkpoints each page
+/// once for several batches. The history writer's connection never
+/// checkpoints: `checkpoint.rs` does, off its path.
 const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
+
+/// The size a WAL file is cut back to when a writer starts it over after a
+/// burst (SQLite's default keeps the largest it ever was): 16 MiB, more than
+/// a second of history at 5,000 agents polled every second.
+const SQLITE_WAL_SIZE_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Writing connections besides the history writer's: audit batches, leases
 /// and readiness checks, which then never queue behind a batch. On SQLite
@@ -197,7 +204,7 @@ fn sqlite_options(url: &str) -> Result<SqliteConnectOptions, StoreError> {
 async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     let options = sqlite_options(url)?;
     create_parent_directory(options.get_filename())?;
-    let writing = |connections, cache_kib: u32| {
+    let writing = |connections, cache_kib: u32, autocheckpoint_pages: u32| {
         SqlitePoolOptions::new()
             .max_connections(connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
@@ -213,15 +220,20 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Full)
                     .pragma("cache_size", format!("-{cache_kib}"))
+                    .pragma("wal_autocheckpoint", autocheckpoint_pages.to_string())
                     .pragma(
-                        "wal_autocheckpoint",
-                        SQLITE_WAL_AUTOCHECKPOINT_PAGES.to_string(),
+                        "journal_size_limit",
+                        SQLITE_WAL_SIZE_LIMIT_BYTES.to_string(),
                     ),
             )
     };
-    let writer = writing(SQLITE_WRITER_CONNECTIONS, SQLITE_WRITER_CACHE_KIB)
-        .await
-        .map_err(|error| connect_error(url, &error))?;
+    let writer = writing(
+        SQLITE_WRITER_CONNECTIONS,
+        SQLITE_WRITER_CACHE_KIB,
+        SQLITE_WAL_AUTOCHECKPOINT_PAGES,
+    )
+    .await
+    .map_err(|error| connect_error(url, &error))?;
     SQLITE_MIGRATOR
         .run(&writer)
         .await
@@ -229,7 +241,7 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             url: redact_url(url),
             source,
         })?;
-    let history = writing(1, SQLITE_HISTORY_CACHE_KIB)
+    let history = writing(1, SQLITE_HISTORY_CACHE_KIB, 0)
         .await
         .map_err(|error| connect_error(url, &error))?;
     let reader = sqlite_reader(options, url).await?;
