@@ -50,7 +50,7 @@ use crate::status::{Observation, Tracker};
 /// The longest a change waits in the queue for the rest of its tick's polls
 /// before the writer is woken anyway (a slow poll does not hold back the
 /// others' changes).
-pub const HOLD_MAX: Duration = Duration::from_millis(0);
+pub const HOLD_MAX: Duration = Duration::from_millis(3);
 
 /// Something that can poll one agent's status (the Belfabriek client).
 pub trait AgentSource: Send + Sync + 'static {

@@ -49,7 +49,7 @@ pub(crate) mod test_database;
 pub(crate) mod tests;
 
 pub use audit::{AuditEntry, AuditOutcome, AuditRecord, MAX_REQUEST_CHARS};
-pub use checkpoint::{keep_wal_short, CheckpointMode, Checkpointed, CHECKPOINT_EVERY};
+pub use checkpoint::{keep_wal_short, Checkpointed, CHECKPOINT_EVERY};
 pub use cluster::{owner_of, ClusterTick};
 pub use daily::{DailyParts, DailyTotals};
 pub use error::StoreError;

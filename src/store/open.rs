@@ -43,8 +43,8 @@ const SQLITE_READER_CACHE_KIB: u32 = 1024;
 /// imports) checkpoints (SQLite's default is 1000, 4 MiB). A 4096-interval
 /// batch writes over a thousand pages, so the default checkpoints after
 /// nearly every commit; 4000 (16 MiB of WAL on disk) checkpoints each page
-/// once for several batches. The history writer's connection never
-/// checkpoints: `checkpoint.rs` does, off its path.
+/// once for several batches. The history writer's connection checkpoints
+/// only as a safety net: `checkpoint.rs` does, off its path.
 const SQLITE_WAL_AUTOCHECKPOINT_PAGES: u32 = 4000;
 
 /// The size a WAL file is cut back to when a writer starts it over after a
@@ -241,9 +241,13 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             url: redact_url(url),
             source,
         })?;
-    let history = writing(1, SQLITE_HISTORY_CACHE_KIB, 0)
-        .await
-        .map_err(|error| connect_error(url, &error))?;
+    let history = writing(
+        1,
+        SQLITE_HISTORY_CACHE_KIB,
+        super::checkpoint::HISTORY_AUTOCHECKPOINT_PAGES,
+    )
+    .await
+    .map_err(|error| connect_error(url, &error))?;
     let reader = sqlite_reader(options, url).await?;
     Ok(Store {
         history: Backend::Sqlite(history),
