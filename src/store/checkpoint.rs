@@ -13,7 +13,8 @@
 //! the WAL while it copies. SQLite starts the WAL over at the first commit
 //! after a checkpoint that copied all of it, so a round of checkpoints ends
 //! with quick passes that copy only what was committed meanwhile (see
-//! [`checkpoint_round`]).
+//! [`checkpoint_round`]), and a round that still did not catch up is tried
+//! again after [`RETRY_AFTER`].
 //!
 //! The history writer's own connection checkpoints only past
 //! [`HISTORY_AUTOCHECKPOINT_PAGES`] (see `open.rs`), far above what a second
@@ -42,6 +43,10 @@ pub const HISTORY_AUTOCHECKPOINT_PAGES: u32 = 16_000;
 /// Checkpoints after the first of a round that only copy the frames
 /// committed while the one before ran.
 const CATCH_UP_PASSES: u32 = 4;
+
+/// The pause after a round that did not catch up (commits kept landing
+/// between its passes): the next round tries again soon, not a second later.
+const RETRY_AFTER: Duration = Duration::from_millis(50);
 
 /// What one checkpoint did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,50 +91,73 @@ pub async fn keep_wal_short(store: Store, every: Duration, shutdown: Cancellatio
     if store.is_shared() {
         return;
     }
-    let mut ticks = tokio::time::interval(every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let started = Instant::now();
+        let caught_up = match checkpoint_round(&store).await {
+            Ok(Some(round)) => {
+                debug!(
+                    round.last.wal_frames,
+                    round.last.copied_frames,
+                    round.passes,
+                    round.caught_up,
+                    took_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    "WAL checkpointed"
+                );
+                round.caught_up
+            }
+            Ok(None) => return,
+            Err(error) => {
+                warn!(%error, "checkpointing the WAL failed; trying again");
+                true // Not sooner than usual: the disk may be full.
+            }
+        };
+        let pause = if caught_up {
+            every
+        } else {
+            every.min(RETRY_AFTER)
+        };
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let started = Instant::now();
-        match checkpoint_round(&store).await {
-            Ok(Some((done, passes))) => debug!(
-                done.wal_frames,
-                done.copied_frames,
-                passes,
-                took_ms = started.elapsed().as_secs_f64() * 1000.0,
-                "WAL checkpointed"
-            ),
-            Ok(None) => return,
-            Err(error) => warn!(%error, "checkpointing the WAL failed; trying again"),
+            () = tokio::time::sleep(pause) => {}
         }
     }
+}
+
+/// What a round of checkpoints did.
+#[derive(Debug, Clone, Copy)]
+struct Round {
+    /// The last checkpoint's result.
+    last: Checkpointed,
+    /// Checkpoints in the round.
+    passes: u32,
+    /// True when the last pass found no new frame and copied them all: the
+    /// next commit starts the WAL over.
+    caught_up: bool,
 }
 
 /// One round of checkpoints: the first copies what the WAL holds; while
 /// commits landed meanwhile, up to [`CATCH_UP_PASSES`] more copy just those
 /// (a batch's frames, a millisecond), so that the round most likely ends
-/// with the whole WAL copied between two commits. The last checkpoint's
-/// result and the number of passes; `None` on PostgreSQL.
-async fn checkpoint_round(store: &Store) -> Result<Option<(Checkpointed, u32)>, StoreError> {
-    let Some(mut done) = store.checkpoint_wal().await? else {
+/// with the whole WAL copied between two commits. `None` on PostgreSQL.
+async fn checkpoint_round(store: &Store) -> Result<Option<Round>, StoreError> {
+    let Some(mut last) = store.checkpoint_wal().await? else {
         return Ok(None);
     };
     let mut passes = 1;
-    while passes <= CATCH_UP_PASSES {
+    let mut caught_up = false;
+    while passes <= CATCH_UP_PASSES && !caught_up {
         let Some(next) = store.checkpoint_wal().await? else {
             break;
         };
         passes += 1;
-        let caught_up = next.wal_frames == done.wal_frames && next.complete();
-        done = next;
-        if caught_up {
-            break;
-        }
+        caught_up = next.wal_frames == last.wal_frames && next.complete();
+        last = next;
     }
-    Ok(Some((done, passes)))
+    Ok(Some(Round {
+        last,
+        passes,
+        caught_up,
+    }))
 }
 
 #[cfg(test)]
