@@ -227,6 +227,7 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
         events.iter().map(|(_, seq)| *seq).collect::<Vec<_>>(),
         [1, 2, 3]
     );
+    assert_eq!(metrics.history_failure(), None, "/readyz is ready again");
     assert_eq!(
         rows(&store.intervals(None, at(0), at(100)).await.unwrap()),
         [
@@ -235,6 +236,32 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
             row("alice", Status::OnCall, 3, None, Some(3)),
         ]
     );
+    writer.shutdown.cancel();
+    tokio::time::timeout(WAIT, writer.task)
+        .await
+        .unwrap()
+        .unwrap();
+    store.close().await;
+}
+
+/// A failure left behind by a batch that was then dropped (its agents taken
+/// over by another bridge, see `CommitOutcome::Fenced`) is cleared by the
+/// next stored batch: `/readyz` never keeps reporting a failure that is over.
+async fn a_stored_batch_clears_a_failure_left_behind(database: &TestDatabase) {
+    let store = database.open().await;
+    let writer = spawn_writer(&store, 0, Duration::from_secs(10));
+    writer
+        .metrics
+        .set_history_failure(Some("history database failed earlier".into()));
+    writer.changes.push(transition(
+        "alice",
+        Status::Unknown,
+        0,
+        Status::Available,
+        1,
+    ));
+    committed_events(&writer.latest, 1, 1).await;
+    assert_eq!(writer.metrics.history_failure(), None);
     writer.shutdown.cancel();
     tokio::time::timeout(WAIT, writer.task)
         .await
@@ -278,5 +305,6 @@ async fn shutdown_is_bounded_while_the_database_fails(database: &TestDatabase) {
 backend_tests!(
     writer_commits_then_publishes_with_increasing_seq,
     writer_keeps_and_retries_a_batch_while_the_database_fails,
+    a_stored_batch_clears_a_failure_left_behind,
     shutdown_is_bounded_while_the_database_fails,
 );

@@ -260,15 +260,19 @@ impl HistoryWriter {
                     self.metrics
                         .history_batch_duration
                         .observe(started.elapsed());
+                    // Whatever failed before (this batch, or one whose agents
+                    // were then taken over and dropped) is over.
+                    self.metrics.set_history_failure(None);
                     if failed {
-                        self.metrics.set_history_failure(None);
                         tracing::info!(changes = batch.len(), "history recorded again");
                     }
                     break first_seq;
                 }
                 Ok(CommitOutcome::Fenced { lost }) => {
                     // Another bridge owns these agents now: their changes are
-                    // its to record. The rest goes on at once.
+                    // its to record. The rest goes on at once. The database
+                    // answered: an earlier failure is over.
+                    self.metrics.set_history_failure(None);
                     tracing::warn!(
                         agents = lost.len(),
                         "agents taken over by another bridge; their waiting changes are dropped"
