@@ -36,6 +36,17 @@ struct RunningWriter {
     task: tokio::task::JoinHandle<()>,
 }
 
+impl RunningWriter {
+    /// Stops the writer and waits (at most [`WAIT`]) until it has.
+    async fn stop(&mut self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(WAIT, &mut self.task)
+            .await
+            .expect("the writer stops")
+            .unwrap();
+    }
+}
+
 fn spawn_writer(store: &Store, last_seq: u64, shutdown_timeout: Duration) -> RunningWriter {
     let changes = ChangeQueue::new();
     let latest = LatestStates::new([], last_seq);
@@ -86,7 +97,7 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
     )
     .await
     .unwrap();
-    let writer = spawn_writer(&store, 10, Duration::from_secs(10));
+    let mut writer = spawn_writer(&store, 10, Duration::from_secs(10));
     let mut detail = state("alice", Status::Available, 0, 0);
     detail.extension_status = Some("idle".into());
     let changes = [
@@ -136,11 +147,7 @@ async fn writer_commits_then_publishes_with_increasing_seq(database: &TestDataba
     writer
         .changes
         .push(transition("bob", Status::Paused, 1, Status::Available, 3));
-    writer.shutdown.cancel();
-    tokio::time::timeout(WAIT, writer.task)
-        .await
-        .unwrap()
-        .unwrap();
+    writer.stop().await;
     assert_eq!(writer.latest.committed_seq(), 14);
     assert_eq!(store.last_seq().await.unwrap(), 14);
     assert!(meta(&store, "heartbeat_at").await.is_some());
@@ -185,7 +192,7 @@ async fn block_history(database: &TestDatabase, store: &Store) -> &'static [&'st
 async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &TestDatabase) {
     let store = database.open().await;
     let unblock = block_history(database, &store).await;
-    let writer = spawn_writer(&store, 0, Duration::from_secs(10));
+    let mut writer = spawn_writer(&store, 0, Duration::from_secs(10));
     writer.changes.push(transition(
         "alice",
         Status::Unknown,
@@ -236,11 +243,7 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
             row("alice", Status::OnCall, 3, None, Some(3)),
         ]
     );
-    writer.shutdown.cancel();
-    tokio::time::timeout(WAIT, writer.task)
-        .await
-        .unwrap()
-        .unwrap();
+    writer.stop().await;
     store.close().await;
 }
 
@@ -249,7 +252,7 @@ async fn writer_keeps_and_retries_a_batch_while_the_database_fails(database: &Te
 /// next stored batch: `/readyz` never keeps reporting a failure that is over.
 async fn a_stored_batch_clears_a_failure_left_behind(database: &TestDatabase) {
     let store = database.open().await;
-    let writer = spawn_writer(&store, 0, Duration::from_secs(10));
+    let mut writer = spawn_writer(&store, 0, Duration::from_secs(10));
     writer
         .metrics
         .set_history_failure(Some("history database failed earlier".into()));
@@ -262,11 +265,7 @@ async fn a_stored_batch_clears_a_failure_left_behind(database: &TestDatabase) {
     ));
     committed_events(&writer.latest, 1, 1).await;
     assert_eq!(writer.metrics.history_failure(), None);
-    writer.shutdown.cancel();
-    tokio::time::timeout(WAIT, writer.task)
-        .await
-        .unwrap()
-        .unwrap();
+    writer.stop().await;
     store.close().await;
 }
 
