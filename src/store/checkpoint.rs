@@ -183,50 +183,33 @@ mod tests {
         }
     }
 
+    /// The history writer's own checkpoint is far above SQLite's default
+    /// of 1,000 pages (the connection settings are checked in
+    /// `store::tests::sqlite_uses_wal_and_full_sync`); a PASSIVE checkpoint
+    /// from the other connection copies the WAL, and the next commit starts
+    /// it over.
     #[tokio::test]
-    async fn the_history_writer_checkpoints_only_past_its_safety_net_and_a_passive_checkpoint_restarts_the_wal(
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
-            .await
-            .unwrap();
-        let (super::Backend::Sqlite(history), super::Backend::Sqlite(writer)) =
-            (&store.history, &store.writer)
-        else {
-            panic!("an SQLite store")
-        };
-        let autocheckpoint = |pool| async move {
-            sqlx::query_scalar::<_, i64>("PRAGMA wal_autocheckpoint")
-                .fetch_one(pool)
-                .await
-                .unwrap()
-        };
-        assert_eq!(
-            autocheckpoint(history).await,
-            i64::from(HISTORY_AUTOCHECKPOINT_PAGES)
-        );
-        assert_eq!(autocheckpoint(writer).await, 4000);
-
-        // Past SQLite's default of 1,000 pages: nothing checkpointed them
-        // (the history connection's safety net is far above).
-        write_on_history(&store, 600).await;
+    async fn a_passive_checkpoint_from_the_other_connection_restarts_the_wal() {
+        let database = TestDatabase::sqlite().await;
+        let store = &database.store;
+        write_on_history(store, 600).await;
         let done = store.checkpoint_wal().await.unwrap().unwrap();
-        assert!(done.wal_frames > 1_000, "{done:?}");
+        assert!(
+            done.wal_frames > 1_000,
+            "nothing checkpointed them: {done:?}"
+        );
         assert!(done.complete(), "{done:?}");
 
-        // The next commit starts the WAL over from its beginning.
-        write_on_history(&store, 1).await;
+        write_on_history(store, 1).await;
         let after = store.checkpoint_wal().await.unwrap().unwrap();
         assert!(after.wal_frames < 10, "{after:?}");
-        store.close().await;
+        database.finish().await;
     }
 
     #[tokio::test]
     async fn the_checkpointer_keeps_the_wal_short_while_history_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
-            .await
-            .unwrap();
+        let database = TestDatabase::sqlite().await;
+        let store = &database.store;
         let stop = CancellationToken::new();
         let checkpointer = tokio::spawn(keep_wal_short(
             store.clone(),
@@ -235,7 +218,7 @@ mod tests {
         ));
         // Batches a few milliseconds apart, as the history writer commits.
         for _ in 0..300 {
-            write_on_history(&store, 5).await;
+            write_on_history(store, 5).await;
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         stop.cancel();
@@ -244,7 +227,7 @@ mod tests {
         // 1,500 transactions wrote over 3,000 frames; the WAL was started
         // over along the way.
         assert!(left.wal_frames < 1_500, "{left:?}");
-        store.close().await;
+        database.finish().await;
     }
 
     /// On PostgreSQL there is no WAL of ours: `None`, and the checkpointer

@@ -514,7 +514,7 @@ async fn sqlite_file_and_directories_are_created_when_missing() {
 }
 
 /// One SQLite setting of a connection of `pool`.
-async fn pragma<T>(pool: &sqlx::SqlitePool, name: &str) -> T
+pub(crate) async fn pragma<T>(pool: &sqlx::SqlitePool, name: &str) -> T
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite> + Send + Unpin,
 {
@@ -530,9 +530,13 @@ async fn sqlite_uses_wal_and_full_sync() {
     let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
         .await
         .unwrap();
-    // The history writer's own connection with the large cache, the other
-    // writing connection with a small one; both WAL, FULL, foreign keys.
-    for (backend, cache_kib) in [(&store.history, 4096), (&store.writer, 1024)] {
+    // The history writer's own connection with the large cache and a
+    // checkpoint only as a safety net (`checkpoint.rs` checkpoints off its
+    // path), the other writing connection with a small cache; both WAL,
+    // FULL, foreign keys, the WAL file cut back to 16 MiB after a burst.
+    for (backend, cache_kib, autocheckpoint) in
+        [(&store.history, 4096, 16_000), (&store.writer, 1024, 4000)]
+    {
         let Backend::Sqlite(pool) = backend else {
             panic!("an SQLite store")
         };
@@ -540,9 +544,18 @@ async fn sqlite_uses_wal_and_full_sync() {
         let synchronous: i64 = pragma(pool, "synchronous").await;
         let foreign_keys: i64 = pragma(pool, "foreign_keys").await;
         let cache_size: i64 = pragma(pool, "cache_size").await;
+        let wal_autocheckpoint: i64 = pragma(pool, "wal_autocheckpoint").await;
+        let journal_size_limit: i64 = pragma(pool, "journal_size_limit").await;
         assert_eq!(
-            (journal.as_str(), synchronous, foreign_keys, cache_size),
-            ("wal", 2, 1, -cache_kib)
+            (
+                journal.as_str(),
+                synchronous,
+                foreign_keys,
+                cache_size,
+                wal_autocheckpoint,
+                journal_size_limit
+            ),
+            ("wal", 2, 1, -cache_kib, autocheckpoint, 16 * 1024 * 1024)
         );
     }
     let Backend::Sqlite(history) = &store.history else {
