@@ -4,8 +4,10 @@
 //!
 //! Everything here is plain data: no IO, no clocks, no configuration lookups.
 
+use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,9 +16,12 @@ use serde::{Deserialize, Serialize};
 ///
 /// Parsed once at the boundary (config, topic, CLI): 1 to 64 ASCII letters,
 /// digits, `_` or `-`, so it can never break a topic (`/`, `+`, `#`) or a URL.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct AgentId(String);
+///
+/// Shared, not copied: every map and state that names an agent holds the
+/// same allocation (a clone is a reference count), so 5,000 agents cost one
+/// string each however many places know them.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AgentId(Arc<str>);
 
 /// Why a string is not a valid [`AgentId`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -32,7 +37,7 @@ impl AgentId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if valid {
-            Ok(Self(raw.to_owned()))
+            Ok(Self(Arc::from(raw)))
         } else {
             Err(InvalidAgentId(raw.chars().take(80).collect()))
         }
@@ -47,6 +52,20 @@ impl AgentId {
 impl fmt::Display for AgentId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Maps keyed by [`AgentId`] can be looked up by `&str` (ids compare and
+/// hash as their text).
+impl Borrow<str> for AgentId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Serialize for AgentId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
     }
 }
 

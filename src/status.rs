@@ -4,7 +4,7 @@
 //! Pure: no IO, no clock (callers pass `now`), no channels. The tracker task
 //! in `app` feeds it poll outcomes and forwards the [`Change`]s it returns.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 
@@ -73,8 +73,10 @@ struct Tracked {
 /// Holds every agent's current state and turns observations into changes.
 #[derive(Debug)]
 pub struct Tracker {
-    /// Current state per agent.
-    agents: HashMap<AgentId, Tracked>,
+    /// Current state per agent. A B-tree built from the sorted agents is
+    /// full to its last node, where a hash table of 5,000 states keeps 8,192
+    /// slots (0.6 MB more); a lookup is a dozen short comparisons.
+    agents: BTreeMap<AgentId, Tracked>,
     /// Reason table from `[status.reasons]`.
     reasons: BTreeMap<String, Status>,
     /// Consecutive failures after which an agent becomes `unknown`.

@@ -222,7 +222,7 @@ impl Application {
     /// Runs the bridge until `shutdown` is cancelled, then stops every part
     /// in order (see the module doc).
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let config = self.config;
+        let mut config = self.config;
         let topics = Topics::new(config.mqtt.base_topic.clone());
         let broker = BrokerOptions::from_config(&config.mqtt);
         let publisher_settings =
@@ -354,9 +354,20 @@ impl Application {
                 alive: timings.lease,
             });
         }
+        let agent_count = config.agents.len();
+        let coordinated_agents: Vec<_> = match self.cluster {
+            Some(_) => config
+                .agents
+                .iter()
+                .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
+                .collect(),
+            None => Vec::new(),
+        };
+        // The poller is the agent list's last reader: it takes it rather
+        // than keep a second copy for the bridge's lifetime.
         let poller = Poller::new(
             belfabriek,
-            config.agents.clone(),
+            std::mem::take(&mut config.agents),
             config.poll.clone(),
             self.tracker,
             changes,
@@ -370,11 +381,7 @@ impl Application {
                 let coordinator = Coordinator::new(
                     self.store.clone(),
                     config.bridge.id.clone(),
-                    config
-                        .agents
-                        .iter()
-                        .map(|agent| (agent.id.clone(), agent.display_name().to_owned()))
-                        .collect(),
+                    coordinated_agents,
                     timings,
                     control_tx,
                     self.latest.clone(),
@@ -414,7 +421,7 @@ impl Application {
             shutdown.clone(),
         ));
         info!(
-            agents = config.agents.len(),
+            agents = agent_count,
             bridge = %config.bridge.id,
             several_bridges = self.cluster.is_some(),
             "bridge running"

@@ -93,6 +93,9 @@ pub const AUDIT_QUEUE: usize = 16_384;
 /// Audit rows written in one transaction at most.
 pub const AUDIT_BATCH: usize = 2048;
 
+/// Rows the writer's buffers keep room for between bursts.
+const AUDIT_KEEP: usize = 64;
+
 /// How often old audit rows are deleted (`commands.audit_retention`).
 const RETENTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -187,8 +190,10 @@ impl AuditWriter {
 
     /// Writes until every sink is dropped.
     pub async fn run(mut self) {
-        let mut taken = Vec::with_capacity(AUDIT_BATCH);
-        let mut batch = Vec::with_capacity(AUDIT_BATCH);
+        // Grown by a burst of commands, given back after it: most of the
+        // day sees a command now and then.
+        let mut taken = Vec::new();
+        let mut batch = Vec::new();
         let mut flushes = Vec::new();
         let mut retention_tick = tokio::time::interval(RETENTION_EVERY);
         retention_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -206,6 +211,8 @@ impl AuditWriter {
                     }
                     self.write(&batch).await;
                     batch.clear();
+                    batch.shrink_to(AUDIT_KEEP);
+                    taken.shrink_to(AUDIT_KEEP);
                     for done in flushes.drain(..) {
                         let _ = done.send(());
                     }

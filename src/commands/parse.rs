@@ -38,7 +38,7 @@ pub struct CommandRules {
     /// `commands.max_payload_bytes`.
     pub max_payload_bytes: usize,
     /// Configured agent id → its `queue_extension` (if any).
-    pub agents: HashMap<String, (AgentId, Option<String>)>,
+    pub agents: HashMap<AgentId, (AgentId, Option<String>)>,
 }
 
 impl CommandRules {
@@ -53,7 +53,7 @@ impl CommandRules {
                 .iter()
                 .map(|agent| {
                     (
-                        agent.id.as_str().to_owned(),
+                        agent.id.clone(),
                         (agent.id.clone(), agent.queue_extension.clone()),
                     )
                 })

@@ -419,6 +419,9 @@ impl Publisher {
         if !self.messages.is_empty() {
             return;
         }
+        // A burst (the start, a broker outage) grows the queue to thousands
+        // of messages; the quiet hours after it need a few.
+        self.messages.shrink_to(2 * STATES_AT_ONCE);
         let changes = self.parts.subscription.take(STATES_AT_ONCE);
         for state in &changes.states {
             self.state_messages(state);

@@ -24,11 +24,13 @@ use super::{Backend, Store, StoreError};
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SQLite page cache of the history writer's connection, in KiB (SQLite's
-/// default is 2 MiB). A burst batch touches thousands of index pages; with
-/// the default cache SQLite spills them to the WAL mid-transaction and reads
-/// them back. The cache fills only as pages are used, so this bounds memory
-/// rather than reserving it.
-const SQLITE_HISTORY_CACHE_KIB: u32 = 4096;
+/// default is 2 MiB). A batch appends to the ends of the tables and indexes
+/// and closes each agent's open interval: a working set of some hundred
+/// pages at 5,000 agents. Measured at 5,000 agents polled every second, 1
+/// MiB instead of 4 costs no CPU, latency or burst write rate (26,400
+/// intervals/s either way) and 3.7 MB less resident memory. The cache fills
+/// only as pages are used, so this bounds memory rather than reserving it.
+const SQLITE_HISTORY_CACHE_KIB: u32 = 1024;
 
 /// SQLite page cache of the other writing connection (audit rows, resume,
 /// readiness checks), in KiB: small writes, a small cache.

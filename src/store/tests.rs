@@ -530,12 +530,12 @@ async fn sqlite_uses_wal_and_full_sync() {
     let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
         .await
         .unwrap();
-    // The history writer's own connection with the large cache and a
-    // checkpoint only as a safety net (`checkpoint.rs` checkpoints off its
-    // path), the other writing connection with a small cache; both WAL,
+    // The history writer's own connection with a checkpoint only as a
+    // safety net (`checkpoint.rs` checkpoints off its path), the other
+    // writing connection checkpointing on its own; both 1 MiB of cache, WAL,
     // FULL, foreign keys, the WAL file cut back to 16 MiB after a burst.
     for (backend, cache_kib, autocheckpoint) in
-        [(&store.history, 4096, 16_000), (&store.writer, 1024, 4000)]
+        [(&store.history, 1024, 16_000), (&store.writer, 1024, 4000)]
     {
         let Backend::Sqlite(pool) = backend else {
             panic!("an SQLite store")
