@@ -189,7 +189,7 @@ async fn run(file: Option<&std::path::Path>) -> anyhow::Result<()> {
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    let app = Application::build(loaded.config).await?;
+    let app = Application::build(crate::malloc::settle(loaded.config)).await?;
     if let Some(addr) = app.http_addr() {
         info!(%addr, "http server listening");
     }
