@@ -136,13 +136,15 @@ impl LatestStates {
     pub fn commit(&self, states: Vec<AgentState>, events: Vec<TransitionEvent>) {
         let mut shared = self.lock();
         for event in events {
+            // Room is made before the push: the ring never holds one more
+            // than it keeps, which would double its allocation.
+            if shared.events.len() >= RECENT_EVENTS {
+                if let Some(dropped) = shared.events.pop_front() {
+                    shared.events_complete_from = dropped.seq + 1;
+                }
+            }
             shared.committed_seq = shared.committed_seq.max(event.seq);
             shared.events.push_back(event);
-        }
-        while shared.events.len() > RECENT_EVENTS {
-            if let Some(dropped) = shared.events.pop_front() {
-                shared.events_complete_from = dropped.seq + 1;
-            }
         }
         let agents: Vec<AgentId> = states.iter().map(|state| state.agent.clone()).collect();
         for state in states {

@@ -197,12 +197,17 @@ impl<S: AgentSource> Poller<S> {
                 generation: 0,
             })
             .collect();
-        let index_of: HashMap<AgentId, usize> = self
-            .agents
-            .iter()
-            .enumerate()
-            .map(|(index, agent)| (agent.id.clone(), index))
-            .collect();
+        // Only control orders name agents by id: a bridge polling every
+        // agent alone never looks one up.
+        let index_of: HashMap<AgentId, usize> = match self.control {
+            Some(_) => self
+                .agents
+                .iter()
+                .enumerate()
+                .map(|(index, agent)| (agent.id.clone(), index))
+                .collect(),
+            None => HashMap::new(),
+        };
         let mut due: BinaryHeap<Reverse<(Instant, usize, u32)>> = slots
             .iter()
             .enumerate()

@@ -15,7 +15,7 @@
 //! message is what clearing a retained topic looks like, and must never empty
 //! a queue.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use serde_json::{Map, Value};
 
@@ -38,7 +38,7 @@ pub struct CommandRules {
     /// `commands.max_payload_bytes`.
     pub max_payload_bytes: usize,
     /// Configured agent id → its `queue_extension` (if any).
-    pub agents: HashMap<AgentId, (AgentId, Option<String>)>,
+    pub agents: BTreeMap<AgentId, Option<String>>,
 }
 
 impl CommandRules {
@@ -51,12 +51,7 @@ impl CommandRules {
             agents: config
                 .agents
                 .iter()
-                .map(|agent| {
-                    (
-                        agent.id.clone(),
-                        (agent.id.clone(), agent.queue_extension.clone()),
-                    )
-                })
+                .map(|agent| (agent.id.clone(), agent.queue_extension.clone()))
                 .collect(),
         }
     }
@@ -287,7 +282,7 @@ fn validate(
         }
         RequestTopic::AgentQueues { agent } => {
             no_fields_body("queues", body)?;
-            let member = match rules.agents.get(agent.as_str()) {
+            let member = match rules.agents.get_key_value(agent.as_str()) {
                 Some(configured) => configured_member(configured)?,
                 None if is_plain_number(agent) => Member {
                     agent: None,
@@ -383,7 +378,7 @@ fn member_body(
                 format!("{name} needs `agent` or `extension`"),
             ))
         }
-        (Some(Value::String(agent)), None) => match rules.agents.get(agent.as_str()) {
+        (Some(Value::String(agent)), None) => match rules.agents.get_key_value(agent.as_str()) {
             Some(configured) => configured_member(configured)?,
             None => {
                 return Err(CommandError::new(
@@ -433,7 +428,7 @@ fn extension_member(extension: &str) -> Result<Member, CommandError> {
 
 /// A configured agent's member, which needs a `queue_extension`.
 fn configured_member(
-    (agent, queue_extension): &(AgentId, Option<String>),
+    (agent, queue_extension): (&AgentId, &Option<String>),
 ) -> Result<Member, CommandError> {
     match queue_extension {
         Some(extension) => Ok(Member {
