@@ -10,6 +10,7 @@
 //! retry after an error runs again (every operation is safe to repeat).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The default bound on remembered transactions.
@@ -54,10 +55,11 @@ pub struct DedupCache {
     window: Duration,
     /// At most this many keys are remembered.
     capacity: usize,
-    /// The remembered keys.
-    entries: HashMap<DedupKey, Entry>,
+    /// The remembered keys (shared with `order`: one copy of each topic
+    /// and transaction, 10,000 of them after a burst of commands).
+    entries: HashMap<Arc<DedupKey>, Entry>,
     /// Keys in the order they were first seen, for expiry and eviction.
-    order: VecDeque<(Instant, DedupKey)>,
+    order: VecDeque<(Instant, Arc<DedupKey>)>,
 }
 
 impl DedupCache {
@@ -96,6 +98,7 @@ impl DedupCache {
         if self.window.is_zero() {
             return Seen::New;
         }
+        let key = Arc::new(key.clone());
         self.entries.insert(
             key.clone(),
             Entry {
@@ -104,7 +107,7 @@ impl DedupCache {
                 waiting: 0,
             },
         );
-        self.order.push_back((now, key.clone()));
+        self.order.push_back((now, key));
         while self.entries.len() > self.capacity {
             self.evict_oldest();
         }
@@ -147,7 +150,7 @@ impl DedupCache {
         if let Some(index) = self
             .order
             .iter()
-            .rposition(|(first_seen, queued)| *first_seen == entry.first_seen && queued == key)
+            .rposition(|(first_seen, queued)| *first_seen == entry.first_seen && **queued == *key)
         {
             self.order.remove(index);
         }
@@ -169,10 +172,10 @@ impl DedupCache {
         if let Some((first_seen, key)) = self.order.pop_front() {
             if self
                 .entries
-                .get(&key)
+                .get(&*key)
                 .is_some_and(|entry| entry.first_seen == first_seen)
             {
-                self.entries.remove(&key);
+                self.entries.remove(&*key);
             }
         }
     }
