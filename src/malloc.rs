@@ -58,8 +58,10 @@ pub fn trim() -> bool {
 /// the scratch between them stayed resident as thousands of holes (9 MB
 /// free inside a 21 MB heap, measured with `malloc_info` at 5,000 agents
 /// polled every second). The copy is made after the scratch is freed, so
-/// it packs into the heap's first free space, and the scattered original
-/// goes back with the rest.
+/// its strings (names, extensions, URLs; agent ids are shared, not copied)
+/// pack into the heap's first free space, and the scattered original goes
+/// back with the rest. Called once at start, before the bridge's tasks
+/// exist, so its trim (a few milliseconds) may run where it is called.
 pub fn settle<T: Clone>(value: T) -> T {
     let settled = value.clone();
     drop(value);

@@ -437,6 +437,7 @@ fn collect(figment: &Figment, file: ConfigFile, purpose: Purpose) -> Result<Chec
     // figment's tree is about 4 MB, the start's peak memory.
     let mut root: Dict = match figment.find_value("").map(Value::into_dict) {
         Ok(Some(root)) => root,
+        // Unreachable: figment's merged root is always a dictionary.
         Ok(None) => Dict::new(),
         Err(errors) => {
             // The file is not TOML (or cannot be read): nothing to go on.

@@ -420,8 +420,10 @@ impl Publisher {
             return;
         }
         // A burst (the start, a broker outage) grows the queue to thousands
-        // of messages; the quiet hours after it need a few.
-        self.messages.shrink_to(2 * STATES_AT_ONCE);
+        // of messages; the quiet hours after it need a few. Room for one
+        // take (two messages per state, plus queues) is kept, so a burst
+        // does not reallocate after every take.
+        self.messages.shrink_to(4 * STATES_AT_ONCE);
         let changes = self.parts.subscription.take(STATES_AT_ONCE);
         for state in &changes.states {
             self.state_messages(state);
