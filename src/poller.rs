@@ -10,19 +10,20 @@
 //! never waits on MQTT or the database: the change queue is a mutex held
 //! for a map insert.
 //!
-//! The poller wakes on a grid of ticks ([`tick_for`]: a fiftieth of the
-//! interval, at most 20 ms), not at every agent's own deadline: each wake-up
-//! starts every poll due by then. 5,000 agents polled every second then cost
-//! 50 wake-ups a second instead of 5,000, their answers arrive together, and
-//! the history writer commits the transitions of a tick in one transaction.
-//! A poll starts at most one tick after its planned time, and the planned
-//! times keep their phase, so the lateness never accumulates.
+//! The poller wakes on a grid of ticks ([`tick_for`]: a two-hundredth of
+//! the interval, at most 5 ms), not at every agent's own deadline: each
+//! wake-up starts every poll due by then. 5,000 agents polled every second
+//! then cost 200 wake-ups a second instead of 5,000, and the answers of a
+//! tick arrive together. A poll starts at most one tick after its planned
+//! time, and the planned times keep their phase, so the lateness never
+//! accumulates.
 //!
-//! The changes of a tick are handed to the writer together: held in the
-//! queue until the tick's last poll answered, or [`HOLD_MAX`] after the
-//! first of them, whichever comes first. One commit (one fsync) then carries
-//! them all, instead of the first change starting a commit that the rest of
-//! the tick waits behind before getting one of their own.
+//! Changes are handed to the writer as soon as no further answer is ready:
+//! every answer already in is applied first, so the changes of answers that
+//! arrived together share one commit (one fsync), and no change ever waits
+//! for a poll still out. (A hold for the rest of a tick's polls was
+//! measured: with the 20-ms tick it had, it cost more latency than the
+//! commits it saved; `docs/performance.md`, sixth and seventh rounds.)
 //!
 //! What a poll does is the [`AgentSource`]'s job (the Belfabriek client);
 //! what it means is the tracker's.
@@ -46,11 +47,6 @@ use crate::history::ChangeQueue;
 use crate::metrics::Metrics;
 use crate::model::{AgentId, AgentReading};
 use crate::status::{Observation, Tracker};
-
-/// The longest a change waits in the queue for the rest of its tick's polls
-/// before the writer is woken anyway (a slow poll does not hold back the
-/// others' changes).
-pub const HOLD_MAX: Duration = Duration::from_millis(3);
 
 /// Something that can poll one agent's status (the Belfabriek client).
 pub trait AgentSource: Send + Sync + 'static {
@@ -96,8 +92,6 @@ pub struct Poller<S> {
     /// Which agents to poll, when they change at run time (several
     /// bridges); `None` polls every agent from the start.
     control: Option<mpsc::Receiver<PollerControl>>,
-    /// How long changes are held for the rest of their tick ([`HOLD_MAX`]).
-    hold_max: Duration,
 }
 
 /// One agent's place in the schedule.
@@ -134,7 +128,6 @@ impl<S: AgentSource> Poller<S> {
             metrics,
             clock,
             control: None,
-            hold_max: HOLD_MAX,
         }
     }
 
@@ -228,13 +221,9 @@ impl<S: AgentSource> Poller<S> {
         };
         let mut control = self.control.take();
         let mut in_flight = FuturesUnordered::new();
-        // When the oldest change not yet handed to the writer was pushed.
-        let mut held_since: Option<Instant> = None;
+        // Changes are queued that the writer was not yet woken for.
+        let mut unreleased = false;
         loop {
-            if held_since.is_some() && in_flight.is_empty() {
-                self.changes.release();
-                held_since = None;
-            }
             let now = Instant::now();
             while in_flight.len() < concurrency {
                 match due.peek() {
@@ -272,19 +261,18 @@ impl<S: AgentSource> Poller<S> {
                         continue; // Lost (or lost and regained) meanwhile.
                     }
                     let (failed, pushed) = self.apply(index, outcome, took);
-                    if pushed && held_since.is_none() {
-                        held_since = Some(Instant::now());
-                    }
+                    unreleased |= pushed;
                     let slot = &mut slots[index];
                     slot.failures = if failed { slot.failures.saturating_add(1) } else { 0 };
                     slot.planned = next_poll(&self.config, slot.planned, Instant::now(), slot.failures);
                     due.push(Reverse((slot.planned, index, generation)));
                 }
-                () = sleep_until(next_due), if next_due.is_some() => {}
-                () = sleep_until(held_since.map(|since| since + self.hold_max)), if held_since.is_some() => {
+                // Polled only when no answer is ready (the select is biased).
+                () = std::future::ready(()), if unreleased => {
                     self.changes.release();
-                    held_since = None;
+                    unreleased = false;
                 }
+                () = sleep_until(next_due), if next_due.is_some() => {}
             }
         }
     }
@@ -326,8 +314,9 @@ impl<S: AgentSource> Poller<S> {
         }
     }
 
-    /// Feeds one poll's outcome to the tracker and queues (holds) the change
-    /// it finds; whether the poll failed, and whether a change was queued.
+    /// Feeds one poll's outcome to the tracker and queues the change it
+    /// finds, without waking the writer yet; whether the poll failed, and
+    /// whether a change was queued.
     fn apply(
         &mut self,
         index: usize,
@@ -398,10 +387,15 @@ async fn next_control(
     }
 }
 
-/// The poller's wake-up grid for `interval`: a fiftieth of it, between
-/// 1 ms and 20 ms.
+/// The poller's wake-up grid for `interval`: a two-hundredth of it, between
+/// 1 ms and 5 ms. At 5,000 agents every second a tick's answers queue
+/// behind the commit in progress: without a hold, a 20-ms tick measured
+/// p99 5.1–6.3 ms, 5 ms 3.4–3.9 ms for 4–6 more points of a core, 2 ms no
+/// better for 5 more (`docs/performance.md`, sixth round; on a machine
+/// starved of CPU the shorter tick's extra commits cost tail instead,
+/// seventh round).
 fn tick_for(interval: Duration) -> Duration {
-    (interval / 50).clamp(Duration::from_millis(1), Duration::from_millis(20))
+    (interval / 200).clamp(Duration::from_millis(1), Duration::from_millis(5))
 }
 
 /// The first point of the grid (`start`, then every `tick`) at or after `at`.
@@ -443,6 +437,8 @@ fn backoff(interval: Duration, max_backoff: Duration, failures: u32) -> Duration
 
 #[cfg(test)]
 mod tests {
+    use futures_util::FutureExt as _;
+
     use super::*;
 
     #[test]
@@ -456,20 +452,28 @@ mod tests {
         assert_eq!(backoff(second, Duration::from_millis(1), 3), second);
     }
 
-    /// Answers every agent `-` (not available) after the delay in its
-    /// extension id (milliseconds).
-    struct Delayed;
+    /// Answers an agent `-` (not available) once the gate is open to the
+    /// number in its extension id, never before; counts the polls started.
+    struct Gated {
+        gate: tokio::sync::watch::Receiver<u64>,
+        started: Arc<std::sync::atomic::AtomicUsize>,
+    }
 
-    impl AgentSource for Delayed {
+    impl AgentSource for Gated {
         type Error = String;
 
         fn poll(
             &self,
             agent: &AgentConfig,
         ) -> impl Future<Output = Result<AgentReading, String>> + Send {
-            let delay = Duration::from_millis(agent.extension_id.parse().unwrap_or(0));
+            let needed: u64 = agent.extension_id.parse().unwrap_or(0);
+            let mut gate = self.gate.clone();
+            self.started
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             async move {
-                tokio::time::sleep(delay).await;
+                gate.wait_for(|open| *open >= needed)
+                    .await
+                    .map_err(|_| "the gate was dropped".to_owned())?;
                 Ok(AgentReading {
                     available: false,
                     reason: "-".to_owned(),
@@ -484,22 +488,20 @@ mod tests {
         }
     }
 
-    /// When the writer is first woken by a poller holding changes at most
-    /// `hold_max`, over agents answering after `delays_ms` (their first polls
-    /// spread over the first half of `interval`); and how many changes wait
-    /// then.
-    async fn first_hand_over(
-        delays_ms: &[u64],
-        interval: Duration,
-        hold_max: Duration,
-    ) -> (Duration, usize) {
-        let agents: Vec<AgentConfig> = delays_ms
+    /// How many changes wait when the writer is first woken, for agents
+    /// answering once the gate is open to their `gates`, after every poll
+    /// started and the gate was opened to 1 (in one step: the answers it
+    /// lets through are ready together). Fails if the writer is woken
+    /// more than once for them, or only after a timer (not within the
+    /// poller's next turn).
+    async fn waiting_at_first_hand_over(gates: &[u64]) -> usize {
+        let agents: Vec<AgentConfig> = gates
             .iter()
             .enumerate()
-            .map(|(index, delay)| AgentConfig {
+            .map(|(index, gate)| AgentConfig {
                 id: AgentId::parse(&format!("agent{index}")).unwrap(),
                 name: None,
-                extension_id: delay.to_string(),
+                extension_id: gate.to_string(),
                 sup_id: None,
                 man_id: None,
                 cust_id: None,
@@ -515,14 +517,19 @@ mod tests {
             3,
         );
         let config = PollConfig {
-            interval,
+            interval: Duration::from_millis(100),
             concurrency: 16,
             stale_after: 3,
             max_backoff: Duration::from_secs(3600),
         };
+        let (open, gate) = tokio::sync::watch::channel(0);
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let changes = ChangeQueue::new();
-        let mut poller = Poller::new(
-            Arc::new(Delayed),
+        let poller = Poller::new(
+            Arc::new(Gated {
+                gate,
+                started: started.clone(),
+            }),
             agents,
             config,
             tracker,
@@ -530,48 +537,62 @@ mod tests {
             Arc::new(Metrics::default()),
             Clock::system(),
         );
-        poller.hold_max = hold_max;
         let shutdown = CancellationToken::new();
-        let start = Instant::now();
         let task = tokio::spawn(poller.run(shutdown.clone()));
-        changes.pushed().await;
-        let woken = (start.elapsed(), changes.len());
+        let all_started = async {
+            while started.load(std::sync::atomic::Ordering::Relaxed) < gates.len() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all_started)
+            .await
+            .expect("every agent's first poll starts");
+        assert!(changes.is_empty(), "a change before the gate opened");
+        open.send_replace(1);
+        // The poller was woken by the gate; yielding lets it run (a few
+        // times over, in case its coop budget split the work) without any
+        // timer firing in between on this single thread.
+        let mut woken = false;
+        for _ in 0..8 {
+            tokio::task::yield_now().await;
+            if changes.pushed().now_or_never().is_some() {
+                woken = true;
+                break;
+            }
+        }
+        assert!(woken, "the writer was not woken in the poller's next turns");
+        let waiting = changes.len();
+        assert!(
+            changes.pushed().now_or_never().is_none(),
+            "the writer was woken more than once for answers ready together"
+        );
         shutdown.cancel();
         task.await.unwrap();
-        woken
+        waiting
     }
 
     #[tokio::test]
-    async fn a_ticks_changes_reach_the_writer_together_or_after_the_hold() {
-        // Two agents, polls starting at 0 and 20 ms: the second answers at
-        // 21 ms while the first is still out (until 30 ms). Its change is
-        // held, and both go to the writer together.
-        let interval = Duration::from_millis(40);
-        let (at, waiting) = first_hand_over(&[30, 1], interval, Duration::from_secs(30)).await;
-        assert_eq!(waiting, 2, "woken after {at:?}");
-        assert!(at >= Duration::from_millis(30), "{at:?}");
-        // A slow poll holds the others' changes back only for the hold.
-        let hold = Duration::from_millis(200);
-        let (at, waiting) = first_hand_over(&[5_000, 1], interval, hold).await;
-        assert_eq!(waiting, 1, "woken after {at:?}");
-        assert!(
-            at >= Duration::from_millis(221) && at < Duration::from_secs(5),
-            "{at:?}"
-        );
+    async fn answers_ready_together_reach_the_writer_together_and_none_waits_for_a_slow_poll() {
+        // Three answers ready at once: one wake-up of the writer finds the
+        // three changes.
+        assert_eq!(waiting_at_first_hand_over(&[1, 1, 1]).await, 3);
+        // One agent's poll stays out (its gate never opens that far): the
+        // others' changes are handed over without waiting for it.
+        assert_eq!(waiting_at_first_hand_over(&[2, 1, 1]).await, 2);
     }
 
     #[test]
     fn wake_ups_fall_on_a_grid_of_ticks_never_before_the_deadline() {
-        assert_eq!(tick_for(Duration::from_secs(1)), Duration::from_millis(20));
+        assert_eq!(tick_for(Duration::from_secs(1)), Duration::from_millis(5));
         assert_eq!(
-            tick_for(Duration::from_millis(200)),
-            Duration::from_millis(4)
+            tick_for(Duration::from_millis(400)),
+            Duration::from_millis(2)
         );
         assert_eq!(
             tick_for(Duration::from_millis(10)),
             Duration::from_millis(1)
         );
-        assert_eq!(tick_for(Duration::from_secs(60)), Duration::from_millis(20));
+        assert_eq!(tick_for(Duration::from_secs(60)), Duration::from_millis(5));
         let start = Instant::now();
         let tick = Duration::from_millis(20);
         let at = |ms| start + Duration::from_millis(ms);
