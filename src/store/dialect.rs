@@ -20,9 +20,7 @@
 
 use std::future::Future;
 
-use super::rows::{
-    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
-};
+use super::rows::{BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
 
 /// Which SQL dialect a statement is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,11 +121,15 @@ pub(crate) async fn begin_on_clean_connection<DB: sqlx::Database>(
 /// Statements over many rows, bound as a whole (one round trip per batch,
 /// not per row). Implemented on each backend's connection.
 pub(crate) trait BulkWrites {
-    /// New details for agents' open intervals.
-    fn update_details(
+    /// Writes a history batch in the open transaction: the `bridge_meta`
+    /// values `meta`, then the detail updates, closes and inserts of `rows`,
+    /// in that order; the intervals it closed. On SQLite one round trip to
+    /// the connection's thread.
+    fn write_batch(
         &mut self,
-        rows: &[DetailUpdate<'_>],
-    ) -> impl Future<Output = Result<(), sqlx::Error>> + Send;
+        meta: &[(String, i64)],
+        rows: &BatchRows<'_>,
+    ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
     /// Ends agents' open intervals (never before their start); the
     /// intervals it closed.

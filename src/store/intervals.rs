@@ -32,19 +32,6 @@ pub(crate) const RAISE_META: &str = "INSERT INTO bridge_meta (key, value) VALUES
 const SET_META: &str = "INSERT INTO bridge_meta (key, value) VALUES ($1, $2) \
      ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
-/// [`SET_META`] for `rows` keys at once (`$1`, `$2` the first key and value,
-/// and so on).
-fn set_metas_sql(rows: usize) -> String {
-    let values: Vec<String> = (0..rows)
-        .map(|row| format!("(${}, ${})", 2 * row + 1, 2 * row + 2))
-        .collect();
-    format!(
-        "INSERT INTO bridge_meta (key, value) VALUES {} \
-         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-        values.join(", ")
-    )
-}
-
 /// Reads one `bridge_meta` value.
 pub(crate) const READ_META: &str = "SELECT value FROM bridge_meta WHERE key = $1";
 
@@ -141,7 +128,7 @@ impl Store {
                 .begin_write()
                 .await
                 .map_err(StoreError::query("starting a history transaction"))?;
-            self.write_rows(&mut *transaction, &rows).await?;
+            self.write_rows(&mut *transaction, &[], &rows).await?;
             if let Some(max_seq) = rows.max_seq {
                 sqlx::query(RAISE_META)
                     .bind("last_seq")
@@ -202,7 +189,7 @@ impl Store {
                 first_seq = seq_from_db(last) + 1 - transitions as u64;
                 assign_seqs(changes, first_seq);
             }
-            // The batch marker, and the heartbeat when due: one statement.
+            // The batch marker, and the heartbeat when due.
             let mut meta = vec![
                 (format!("batch:{}", options.bridge), options.batch_id),
                 (
@@ -213,22 +200,13 @@ impl Store {
             if let Some(at) = options.heartbeat_at {
                 meta.push(("heartbeat_at".to_owned(), to_millis(at)));
             }
-            let sql = set_metas_sql(meta.len());
-            let mut query = sqlx::query(&sql);
-            for (key, value) in meta {
-                query = query.bind(key).bind(value);
-            }
-            query
-                .execute(&mut *transaction)
-                .await
-                .map_err(StoreError::query("storing the batch marker"))?;
             let rows = batch_rows(
                 changes
                     .iter()
                     .map(|change| (&change.state, change.previous.is_some())),
                 Some(options.bridge),
             );
-            self.write_rows(&mut *transaction, &rows).await?;
+            self.write_rows(&mut *transaction, &meta, &rows).await?;
             transaction
                 .commit()
                 .await
@@ -264,25 +242,20 @@ impl Store {
         ))
     }
 
-    /// Writes a batch's rows in the open transaction: detail updates,
-    /// closes, inserts, and the per-day totals of what they closed.
+    /// Writes a batch in the open transaction: the `bridge_meta` values
+    /// `meta`, detail updates, closes, inserts, and the per-day totals of
+    /// what they closed. On SQLite two round trips to the connection's
+    /// thread (the per-day totals need the intervals the first closed).
     async fn write_rows<C: BulkWrites + Send>(
         &self,
         connection: &mut C,
+        meta: &[(String, i64)],
         rows: &BatchRows<'_>,
     ) -> Result<(), StoreError> {
-        connection
-            .update_details(&rows.detail_updates)
-            .await
-            .map_err(StoreError::query("updating open intervals"))?;
         let mut closed = connection
-            .close_open(&rows.closes)
+            .write_batch(meta, rows)
             .await
-            .map_err(StoreError::query("closing open intervals"))?;
-        connection
-            .insert_intervals(&rows.inserts)
-            .await
-            .map_err(StoreError::query("inserting intervals"))?;
+            .map_err(StoreError::query("writing a history batch"))?;
         closed.extend(ClosedInterval::from_inserts(&rows.inserts));
         self.add_daily(connection, &closed).await
     }

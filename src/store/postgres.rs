@@ -9,7 +9,7 @@ use sqlx::{PgConnection, PgPool};
 use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
 use super::rows::{
-    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
+    BatchRows, Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
 };
 
 /// Starts a write transaction that the server ends when it sits idle
@@ -32,6 +32,11 @@ const UPDATE_DETAILS: &str = "UPDATE intervals AS i \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
          AS u (agent, reason, extension_status, destination) \
      WHERE i.agent = u.agent AND i.ended_at IS NULL";
+
+/// Sets `bridge_meta` values, one array per column.
+const SET_METAS: &str = "INSERT INTO bridge_meta (key, value) \
+     SELECT * FROM UNNEST($1::text[], $2::bigint[]) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 /// Ends open intervals (never before their start), one array per column.
 const CLOSE_OPEN: &str = "UPDATE intervals AS i \
@@ -128,19 +133,41 @@ impl WritePool for PgPool {
     }
 }
 
+/// New details for agents' open intervals.
+async fn update_details(
+    connection: &mut PgConnection,
+    rows: &[DetailUpdate<'_>],
+) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(UPDATE_DETAILS)
+        .bind(rows.iter().map(|u| u.agent).collect::<Vec<_>>())
+        .bind(pg_texts(rows, |u| u.reason))
+        .bind(pg_texts(rows, |u| u.extension_status))
+        .bind(pg_texts(rows, |u| u.destination))
+        .execute(connection)
+        .await
+        .map(drop)
+}
+
 impl BulkWrites for PgConnection {
-    async fn update_details(&mut self, rows: &[DetailUpdate<'_>]) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
+    async fn write_batch(
+        &mut self,
+        meta: &[(String, i64)],
+        rows: &BatchRows<'_>,
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+        if !meta.is_empty() {
+            sqlx::query(SET_METAS)
+                .bind(meta.iter().map(|(key, _)| key.as_str()).collect::<Vec<_>>())
+                .bind(meta.iter().map(|&(_, value)| value).collect::<Vec<_>>())
+                .execute(&mut *self)
+                .await?;
         }
-        sqlx::query(UPDATE_DETAILS)
-            .bind(rows.iter().map(|u| u.agent).collect::<Vec<_>>())
-            .bind(pg_texts(rows, |u| u.reason))
-            .bind(pg_texts(rows, |u| u.extension_status))
-            .bind(pg_texts(rows, |u| u.destination))
-            .execute(self)
-            .await
-            .map(drop)
+        update_details(self, &rows.detail_updates).await?;
+        let closed = self.close_open(&rows.closes).await?;
+        self.insert_intervals(&rows.inserts).await?;
+        Ok(closed)
     }
 
     async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {

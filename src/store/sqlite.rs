@@ -1,16 +1,18 @@
 //! What only SQLite does differently: write transactions take the lock up
 //! front (`BEGIN IMMEDIATE`, waiting up to the busy timeout instead of
-//! failing when a read turns into a write), and many rows travel as chunks
-//! of bound `VALUES` or as one JSON array read with `json_each`, so a batch
-//! of any size is a handful of statements. No business rules here.
+//! failing when a read turns into a write); many rows travel as one JSON
+//! array read with `json_each` (audit rows as chunks of bound `VALUES`), so
+//! a batch of any size is one statement per kind; and a history batch's
+//! statements go to the connection's thread together, in one round trip
+//! ([`WRITE_BATCH`]). No business rules here.
+
+use std::sync::LazyLock;
 
 use sqlx::{SqliteConnection, SqlitePool};
 
 use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{
-    Close, CloseById, ClosedInterval, DailyRows, DetailUpdate, LastRow, NewInterval,
-};
+use super::rows::{BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
 
 /// Starts a write transaction.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -21,30 +23,58 @@ const UPDATE_DETAILS: &str = "UPDATE intervals \
      FROM json_each($1) AS u \
      WHERE intervals.agent = u.value ->> 0 AND intervals.ended_at IS NULL";
 
-/// The columns of an interval a statement closed.
-const RETURNING_CLOSED: &str = "RETURNING intervals.agent, intervals.status, \
-     intervals.started_at, intervals.ended_at, intervals.seq";
-
 /// Ends intervals by id: `[[id, ended_at], ...]`.
 const CLOSE_BY_ID: &str = "UPDATE intervals SET ended_at = c.value ->> 1 \
      FROM json_each($1) AS c WHERE intervals.id = c.value ->> 0 \
      RETURNING intervals.agent, intervals.status, intervals.started_at, intervals.ended_at, \
      intervals.seq";
 
-/// Adds to the time per day, agent and status: `[[day_start, agent, status, ms], ...]`.
-const ADD_DAILY_STATUS: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
+/// Adds to the per-day totals, both tables in one round trip: the time per
+/// day, agent and status `$1` (`[[day_start, agent, status, ms], ...]`) and
+/// the calls per day and agent `$2` (`[[day_start, agent, calls, call_ms,
+/// longest_ms], ...]`); an empty array adds nothing.
+const ADD_DAILY: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1) WHERE true \
-     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms";
-
-/// Adds to the calls per day and agent:
-/// `[[day_start, agent, calls, call_ms, longest_ms], ...]`.
-const ADD_DAILY_CALLS: &str =
-    "INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
+     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms; \
+     INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
-     FROM json_each($1) WHERE true \
+     FROM json_each($2) WHERE true \
      ON CONFLICT (day_start, agent) DO UPDATE SET calls = daily_calls.calls + excluded.calls, \
        call_ms = daily_calls.call_ms + excluded.call_ms, \
        longest_ms = max(daily_calls.longest_ms, excluded.longest_ms)";
+
+/// Sets `bridge_meta` values: `[[key, value], ...]`.
+const SET_METAS: &str = "INSERT INTO bridge_meta (key, value) \
+     SELECT value ->> 0, value ->> 1 FROM json_each($1) WHERE true \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// Ends open intervals, never before their start: `[[agent, ended_at], ...]`.
+const CLOSE_OPEN: &str =
+    "UPDATE intervals SET ended_at = max(intervals.started_at, c.value ->> 1) \
+     FROM json_each($1) AS c WHERE intervals.agent = c.value ->> 0 AND intervals.ended_at IS NULL \
+     RETURNING intervals.agent, intervals.status, intervals.started_at, intervals.ended_at, \
+     intervals.seq";
+
+/// Inserts intervals in array order: `[[agent, status, reason,
+/// extension_status, destination, started_at, ended_at, seq, bridge], ...]`.
+const INSERT_INTERVALS: &str = "INSERT INTO intervals \
+     (agent, status, reason, extension_status, destination, started_at, ended_at, seq, bridge) \
+     SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
+     value ->> 6, value ->> 7, value ->> 8 FROM json_each($1)";
+
+/// A history batch in one round trip to the connection's thread:
+/// [`SET_METAS`] `$1`, [`UPDATE_DETAILS`] `$2`, [`CLOSE_OPEN`] `$3` (the
+/// only statement returning rows) and [`INSERT_INTERVALS`] `$4`, in that
+/// order. An empty array is a statement that does nothing, so the text is
+/// the same for every batch and its statements are prepared once.
+static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
+    [SET_METAS, UPDATE_DETAILS, CLOSE_OPEN, INSERT_INTERVALS]
+        .iter()
+        .enumerate()
+        .map(|(index, statement)| statement.replace("$1", &format!("${}", index + 1)))
+        .collect::<Vec<_>>()
+        .join("; ")
+});
 
 /// The latest interval of each agent in the JSON array `$1`, with the
 /// agent's latest seq.
@@ -62,18 +92,15 @@ const CLOSED_AFTER: &str = "SELECT json_group_array(json_array(id, agent, status
      ended_at, seq)) FROM (SELECT id, agent, status, started_at, ended_at, seq FROM intervals \
      WHERE id > $1 AND ended_at IS NOT NULL ORDER BY id LIMIT $2)";
 
-/// The largest number of rows one multi-row statement carries (9 bound
-/// values per interval row, 12 per audit row: well under SQLite's limit of
-/// 32766).
+/// The largest number of rows one multi-row audit statement carries (12
+/// bound values per row: well under SQLite's limit of 32766).
 const CHUNK_ROWS: usize = 256;
 
-/// The row counts multi-row statements are built for: a batch is cut into as
-/// many chunks of the largest size as fit, then of the next, so a batch of
-/// `n` rows below [`CHUNK_ROWS`] takes one statement per bit set in `n` (at
-/// most eight; a tick's 18 transitions two, where sizes 16 and 1 took
-/// three and 15 rows took fifteen), each statement a round trip to the
-/// connection's thread. Nine shapes of each kind, each prepared once and
-/// kept in sqlx's statement cache.
+/// The row counts multi-row audit statements are built for: a batch is cut
+/// into as many chunks of the largest size as fit, then of the next, so a
+/// batch of `n` rows below [`CHUNK_ROWS`] takes one statement per bit set in
+/// `n`, each a round trip to the connection's thread. Nine shapes, each
+/// prepared once and kept in sqlx's statement cache.
 const CHUNK_SIZES: [usize; 9] = [CHUNK_ROWS, 128, 64, 32, 16, 8, 4, 2, 1];
 
 /// `rows` cut into chunks of the sizes in `CHUNK_SIZES`.
@@ -113,33 +140,47 @@ fn placeholders(width: usize, count: usize) -> String {
     out
 }
 
-/// Ends the open intervals of `count` agents, each bound as `(agent,
-/// ended_at)`; never before their start. Bound values rather than JSON:
-/// measured about 10% faster on large batches.
-fn close_open_sql(count: usize) -> String {
-    format!(
-        "WITH c (agent, ended_at) AS (VALUES {}) \
-         UPDATE intervals SET ended_at = max(intervals.started_at, c.ended_at) \
-         FROM c WHERE intervals.agent = c.agent AND intervals.ended_at IS NULL {RETURNING_CLOSED}",
-        placeholders(2, count)
-    )
-}
-
-/// Inserts `count` rows, each bound as `(agent, status, reason,
-/// extension_status, destination, started_at, ended_at, seq, bridge)`.
-fn insert_intervals_sql(count: usize) -> String {
-    format!(
-        "INSERT INTO intervals \
-         (agent, status, reason, extension_status, destination, started_at, ended_at, seq, bridge) \
-         VALUES {}",
-        placeholders(9, count)
-    )
-}
-
 /// The JSON parameter for a list of rows.
 fn json_rows<T: serde::Serialize>(rows: &[T]) -> String {
     // Serialising tuples of strings, options and integers cannot fail.
     serde_json::to_string(rows).unwrap_or_else(|_| "[]".to_owned())
+}
+
+/// Closes as rows of [`CLOSE_OPEN`]'s parameter.
+fn close_rows<'a>(rows: &[Close<'a>]) -> Vec<(&'a str, i64)> {
+    rows.iter().map(|c| (c.agent, c.ended_at)).collect()
+}
+
+/// One row of [`INSERT_INTERVALS`]'s parameter.
+type InsertRow<'a> = (
+    &'a str,
+    &'static str,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<&'a str>,
+);
+
+/// New intervals as rows of [`INSERT_INTERVALS`]'s parameter.
+fn insert_rows<'a>(rows: &[NewInterval<'a>]) -> Vec<InsertRow<'a>> {
+    rows.iter()
+        .map(|r| {
+            (
+                r.agent,
+                r.status,
+                r.reason,
+                r.extension_status,
+                r.destination,
+                r.started_at,
+                r.ended_at,
+                r.seq,
+                r.bridge,
+            )
+        })
+        .collect()
 }
 
 impl WritePool for SqlitePool {
@@ -157,32 +198,14 @@ impl WritePool for SqlitePool {
 }
 
 impl BulkWrites for SqliteConnection {
-    async fn update_details(&mut self, rows: &[DetailUpdate<'_>]) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let rows: Vec<_> = rows
-            .iter()
-            .map(|u| (u.agent, u.reason, u.extension_status, u.destination))
-            .collect();
-        sqlx::query(UPDATE_DETAILS)
-            .bind(json_rows(&rows))
-            .execute(self)
-            .await
-            .map(drop)
-    }
-
     async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-        let mut closed = Vec::with_capacity(rows.len());
-        for chunk in chunks(rows) {
-            let sql = close_open_sql(chunk.len());
-            let mut query = sqlx::query_as(&sql);
-            for close in chunk {
-                query = query.bind(close.agent).bind(close.ended_at);
-            }
-            closed.extend(query.fetch_all(&mut *self).await?);
+        if rows.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(closed)
+        sqlx::query_as(CLOSE_OPEN)
+            .bind(json_rows(&close_rows(rows)))
+            .fetch_all(&mut *self)
+            .await
     }
 
     async fn close_open_of(
@@ -235,24 +258,14 @@ impl BulkWrites for SqliteConnection {
     }
 
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
-        for chunk in chunks(rows) {
-            let sql = insert_intervals_sql(chunk.len());
-            let mut query = sqlx::query(&sql);
-            for row in chunk {
-                query = query
-                    .bind(row.agent)
-                    .bind(row.status)
-                    .bind(row.reason)
-                    .bind(row.extension_status)
-                    .bind(row.destination)
-                    .bind(row.started_at)
-                    .bind(row.ended_at)
-                    .bind(row.seq)
-                    .bind(row.bridge);
-            }
-            query.execute(&mut *self).await?;
+        if rows.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        sqlx::query(INSERT_INTERVALS)
+            .bind(json_rows(&insert_rows(rows)))
+            .execute(&mut *self)
+            .await
+            .map(drop)
     }
 
     async fn latest_intervals(&mut self, agents: &[&str]) -> Result<Vec<LastRow>, sqlx::Error> {
@@ -294,29 +307,42 @@ impl BulkWrites for SqliteConnection {
     }
 
     async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
-        if !rows.status.is_empty() {
-            let status: Vec<_> = rows
-                .status
-                .iter()
-                .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
-                .collect();
-            sqlx::query(ADD_DAILY_STATUS)
-                .bind(json_rows(&status))
-                .execute(&mut *self)
-                .await?;
-        }
-        if !rows.calls.is_empty() {
-            let calls: Vec<_> = rows
-                .calls
-                .iter()
-                .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
-                .collect();
-            sqlx::query(ADD_DAILY_CALLS)
-                .bind(json_rows(&calls))
-                .execute(&mut *self)
-                .await?;
-        }
-        Ok(())
+        let status: Vec<_> = rows
+            .status
+            .iter()
+            .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
+            .collect();
+        let calls: Vec<_> = rows
+            .calls
+            .iter()
+            .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
+            .collect();
+        sqlx::query(ADD_DAILY)
+            .bind(json_rows(&status))
+            .bind(json_rows(&calls))
+            .execute(&mut *self)
+            .await
+            .map(drop)
+    }
+
+    async fn write_batch(
+        &mut self,
+        meta: &[(String, i64)],
+        rows: &BatchRows<'_>,
+    ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+        let details: Vec<_> = rows
+            .detail_updates
+            .iter()
+            .map(|u| (u.agent, u.reason, u.extension_status, u.destination))
+            .collect();
+        // Only the closing statement returns rows.
+        sqlx::query_as(WRITE_BATCH.as_str())
+            .bind(json_rows(meta))
+            .bind(json_rows(&details))
+            .bind(json_rows(&close_rows(&rows.closes)))
+            .bind(json_rows(&insert_rows(&rows.inserts)))
+            .fetch_all(&mut *self)
+            .await
     }
 }
 
@@ -380,11 +406,8 @@ mod tests {
     async fn bulk_updates_use_the_open_interval_index() {
         let database = TestDatabase::sqlite().await;
         let pool = database.store.sqlite_pool().unwrap();
-        let close = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {}", close_open_sql(2)))
-            .bind("alice")
-            .bind(5)
-            .bind("bob")
-            .bind(6)
+        let close = sqlx::query_as(&format!("EXPLAIN QUERY PLAN {CLOSE_OPEN}"))
+            .bind(r#"[["alice", 5], ["bob", 6]]"#)
             .fetch_all(pool)
             .await
             .unwrap();
@@ -395,6 +418,100 @@ mod tests {
             .await
             .unwrap();
         check("details", &steps(details));
+        database.finish().await;
+    }
+
+    #[test]
+    fn a_history_batch_is_four_statements_each_with_its_own_parameter() {
+        let statements: Vec<&str> = WRITE_BATCH.split("; ").collect();
+        assert_eq!(statements.len(), 4, "{}", *WRITE_BATCH);
+        for (index, statement) in statements.iter().enumerate() {
+            let own = format!("${}", index + 1);
+            assert!(statement.contains(&own), "{statement}");
+            assert_eq!(statement.matches('$').count(), 1, "{statement}");
+        }
+        assert!(statements[2].contains("RETURNING"));
+    }
+
+    #[tokio::test]
+    async fn a_history_batch_that_fails_midway_leaves_nothing_behind() {
+        use sqlx::Connection;
+        let database = TestDatabase::sqlite().await;
+        let pool = database.store.sqlite_pool().unwrap();
+        let mut connection = pool.acquire().await.unwrap();
+        let open = |agent: &'static str, started_at: i64| NewInterval {
+            agent,
+            status: "available",
+            reason: None,
+            extension_status: None,
+            destination: None,
+            started_at,
+            ended_at: None,
+            seq: Some(started_at),
+            bridge: None,
+        };
+        let first = BatchRows {
+            inserts: vec![open("alice", 1)],
+            ..BatchRows::default()
+        };
+        let mut transaction = connection.begin().await.unwrap();
+        let closed = transaction
+            .write_batch(&[("batch:test".to_owned(), 1)], &first)
+            .await
+            .unwrap();
+        assert!(closed.is_empty());
+        transaction.commit().await.unwrap();
+
+        // Closes alice's interval, then opens two for bob: the second
+        // breaks the one-open-interval-per-agent index in the last statement.
+        let second = BatchRows {
+            closes: vec![Close {
+                agent: "alice",
+                ended_at: 5,
+            }],
+            inserts: vec![open("bob", 5), open("bob", 6)],
+            ..BatchRows::default()
+        };
+        let mut transaction = connection.begin().await.unwrap();
+        let error = transaction
+            .write_batch(&[("batch:test".to_owned(), 2)], &second)
+            .await
+            .expect_err("two open intervals for one agent");
+        assert!(error.to_string().contains("UNIQUE"), "{error}");
+        drop(transaction);
+
+        let marker: i64 =
+            sqlx::query_scalar("SELECT value FROM bridge_meta WHERE key = 'batch:test'")
+                .fetch_one(&mut *connection)
+                .await
+                .unwrap();
+        assert_eq!(marker, 1, "the failed batch's marker was rolled back");
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT agent, ended_at FROM intervals ORDER BY id")
+                .fetch_all(&mut *connection)
+                .await
+                .unwrap();
+        assert_eq!(
+            rows,
+            [("alice".to_owned(), None)],
+            "alice still open, no bob"
+        );
+
+        // The same connection writes the next batch normally.
+        let third = BatchRows {
+            closes: vec![Close {
+                agent: "alice",
+                ended_at: 7,
+            }],
+            inserts: vec![open("bob", 7)],
+            ..BatchRows::default()
+        };
+        let mut transaction = connection.begin().await.unwrap();
+        let closed = transaction.write_batch(&[], &third).await.unwrap();
+        transaction.commit().await.unwrap();
+        assert_eq!(closed.len(), 1);
+        assert_eq!((closed[0].agent.as_str(), closed[0].ended_at), ("alice", 7));
+        drop(connection);
         database.finish().await;
     }
 
