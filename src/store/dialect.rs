@@ -20,7 +20,7 @@
 
 use std::future::Future;
 
-use super::rows::{BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
+use super::rows::{BatchRows, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
 
 /// Which SQL dialect a statement is written in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,13 +129,6 @@ pub(crate) trait BulkWrites {
         &mut self,
         meta: &[(String, i64)],
         rows: &BatchRows<'_>,
-    ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
-
-    /// Ends agents' open intervals (never before their start); the
-    /// intervals it closed.
-    fn close_open(
-        &mut self,
-        rows: &[Close<'_>],
     ) -> impl Future<Output = Result<Vec<ClosedInterval>, sqlx::Error>> + Send;
 
     /// Ends the open intervals of `agents` at `at` (never before their

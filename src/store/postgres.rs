@@ -151,6 +151,22 @@ async fn update_details(
         .map(drop)
 }
 
+/// Ends agents' open intervals (never before their start); the intervals
+/// it closed.
+async fn close_open(
+    connection: &mut PgConnection,
+    rows: &[Close<'_>],
+) -> Result<Vec<ClosedInterval>, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_as(CLOSE_OPEN)
+        .bind(rows.iter().map(|c| c.agent).collect::<Vec<_>>())
+        .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
+        .fetch_all(connection)
+        .await
+}
+
 impl BulkWrites for PgConnection {
     async fn write_batch(
         &mut self,
@@ -165,20 +181,9 @@ impl BulkWrites for PgConnection {
                 .await?;
         }
         update_details(self, &rows.detail_updates).await?;
-        let closed = self.close_open(&rows.closes).await?;
+        let closed = close_open(self, &rows.closes).await?;
         self.insert_intervals(&rows.inserts).await?;
         Ok(closed)
-    }
-
-    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as(CLOSE_OPEN)
-            .bind(rows.iter().map(|c| c.agent).collect::<Vec<_>>())
-            .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-            .fetch_all(self)
-            .await
     }
 
     async fn close_open_of(

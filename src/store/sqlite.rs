@@ -62,6 +62,11 @@ const INSERT_INTERVALS: &str = "INSERT INTO intervals \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, \
      value ->> 6, value ->> 7, value ->> 8 FROM json_each($1)";
 
+/// The most rows one JSON array carries outside a history batch (an
+/// import): a text of a few megabytes, far below SQLite's limit on a bound
+/// value (a billion bytes, about six million interval rows).
+const JSON_CHUNK_ROWS: usize = 50_000;
+
 /// A history batch in one round trip to the connection's thread:
 /// [`SET_METAS`] `$1`, [`UPDATE_DETAILS`] `$2`, [`CLOSE_OPEN`] `$3` (the
 /// only statement returning rows) and [`INSERT_INTERVALS`] `$4`, in that
@@ -198,16 +203,6 @@ impl WritePool for SqlitePool {
 }
 
 impl BulkWrites for SqliteConnection {
-    async fn close_open(&mut self, rows: &[Close<'_>]) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as(CLOSE_OPEN)
-            .bind(json_rows(&close_rows(rows)))
-            .fetch_all(&mut *self)
-            .await
-    }
-
     async fn close_open_of(
         &mut self,
         agents: &[String],
@@ -258,14 +253,13 @@ impl BulkWrites for SqliteConnection {
     }
 
     async fn insert_intervals(&mut self, rows: &[NewInterval<'_>]) -> Result<(), sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(());
+        for chunk in rows.chunks(JSON_CHUNK_ROWS) {
+            sqlx::query(INSERT_INTERVALS)
+                .bind(json_rows(&insert_rows(chunk)))
+                .execute(&mut *self)
+                .await?;
         }
-        sqlx::query(INSERT_INTERVALS)
-            .bind(json_rows(&insert_rows(rows)))
-            .execute(&mut *self)
-            .await
-            .map(drop)
+        Ok(())
     }
 
     async fn latest_intervals(&mut self, agents: &[&str]) -> Result<Vec<LastRow>, sqlx::Error> {
