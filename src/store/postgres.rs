@@ -157,12 +157,28 @@ async fn close_open(
     connection: &mut PgConnection,
     rows: &[Close<'_>],
 ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-    if rows.is_empty() {
+    let agents: Vec<&str> = rows.iter().map(|c| c.agent).collect();
+    let ended_at: Vec<i64> = rows.iter().map(|c| c.ended_at).collect();
+    close_by(connection, CLOSE_OPEN, agents, ended_at).await
+}
+
+/// Runs a closing statement `sql` over `keys` (agents or row ids) and their
+/// `ended_at`, one array each; the intervals it closed.
+async fn close_by<'q, K>(
+    connection: &mut PgConnection,
+    sql: &'static str,
+    keys: Vec<K>,
+    ended_at: Vec<i64>,
+) -> Result<Vec<ClosedInterval>, sqlx::Error>
+where
+    Vec<K>: sqlx::Encode<'q, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + 'q,
+{
+    if keys.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_as(CLOSE_OPEN)
-        .bind(rows.iter().map(|c| c.agent).collect::<Vec<_>>())
-        .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
+    sqlx::query_as(sql)
+        .bind(keys)
+        .bind(ended_at)
         .fetch_all(connection)
         .await
 }
@@ -206,14 +222,9 @@ impl BulkWrites for PgConnection {
         &mut self,
         rows: &[CloseById],
     ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-        if rows.is_empty() {
-            return Ok(Vec::new());
-        }
-        sqlx::query_as(CLOSE_BY_ID)
-            .bind(rows.iter().map(|c| c.id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|c| c.ended_at).collect::<Vec<_>>())
-            .fetch_all(self)
-            .await
+        let ids: Vec<i64> = rows.iter().map(|c| c.id).collect();
+        let ended_at: Vec<i64> = rows.iter().map(|c| c.ended_at).collect();
+        close_by(self, CLOSE_BY_ID, ids, ended_at).await
     }
 
     async fn owned_agents(
