@@ -466,7 +466,88 @@ async fn daily_totals_follow_every_write_and_match_a_rebuild(database: &TestData
     other.close().await;
 }
 
+/// A committed batch leaves its marker (so a writer that lost the answer to
+/// its COMMIT can ask whether it landed) and the heartbeat when due; a batch
+/// with only detail changes updates the open interval in place.
+async fn a_committed_batch_leaves_its_marker_and_heartbeat(database: &TestDatabase) {
+    use crate::model::{Change, Previous};
+    let store = database.open().await;
+    let transition = |id: &str, status: Status, since: i64| Change {
+        state: state(id, status, since, 0),
+        previous: Some(Previous {
+            status: Status::Unknown,
+            since: at(0),
+        }),
+    };
+    let options = |batch_id: i64, heartbeat: Option<i64>| CommitOptions {
+        bridge: "b1",
+        fenced: false,
+        batch_id,
+        heartbeat_at: heartbeat.map(at),
+    };
+    assert_eq!(store.batch_landed("b1", 7).await.unwrap(), None);
+
+    let mut batch = vec![
+        transition("alice", Status::Available, 10),
+        transition("bob", Status::Paused, 11),
+    ];
+    let outcome = store
+        .commit_changes(&mut batch, &options(7, Some(12)))
+        .await
+        .unwrap();
+    let CommitOutcome::Stored { first_seq } = outcome else {
+        panic!("stored: {outcome:?}");
+    };
+    assert_eq!(
+        [batch[0].state.seq, batch[1].state.seq],
+        [first_seq, first_seq + 1]
+    );
+    assert_eq!(store.batch_landed("b1", 7).await.unwrap(), Some(first_seq));
+    assert_eq!(
+        store.batch_landed("b1", 8).await.unwrap(),
+        None,
+        "not this batch"
+    );
+    assert_eq!(
+        store.batch_landed("b2", 7).await.unwrap(),
+        None,
+        "another bridge"
+    );
+    assert_eq!(
+        meta(&store, "heartbeat_at").await,
+        Some(at(12).timestamp_millis())
+    );
+
+    // Details only (no transition): the marker says so with seq 0, the
+    // heartbeat stays, and alice's open interval takes the new reason.
+    let mut details = state("alice", Status::Available, 10, first_seq);
+    details.reason = Some("new reason".into());
+    let mut batch = vec![Change {
+        state: details,
+        previous: None,
+    }];
+    store
+        .commit_changes(&mut batch, &options(8, None))
+        .await
+        .unwrap();
+    assert_eq!(store.batch_landed("b1", 8).await.unwrap(), Some(0));
+    assert_eq!(
+        meta(&store, "heartbeat_at").await,
+        Some(at(12).timestamp_millis())
+    );
+    let intervals = store.intervals(None, at(0), at(100)).await.unwrap();
+    assert_eq!(intervals.len(), 2, "{intervals:?}");
+    let alice = intervals
+        .iter()
+        .find(|i| i.agent.as_str() == "alice")
+        .unwrap();
+    assert_eq!(alice.reason.as_deref(), Some("new reason"));
+    assert_eq!(alice.ended_at, None);
+    store.close().await;
+}
+
 backend_tests!(
+    a_committed_batch_leaves_its_marker_and_heartbeat,
     daily_totals_follow_every_write_and_match_a_rebuild,
     record_and_read_back,
     schema_allows_one_open_interval_per_agent,
