@@ -75,6 +75,11 @@ impl Store {
     /// Stores the acknowledged mark (never lowering it: a late report
     /// cannot undo a newer one).
     pub async fn store_acked_seq(&self, bridge: &str, seq: u64) -> Result<(), StoreError> {
+        const ACTION: &str = "storing acked_seq";
+        if let Some(thread) = &self.thread {
+            let key = self.acked_key(bridge);
+            return Self::meta_on_thread(thread, RAISE_META, key, seq_to_db(seq), ACTION).await;
+        }
         with_pool!(&self.history, |pool, _d| {
             sqlx::query(RAISE_META)
                 .bind(self.acked_key(bridge))
@@ -83,7 +88,7 @@ impl Store {
                 .await
                 .map(drop)
         })
-        .map_err(StoreError::query("storing acked_seq"))
+        .map_err(StoreError::query(ACTION))
     }
 
     /// The events of the transitions after seq `after`, oldest first, at

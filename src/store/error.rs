@@ -79,6 +79,14 @@ pub enum StoreError {
         /// The driver's error.
         source: sqlx::Error,
     },
+    /// A statement on the SQLite history thread failed (`sqlite_thread.rs`).
+    #[error("history database failed while {action}: {source}")]
+    Sqlite {
+        /// What the store was doing, e.g. `writing a history batch`.
+        action: &'static str,
+        /// SQLite's error.
+        source: rusqlite::Error,
+    },
     /// A stored row holds a value no bridge writes (hand-edited data).
     #[error("stored history is invalid: {detail}")]
     InvalidRow {

@@ -9,9 +9,12 @@ use crate::model::{AgentId, AgentState, Change};
 
 use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::rows::{
-    batch_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db, seq_to_db,
-    to_millis, BatchRows, ClosedInterval, Handover, Interval, IntervalRow, LastRow, NewInterval,
+    batch_rows, daily_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db,
+    seq_to_db, to_millis, BatchRows, ClosedInterval, Handover, Interval, IntervalRow, LastRow,
+    NewInterval,
 };
+use super::sqlite::{add_daily_on, write_batch_on};
+use super::sqlite_thread::{in_write_transaction, step_error, SqliteThread};
 use super::{Store, StoreError};
 
 /// Gives the transitions of `changes` the seqs from `first` on, in order.
@@ -109,6 +112,22 @@ pub enum CommitOutcome {
     },
 }
 
+/// The `bridge_meta` values a batch sets: its marker (see
+/// [`Store::batch_landed`]), and the heartbeat when due.
+fn batch_meta(options: &CommitOptions<'_>, first_seq: u64) -> Vec<(String, i64)> {
+    let mut meta = vec![
+        (format!("batch:{}", options.bridge), options.batch_id),
+        (
+            format!("batch_seq:{}", options.bridge),
+            seq_to_db(first_seq),
+        ),
+    ];
+    if let Some(at) = options.heartbeat_at {
+        meta.push(("heartbeat_at".to_owned(), to_millis(at)));
+    }
+    meta
+}
+
 /// Adds `$1` to `last_seq` and returns the new value: the seqs of a batch,
 /// taken inside its transaction, so they are dense across every bridge
 /// writing to the database (the row lock orders them).
@@ -156,6 +175,11 @@ impl Store {
         options: &CommitOptions<'_>,
     ) -> Result<CommitOutcome, StoreError> {
         let transitions = changes.iter().filter(|c| c.previous.is_some()).count();
+        if let (Some(thread), false) = (&self.thread, options.fenced) {
+            return self
+                .commit_on_thread(thread, changes, options, transitions)
+                .await;
+        }
         with_pool!(&self.history, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
@@ -189,17 +213,7 @@ impl Store {
                 first_seq = seq_from_db(last) + 1 - transitions as u64;
                 assign_seqs(changes, first_seq);
             }
-            // The batch marker, and the heartbeat when due.
-            let mut meta = vec![
-                (format!("batch:{}", options.bridge), options.batch_id),
-                (
-                    format!("batch_seq:{}", options.bridge),
-                    seq_to_db(first_seq),
-                ),
-            ];
-            if let Some(at) = options.heartbeat_at {
-                meta.push(("heartbeat_at".to_owned(), to_millis(at)));
-            }
+            let meta = batch_meta(options, first_seq);
             let rows = batch_rows(
                 changes
                     .iter()
@@ -213,6 +227,87 @@ impl Store {
                 .map_err(StoreError::query("committing a history batch"))?;
             Ok(CommitOutcome::Stored { first_seq })
         })
+    }
+
+    /// [`Store::commit_changes`] on the SQLite history thread: the same
+    /// statements and rows, the whole batch in one hand-over. The thread
+    /// works on a copy of the changes; their seqs are written back here.
+    async fn commit_on_thread(
+        &self,
+        thread: &SqliteThread,
+        changes: &mut [Change],
+        options: &CommitOptions<'_>,
+        transitions: usize,
+    ) -> Result<CommitOutcome, StoreError> {
+        let mut batch = changes.to_vec();
+        let (bridge, batch_id, heartbeat_at) = (
+            options.bridge.to_owned(),
+            options.batch_id,
+            options.heartbeat_at,
+        );
+        let daily = self.daily;
+        let first_seq = thread
+            .run(move |connection| {
+                in_write_transaction(connection, |transaction| {
+                    let mut first_seq = 0;
+                    if transitions > 0 {
+                        let last: i64 = transaction
+                            .prepare_cached(TAKE_SEQS)
+                            .and_then(|mut take| {
+                                take.query_row([transitions as i64], |row| row.get(0))
+                            })
+                            .map_err(|error| ("taking seqs", error))?;
+                        first_seq = seq_from_db(last) + 1 - transitions as u64;
+                        assign_seqs(&mut batch, first_seq);
+                    }
+                    let options = CommitOptions {
+                        bridge: &bridge,
+                        fenced: false,
+                        batch_id,
+                        heartbeat_at,
+                    };
+                    let rows = batch_rows(
+                        batch
+                            .iter()
+                            .map(|change| (&change.state, change.previous.is_some())),
+                        Some(&bridge),
+                    );
+                    let mut closed =
+                        write_batch_on(transaction, &batch_meta(&options, first_seq), &rows)?;
+                    if let Some(tz) = daily {
+                        closed.extend(ClosedInterval::from_inserts(&rows.inserts));
+                        let daily = daily_rows(&closed, tz);
+                        if !daily.is_empty() {
+                            add_daily_on(transaction, &daily)?;
+                        }
+                    }
+                    Ok(first_seq)
+                })
+            })
+            .await?
+            .map_err(step_error)?;
+        assign_seqs(changes, first_seq);
+        Ok(CommitOutcome::Stored { first_seq })
+    }
+
+    /// Sets (`SET_META`) or raises (`RAISE_META`) one `bridge_meta` value on
+    /// the SQLite history thread.
+    pub(super) async fn meta_on_thread(
+        thread: &SqliteThread,
+        sql: &'static str,
+        key: String,
+        value: i64,
+        action: &'static str,
+    ) -> Result<(), StoreError> {
+        thread
+            .run(move |connection| {
+                connection
+                    .prepare_cached(sql)
+                    .and_then(|mut statement| statement.execute(rusqlite::params![key, value]))
+                    .map(drop)
+            })
+            .await?
+            .map_err(|source| StoreError::Sqlite { action, source })
     }
 
     /// After an error whose outcome is unknown: the first seq of batch
@@ -263,6 +358,11 @@ impl Store {
     /// Stores the time the bridge was last known to be running; resume ends
     /// open intervals there after a crash.
     pub async fn heartbeat(&self, at: DateTime<Utc>) -> Result<(), StoreError> {
+        const ACTION: &str = "storing the heartbeat";
+        if let Some(thread) = &self.thread {
+            let key = "heartbeat_at".to_owned();
+            return Self::meta_on_thread(thread, SET_META, key, to_millis(at), ACTION).await;
+        }
         with_pool!(&self.history, |pool, _d| {
             sqlx::query(SET_META)
                 .bind("heartbeat_at")
@@ -271,7 +371,7 @@ impl Store {
                 .await
                 .map(drop)
         })
-        .map_err(StoreError::query("storing the heartbeat"))
+        .map_err(StoreError::query(ACTION))
     }
 
     /// The highest transition seq committed (0 for a new database).

@@ -38,6 +38,7 @@ mod postgres;
 mod reports;
 mod rows;
 mod sqlite;
+mod sqlite_thread;
 mod transactions;
 mod url;
 
@@ -80,6 +81,10 @@ pub struct Store {
     /// The pool reports and the HTTP API read with (read-only connections
     /// on SQLite), so a long report never delays a history batch.
     reader: Backend,
+    /// On a writable SQLite file, the history writer's own connection on a
+    /// thread of its own: batches, heartbeats and the acknowledged mark,
+    /// each in one hand-over (`sqlite_thread.rs`). `None` on PostgreSQL.
+    thread: Option<std::sync::Arc<sqlite_thread::SqliteThread>>,
     /// The time zone of the per-day totals this store keeps as it writes
     /// (see `daily.rs`); `None` keeps none.
     daily: Option<chrono_tz::Tz>,
@@ -117,6 +122,9 @@ impl Store {
     /// Closes the pools, waiting for in-flight queries. SQLite checkpoints
     /// its WAL when the last connection closes.
     pub async fn close(self) {
+        if let Some(thread) = &self.thread {
+            thread.close().await;
+        }
         with_pool!(self.reader, |pool, _d| pool.close().await);
         with_pool!(self.history, |pool, _d| pool.close().await);
         with_pool!(self.writer, |pool, _d| pool.close().await);

@@ -9,12 +9,14 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{ConnectOptions, Connection};
 
+use super::sqlite_thread::{SqliteThread, ThreadSettings};
 use super::url::{redact_text, redact_url};
 use super::{Backend, Store, StoreError};
 
@@ -123,12 +125,7 @@ impl Store {
         }
         let options = sqlite_options(url)?;
         let path = options.get_filename().to_path_buf();
-        let name = path.to_string_lossy();
-        if name.is_empty()
-            || name.starts_with(':')
-            || name.starts_with("file:")
-            || name.contains(":memory:")
-        {
+        if is_in_memory(&path) {
             return Ok(None);
         }
         create_parent_directory(&path)?;
@@ -171,6 +168,7 @@ impl Store {
                     history: backend.clone(),
                     writer: backend.clone(),
                     reader: backend,
+                    thread: None,
                     daily: None,
                 }
             }
@@ -188,6 +186,15 @@ impl Store {
         }
         Ok(store)
     }
+}
+
+/// True for an SQLite "file" that is memory (`:memory:`, `file:` URIs).
+fn is_in_memory(file: &std::path::Path) -> bool {
+    let name = file.to_string_lossy();
+    name.is_empty()
+        || name.starts_with(':')
+        || name.starts_with("file:")
+        || name.contains(":memory:")
 }
 
 /// The options every SQLite connection shares.
@@ -250,11 +257,27 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     )
     .await
     .map_err(|error| connect_error(url, &error))?;
+    let file = options.get_filename().to_path_buf();
     let reader = sqlite_reader(options, url).await?;
+    // A second connection to an in-memory database would open another one.
+    let thread = match is_in_memory(&file) {
+        true => None,
+        false => Some(Arc::new(SqliteThread::open(
+            &file,
+            url,
+            ThreadSettings {
+                busy_timeout: SQLITE_BUSY_TIMEOUT,
+                cache_kib: SQLITE_HISTORY_CACHE_KIB,
+                autocheckpoint_pages: super::checkpoint::HISTORY_AUTOCHECKPOINT_PAGES,
+                wal_size_limit_bytes: SQLITE_WAL_SIZE_LIMIT_BYTES,
+            },
+        )?)),
+    };
     Ok(Store {
         history: Backend::Sqlite(history),
         writer: Backend::Sqlite(writer),
         reader: Backend::Sqlite(reader),
+        thread,
         daily: None,
     })
 }
@@ -281,9 +304,7 @@ async fn sqlite_reader(
 async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
     let options = sqlite_options(url)?;
     let file = options.get_filename();
-    let name = file.to_string_lossy();
-    let in_memory = name.is_empty() || name.starts_with(':') || name.starts_with("file:");
-    if !in_memory && !file.is_file() {
+    if !is_in_memory(file) && !file.is_file() {
         return Err(StoreError::Missing {
             url: redact_url(url),
             detail: format!(
@@ -300,6 +321,7 @@ async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
         history: reader.clone(),
         writer: reader.clone(),
         reader,
+        thread: None,
         daily: None,
     })
 }
@@ -338,6 +360,7 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
         history: writer.clone(),
         writer,
         reader: Backend::Postgres(pool(READER_CONNECTIONS)),
+        thread: None,
         daily: None,
     };
     // Closing only tells the server goodbye; the pools open their own.

@@ -13,6 +13,7 @@ use sqlx::{SqliteConnection, SqlitePool};
 use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
 use super::rows::{BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
+use super::sqlite_thread::{closed_rows, execute, StepError};
 
 /// Starts a write transaction.
 const BEGIN_WRITE: &str = "BEGIN IMMEDIATE";
@@ -29,19 +30,26 @@ const CLOSE_BY_ID: &str = "UPDATE intervals SET ended_at = c.value ->> 1 \
      RETURNING intervals.agent, intervals.status, intervals.started_at, intervals.ended_at, \
      intervals.seq";
 
-/// Adds to the per-day totals, both tables in one round trip: the time per
-/// day, agent and status `$1` (`[[day_start, agent, status, ms], ...]`) and
-/// the calls per day and agent `$2` (`[[day_start, agent, calls, call_ms,
-/// longest_ms], ...]`); an empty array adds nothing.
-const ADD_DAILY: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
+/// Adds to the time per day, agent and status: `[[day_start, agent, status, ms], ...]`.
+const ADD_DAILY_STATUS: &str = "INSERT INTO daily_status (day_start, agent, status, ms) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3 FROM json_each($1) WHERE true \
-     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms; \
-     INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
+     ON CONFLICT (day_start, agent, status) DO UPDATE SET ms = daily_status.ms + excluded.ms";
+
+/// Adds to the calls per day and agent: `[[day_start, agent, calls,
+/// call_ms, longest_ms], ...]`.
+const ADD_DAILY_CALLS: &str =
+    "INSERT INTO daily_calls (day_start, agent, calls, call_ms, longest_ms) \
      SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4 \
-     FROM json_each($2) WHERE true \
+     FROM json_each($1) WHERE true \
      ON CONFLICT (day_start, agent) DO UPDATE SET calls = daily_calls.calls + excluded.calls, \
        call_ms = daily_calls.call_ms + excluded.call_ms, \
        longest_ms = max(daily_calls.longest_ms, excluded.longest_ms)";
+
+/// Both per-day additions in one round trip to sqlx's connection thread:
+/// [`ADD_DAILY_STATUS`] `$1`, [`ADD_DAILY_CALLS`] `$2`; an empty array adds
+/// nothing.
+static ADD_DAILY: LazyLock<String> =
+    LazyLock::new(|| numbered(&[ADD_DAILY_STATUS, ADD_DAILY_CALLS]));
 
 /// Sets `bridge_meta` values: `[[key, value], ...]`.
 const SET_METAS: &str = "INSERT INTO bridge_meta (key, value) \
@@ -72,14 +80,19 @@ const JSON_CHUNK_ROWS: usize = 50_000;
 /// only statement returning rows) and [`INSERT_INTERVALS`] `$4`, in that
 /// order. An empty array is a statement that does nothing, so the text is
 /// the same for every batch and its statements are prepared once.
-static WRITE_BATCH: LazyLock<String> = LazyLock::new(|| {
-    [SET_METAS, UPDATE_DETAILS, CLOSE_OPEN, INSERT_INTERVALS]
+static WRITE_BATCH: LazyLock<String> =
+    LazyLock::new(|| numbered(&[SET_METAS, UPDATE_DETAILS, CLOSE_OPEN, INSERT_INTERVALS]));
+
+/// Statements of one parameter `$1` each, as one multi-statement query
+/// whose statement `n` (from 1) takes `$n`.
+fn numbered(statements: &[&str]) -> String {
+    statements
         .iter()
         .enumerate()
         .map(|(index, statement)| statement.replace("$1", &format!("${}", index + 1)))
         .collect::<Vec<_>>()
         .join("; ")
-});
+}
 
 /// The latest interval of each agent in the JSON array `$1`, with the
 /// agent's latest seq.
@@ -186,6 +199,79 @@ fn insert_rows<'a>(rows: &[NewInterval<'a>]) -> Vec<InsertRow<'a>> {
             )
         })
         .collect()
+}
+
+/// A history batch's parameters, in [`WRITE_BATCH`]'s order: the
+/// `bridge_meta` values, detail updates, closes and inserts.
+fn batch_parameters(meta: &[(String, i64)], rows: &BatchRows<'_>) -> [String; 4] {
+    let details: Vec<_> = rows
+        .detail_updates
+        .iter()
+        .map(|u| (u.agent, u.reason, u.extension_status, u.destination))
+        .collect();
+    [
+        json_rows(meta),
+        json_rows(&details),
+        json_rows(&close_rows(&rows.closes)),
+        json_rows(&insert_rows(&rows.inserts)),
+    ]
+}
+
+/// The per-day additions' parameters: time per status, then calls.
+fn daily_parameters(rows: &DailyRows) -> [String; 2] {
+    let status: Vec<_> = rows
+        .status
+        .iter()
+        .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
+        .collect();
+    let calls: Vec<_> = rows
+        .calls
+        .iter()
+        .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
+        .collect();
+    [json_rows(&status), json_rows(&calls)]
+}
+
+/// Writes a history batch's rows on the history thread's connection
+/// (`sqlite_thread.rs`): [`WRITE_BATCH`]'s statements one by one with the
+/// same parameters, those with nothing to do skipped; the intervals closed.
+pub(crate) fn write_batch_on(
+    transaction: &rusqlite::Transaction<'_>,
+    meta: &[(String, i64)],
+    rows: &BatchRows<'_>,
+) -> Result<Vec<ClosedInterval>, StepError> {
+    const ACTION: &str = "writing a history batch";
+    let [metas, details, closes, inserts] = batch_parameters(meta, rows);
+    if !meta.is_empty() {
+        execute(transaction, ACTION, SET_METAS, [metas])?;
+    }
+    if !rows.detail_updates.is_empty() {
+        execute(transaction, ACTION, UPDATE_DETAILS, [details])?;
+    }
+    let closed = match rows.closes.is_empty() {
+        true => Vec::new(),
+        false => closed_rows(transaction, ACTION, CLOSE_OPEN, [closes])?,
+    };
+    if !rows.inserts.is_empty() {
+        execute(transaction, ACTION, INSERT_INTERVALS, [inserts])?;
+    }
+    Ok(closed)
+}
+
+/// Adds to the per-day totals on the history thread's connection.
+pub(crate) fn add_daily_on(
+    transaction: &rusqlite::Transaction<'_>,
+    rows: &DailyRows,
+) -> Result<(), StepError> {
+    const ACTION: &str = "adding to the per-day totals";
+    let [status, calls] = daily_parameters(rows);
+    if !rows.status.is_empty() {
+        execute(transaction, ACTION, ADD_DAILY_STATUS, [status])?;
+    }
+    if !rows.calls.is_empty() {
+        execute(transaction, ACTION, ADD_DAILY_CALLS, [calls])?;
+    }
+    Ok(())
 }
 
 impl WritePool for SqlitePool {
@@ -301,19 +387,10 @@ impl BulkWrites for SqliteConnection {
     }
 
     async fn add_daily(&mut self, rows: &DailyRows) -> Result<(), sqlx::Error> {
-        let status: Vec<_> = rows
-            .status
-            .iter()
-            .map(|r| (r.day_start, &r.agent, &r.status, r.ms))
-            .collect();
-        let calls: Vec<_> = rows
-            .calls
-            .iter()
-            .map(|r| (r.day_start, &r.agent, r.calls, r.call_ms, r.longest_ms))
-            .collect();
-        sqlx::query(ADD_DAILY)
-            .bind(json_rows(&status))
-            .bind(json_rows(&calls))
+        let [status, calls] = daily_parameters(rows);
+        sqlx::query(ADD_DAILY.as_str())
+            .bind(status)
+            .bind(calls)
             .execute(&mut *self)
             .await
             .map(drop)
@@ -324,17 +401,13 @@ impl BulkWrites for SqliteConnection {
         meta: &[(String, i64)],
         rows: &BatchRows<'_>,
     ) -> Result<Vec<ClosedInterval>, sqlx::Error> {
-        let details: Vec<_> = rows
-            .detail_updates
-            .iter()
-            .map(|u| (u.agent, u.reason, u.extension_status, u.destination))
-            .collect();
+        let [metas, details, closes, inserts] = batch_parameters(meta, rows);
         // Only the closing statement returns rows.
         sqlx::query_as(WRITE_BATCH.as_str())
-            .bind(json_rows(meta))
-            .bind(json_rows(&details))
-            .bind(json_rows(&close_rows(&rows.closes)))
-            .bind(json_rows(&insert_rows(&rows.inserts)))
+            .bind(metas)
+            .bind(details)
+            .bind(closes)
+            .bind(inserts)
             .fetch_all(&mut *self)
             .await
     }
