@@ -66,13 +66,9 @@ use self::dialect::with_pool;
 #[derive(Debug, Clone)]
 pub struct Store {
     /// The pool the history writer writes with (batches, heartbeats, the
-    /// acknowledged mark), and the start-up and shutdown bursts before and
-    /// after it runs (resume, take-over, the per-day rebuild, closing the
-    /// history). On SQLite a pool of its own with one connection,
-    /// so every batch finds that connection's page cache warm: two
-    /// connections taking turns would each find its cache emptied by the
-    /// other's last commit and read the pages back. On PostgreSQL the same
-    /// pool as `writer`.
+    /// acknowledged mark; on SQLite these go to `thread`), and the start-up
+    /// and shutdown bursts before and after it runs (resume, take-over, the
+    /// per-day rebuild, closing the history). The same pool as `writer`.
     history: Backend,
     /// The pool everything else writes with (audit, leases, claims,
     /// migrations) and readiness checks use, so they never queue behind a
@@ -83,7 +79,10 @@ pub struct Store {
     reader: Backend,
     /// On a writable SQLite file, the history writer's own connection on a
     /// thread of its own: batches, heartbeats and the acknowledged mark,
-    /// each in one hand-over (`sqlite_thread.rs`). `None` on PostgreSQL.
+    /// each in one hand-over (`sqlite_thread.rs`). One connection, so every
+    /// batch finds its page cache warm: two connections taking turns would
+    /// each find its cache emptied by the other's last commit and read the
+    /// pages back. `None` on PostgreSQL.
     thread: Option<std::sync::Arc<sqlite_thread::SqliteThread>>,
     /// The time zone of the per-day totals this store keeps as it writes
     /// (see `daily.rs`); `None` keeps none.

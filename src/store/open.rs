@@ -25,7 +25,7 @@ use super::{Backend, Store, StoreError};
 /// only matters for a checkpoint or an outside tool holding the file.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// SQLite page cache of the history writer's connection, in KiB (SQLite's
+/// SQLite page cache of the history thread's connection, in KiB (SQLite's
 /// default is 2 MiB). A batch appends to the ends of the tables and indexes
 /// and closes each agent's open interval: a working set of some hundred
 /// pages at 5,000 agents. Measured at 5,000 agents polled every second, 1
@@ -34,8 +34,8 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// only as pages are used, so this bounds memory rather than reserving it.
 const SQLITE_HISTORY_CACHE_KIB: u32 = 1024;
 
-/// SQLite page cache of the other writing connection (audit rows, resume,
-/// readiness checks), in KiB: small writes, a small cache.
+/// SQLite page cache of the other writing connections (audit rows, resume,
+/// closing the history, readiness checks), in KiB: small writes, a small cache.
 const SQLITE_WRITER_CACHE_KIB: u32 = 1024;
 
 /// SQLite page cache per reading connection, in KiB. Reports read with
@@ -250,13 +250,6 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             url: redact_url(url),
             source,
         })?;
-    let history = writing(
-        1,
-        SQLITE_HISTORY_CACHE_KIB,
-        super::checkpoint::HISTORY_AUTOCHECKPOINT_PAGES,
-    )
-    .await
-    .map_err(|error| connect_error(url, &error))?;
     let file = options.get_filename().to_path_buf();
     let reader = sqlite_reader(options, url).await?;
     // A second connection to an in-memory database would open another one.
@@ -273,9 +266,12 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             },
         )?)),
     };
+    // The history thread writes the batches; the rest of the history
+    // (start-up, shutdown, the rare paths) goes through the writing pool.
+    let writer = Backend::Sqlite(writer);
     Ok(Store {
-        history: Backend::Sqlite(history),
-        writer: Backend::Sqlite(writer),
+        history: writer.clone(),
+        writer,
         reader: Backend::Sqlite(reader),
         thread,
         daily: None,

@@ -206,3 +206,173 @@ pub(crate) fn closed_rows(
         })
         .map_err(|error| (action, error))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::FutureExt as _;
+
+    use crate::model::{Change, Previous, Status};
+    use crate::store::test_database::TestDatabase;
+    use crate::store::tests::{at, meta, state};
+    use crate::store::{CommitOptions, CommitOutcome, Store};
+
+    fn transition(id: &str, status: Status, since: i64) -> Change {
+        Change {
+            state: state(id, status, since, 0),
+            previous: Some(Previous {
+                status: Status::Unknown,
+                since: at(0),
+            }),
+        }
+    }
+
+    fn options(batch_id: i64) -> CommitOptions<'static> {
+        CommitOptions {
+            bridge: "b1",
+            fenced: false,
+            batch_id,
+            heartbeat_at: None,
+        }
+    }
+
+    async fn commit(store: &Store, batch_id: i64, changes: &mut [Change]) -> u64 {
+        match store.commit_changes(changes, &options(batch_id)).await {
+            Ok(CommitOutcome::Stored { first_seq }) => first_seq,
+            other => panic!("stored: {other:?}"),
+        }
+    }
+
+    /// (agent, ended) of every interval, by id.
+    async fn intervals(store: &Store) -> Vec<(String, bool)> {
+        let mut rows: Vec<_> = store
+            .intervals(None, at(0), at(1000))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| (i.agent.to_string(), i.ended_at.is_some()))
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[tokio::test]
+    async fn a_batch_that_fails_on_the_thread_leaves_nothing_and_the_next_lands() {
+        let database = TestDatabase::sqlite().await;
+        let store = &database.store;
+        assert!(
+            store.thread.is_some(),
+            "an SQLite store commits on its thread"
+        );
+        assert_eq!(
+            commit(store, 1, &mut [transition("alice", Status::Available, 10)]).await,
+            1
+        );
+        // The batch closes alice's interval, then fails inserting bob's.
+        store
+            .execute_unchecked(
+                "CREATE TRIGGER refuse_bob BEFORE INSERT ON intervals WHEN NEW.agent = 'bob' \
+                 BEGIN SELECT RAISE(ABORT, 'bob refused'); END",
+            )
+            .await
+            .unwrap();
+        let mut batch = [
+            transition("alice", Status::Paused, 20),
+            transition("bob", Status::Available, 21),
+        ];
+        let error = store
+            .commit_changes(&mut batch, &options(2))
+            .await
+            .expect_err("the trigger refuses bob");
+        let message = error.to_string();
+        assert!(
+            message.contains("writing a history batch") && message.contains("bob refused"),
+            "{message}"
+        );
+        assert_eq!(store.batch_landed("b1", 2).await.unwrap(), None);
+        assert_eq!(
+            store.last_seq().await.unwrap(),
+            1,
+            "the seqs were rolled back"
+        );
+        assert_eq!(
+            intervals(store).await,
+            [("alice".to_owned(), false)],
+            "alice still open, no bob"
+        );
+
+        // The thread and its connection carry on: the retry lands whole.
+        store
+            .execute_unchecked("DROP TRIGGER refuse_bob")
+            .await
+            .unwrap();
+        assert_eq!(commit(store, 2, &mut batch).await, 2);
+        assert_eq!([batch[0].state.seq, batch[1].state.seq], [2, 3]);
+        assert_eq!(store.batch_landed("b1", 2).await.unwrap(), Some(2));
+        assert_eq!(
+            intervals(store).await,
+            [
+                ("alice".to_owned(), false),
+                ("alice".to_owned(), true),
+                ("bob".to_owned(), false)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_whose_caller_stopped_waiting_still_lands_whole() {
+        let database = TestDatabase::sqlite().await;
+        let store = &database.store;
+        let mut batch = [
+            transition("alice", Status::Available, 10),
+            transition("bob", Status::Paused, 11),
+        ];
+        // Polled once (the batch is handed over), then dropped: as when the
+        // shutdown deadline passes during a commit. (Should the thread have
+        // answered within that one poll, the batch landed all the same.)
+        let _ = store.commit_changes(&mut batch, &options(5)).now_or_never();
+        // The writer's unknown-outcome check finds the whole batch.
+        let mut landed = None;
+        for _ in 0..500 {
+            landed = store.batch_landed("b1", 5).await.unwrap();
+            if landed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(landed, Some(1));
+        assert_eq!(store.last_seq().await.unwrap(), 2);
+        assert_eq!(
+            intervals(store).await,
+            [("alice".to_owned(), false), ("bob".to_owned(), false)]
+        );
+    }
+
+    #[tokio::test]
+    async fn heartbeat_and_acked_mark_go_through_the_thread_and_a_closed_store_says_so() {
+        let database = TestDatabase::sqlite().await;
+        let store = database.store.clone();
+        store.heartbeat(at(30)).await.unwrap();
+        store.store_acked_seq("b1", 9).await.unwrap();
+        store.store_acked_seq("b1", 4).await.unwrap();
+        assert_eq!(
+            meta(&store, "heartbeat_at").await,
+            Some(at(30).timestamp_millis())
+        );
+        assert_eq!(meta(&store, "acked_seq").await, Some(9), "never lowered");
+
+        let other = store.clone();
+        store.close().await;
+        let error = other
+            .commit_changes(
+                &mut [transition("alice", Status::Available, 40)],
+                &options(1),
+            )
+            .await
+            .expect_err("the store is closed");
+        assert!(error.to_string().contains("history thread"), "{error}");
+        let error = other.heartbeat(at(41)).await.expect_err("closed");
+        assert!(error.to_string().contains("history thread"), "{error}");
+    }
+}

@@ -611,41 +611,61 @@ async fn sqlite_uses_wal_and_full_sync() {
     let store = Store::open(&format!("sqlite://{}/h.db", dir.path().display()))
         .await
         .unwrap();
-    // The history writer's own connection with a checkpoint only as a
-    // safety net (`checkpoint.rs` checkpoints off its path), the other
-    // writing connection checkpointing on its own; both 1 MiB of cache, WAL,
+    // The writing connections checkpoint on their own; 1 MiB of cache, WAL,
     // FULL, foreign keys, the WAL file cut back to 16 MiB after a burst.
-    for (backend, cache_kib, autocheckpoint) in
-        [(&store.history, 1024, 16_000), (&store.writer, 1024, 4000)]
-    {
-        let Backend::Sqlite(pool) = backend else {
-            panic!("an SQLite store")
-        };
-        let journal: String = pragma(pool, "journal_mode").await;
-        let synchronous: i64 = pragma(pool, "synchronous").await;
-        let foreign_keys: i64 = pragma(pool, "foreign_keys").await;
-        let cache_size: i64 = pragma(pool, "cache_size").await;
-        let wal_autocheckpoint: i64 = pragma(pool, "wal_autocheckpoint").await;
-        let journal_size_limit: i64 = pragma(pool, "journal_size_limit").await;
-        assert_eq!(
-            (
-                journal.as_str(),
-                synchronous,
-                foreign_keys,
-                cache_size,
-                wal_autocheckpoint,
-                journal_size_limit
-            ),
-            ("wal", 2, 1, -cache_kib, autocheckpoint, 16 * 1024 * 1024)
-        );
-    }
-    let Backend::Sqlite(history) = &store.history else {
+    let Backend::Sqlite(pool) = &store.writer else {
         panic!("an SQLite store")
     };
+    let journal: String = pragma(pool, "journal_mode").await;
+    let mut settings = Vec::new();
+    for name in [
+        "synchronous",
+        "foreign_keys",
+        "cache_size",
+        "wal_autocheckpoint",
+        "journal_size_limit",
+    ] {
+        settings.push(pragma::<i64>(pool, name).await);
+    }
     assert_eq!(
-        history.options().get_max_connections(),
-        1,
-        "one history connection: its page cache stays warm"
+        (journal, settings),
+        ("wal".to_owned(), vec![2, 1, -1024, 4000, 16 * 1024 * 1024])
+    );
+    // The history thread's connection, which commits every batch: the
+    // same, with a checkpoint only as a safety net (`checkpoint.rs`
+    // checkpoints off its path).
+    let thread = store
+        .thread
+        .as_ref()
+        .expect("an SQLite store's history thread");
+    let on_thread = thread
+        .run(|connection| {
+            let journal: String =
+                connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
+            let mut settings = Vec::new();
+            for name in [
+                "synchronous",
+                "foreign_keys",
+                "cache_size",
+                "wal_autocheckpoint",
+                "journal_size_limit",
+            ] {
+                settings.push(
+                    connection
+                        .query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0))?,
+                );
+            }
+            Ok::<_, rusqlite::Error>((journal, settings))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        on_thread,
+        (
+            "wal".to_owned(),
+            vec![2, 1, -1024, 16_000, 16 * 1024 * 1024]
+        )
     );
     store.close().await;
 }
