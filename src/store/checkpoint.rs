@@ -16,7 +16,8 @@
 //! [`checkpoint_round`]), and a round that still did not catch up is tried
 //! again after [`RETRY_AFTER`].
 //!
-//! The history writer's own connection checkpoints only past
+//! The history writer's own connection (the history thread's,
+//! `sqlite_thread.rs`) checkpoints only past
 //! [`HISTORY_AUTOCHECKPOINT_PAGES`] (see `open.rs`), far above what a second
 //! of history writes at 5,000 agents: the safety net for when the rounds
 //! cannot catch up (commits back to back at saturation), as SQLite itself

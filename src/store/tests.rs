@@ -617,14 +617,16 @@ async fn sqlite_uses_wal_and_full_sync() {
         panic!("an SQLite store")
     };
     let journal: String = pragma(pool, "journal_mode").await;
-    let mut settings = Vec::new();
-    for name in [
+    // The settings checked on both connections, after journal_mode.
+    const SETTINGS: [&str; 5] = [
         "synchronous",
         "foreign_keys",
         "cache_size",
         "wal_autocheckpoint",
         "journal_size_limit",
-    ] {
+    ];
+    let mut settings = Vec::new();
+    for name in SETTINGS {
         settings.push(pragma::<i64>(pool, name).await);
     }
     assert_eq!(
@@ -643,13 +645,7 @@ async fn sqlite_uses_wal_and_full_sync() {
             let journal: String =
                 connection.query_row("PRAGMA journal_mode", [], |row| row.get(0))?;
             let mut settings = Vec::new();
-            for name in [
-                "synchronous",
-                "foreign_keys",
-                "cache_size",
-                "wal_autocheckpoint",
-                "journal_size_limit",
-            ] {
+            for name in SETTINGS {
                 settings.push(
                     connection
                         .query_row(&format!("PRAGMA {name}"), [], |row| row.get::<_, i64>(0))?,
