@@ -385,8 +385,9 @@ impl<S: AgentSource> Poller<S> {
 
 /// The longest a change waits for polls still out before it is handed to
 /// the writer: about the time a tick's polls take to answer at 5,000
-/// agents, well under the 5-ms latency target.
-const HOLD_MAX: Duration = Duration::from_millis(3);
+/// agents, well under the 5-ms latency target (3 ms measured a longer
+/// tail, 1 ms more commits; `docs/performance.md`, ninth round).
+const HOLD_MAX: Duration = Duration::from_millis(2);
 
 /// The next order on the control channel; never completes without one.
 async fn next_control(
