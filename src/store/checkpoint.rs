@@ -167,21 +167,23 @@ mod tests {
     use crate::store::test_database::{Backend, TestDatabase};
 
     /// `count` transactions of about two pages each, on the history
-    /// writer's connection, back to back.
+    /// writer's connection (the history thread's), back to back.
     async fn write_on_history(store: &Store, count: usize) {
-        let super::Backend::Sqlite(history) = &store.history else {
-            panic!("an SQLite store")
-        };
-        sqlx::query("CREATE TABLE IF NOT EXISTS filler (bytes BLOB)")
-            .execute(history)
+        let thread = store
+            .thread
+            .as_ref()
+            .expect("an SQLite store's history thread");
+        thread
+            .run(move |connection| {
+                connection.execute_batch("CREATE TABLE IF NOT EXISTS filler (bytes BLOB)")?;
+                for _ in 0..count {
+                    connection.execute("INSERT INTO filler VALUES (randomblob(6000))", [])?;
+                }
+                Ok::<_, rusqlite::Error>(())
+            })
             .await
+            .unwrap()
             .unwrap();
-        for _ in 0..count {
-            sqlx::query("INSERT INTO filler VALUES (randomblob(6000))")
-                .execute(history)
-                .await
-                .unwrap();
-        }
     }
 
     /// The history writer's own checkpoint is far above SQLite's default

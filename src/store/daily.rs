@@ -124,7 +124,7 @@ impl Store {
     /// Rebuilds the per-day totals in `tz` from every closed interval.
     async fn rebuild_daily_totals(&self, tz: Tz) -> Result<u64, StoreError> {
         let failed = || StoreError::query("rebuilding the per-day totals");
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool.begin_long_write().await.map_err(failed())?;
             for sql in [
                 "DELETE FROM daily_rollup",

@@ -80,7 +80,7 @@ impl Store {
             let key = self.acked_key(bridge);
             return Self::meta_on_thread(thread, RAISE_META, key, seq_to_db(seq), ACTION).await;
         }
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             sqlx::query(RAISE_META)
                 .bind(self.acked_key(bridge))
                 .bind(seq_to_db(seq))

@@ -114,18 +114,25 @@ pub enum CommitOutcome {
 
 /// The `bridge_meta` values a batch sets: its marker (see
 /// [`Store::batch_landed`]), and the heartbeat when due.
-fn batch_meta(options: &CommitOptions<'_>, first_seq: u64) -> Vec<(String, i64)> {
+fn batch_meta(
+    bridge: &str,
+    batch_id: i64,
+    heartbeat_at: Option<DateTime<Utc>>,
+    first_seq: u64,
+) -> Vec<(String, i64)> {
     let mut meta = vec![
-        (format!("batch:{}", options.bridge), options.batch_id),
-        (
-            format!("batch_seq:{}", options.bridge),
-            seq_to_db(first_seq),
-        ),
+        (format!("batch:{bridge}"), batch_id),
+        (format!("batch_seq:{bridge}"), seq_to_db(first_seq)),
     ];
-    if let Some(at) = options.heartbeat_at {
+    if let Some(at) = heartbeat_at {
         meta.push(("heartbeat_at".to_owned(), to_millis(at)));
     }
     meta
+}
+
+/// The first of `transitions` seqs when [`TAKE_SEQS`] answered `last`.
+fn first_of(last: i64, transitions: usize) -> u64 {
+    seq_from_db(last) + 1 - transitions as u64
 }
 
 /// Adds `$1` to `last_seq` and returns the new value: the seqs of a batch,
@@ -142,7 +149,7 @@ impl Store {
     /// benchmarks; the bridge commits with [`Store::commit_changes`].
     pub async fn record(&self, transitions: &[AgentState]) -> Result<(), StoreError> {
         let rows = batch_rows(transitions.iter().map(|state| (state, true)), None);
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -180,7 +187,7 @@ impl Store {
                 .commit_on_thread(thread, changes, options, transitions)
                 .await;
         }
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -210,10 +217,15 @@ impl Store {
                     .fetch_one(&mut *transaction)
                     .await
                     .map_err(StoreError::query("taking seqs"))?;
-                first_seq = seq_from_db(last) + 1 - transitions as u64;
+                first_seq = first_of(last, transitions);
                 assign_seqs(changes, first_seq);
             }
-            let meta = batch_meta(options, first_seq);
+            let meta = batch_meta(
+                options.bridge,
+                options.batch_id,
+                options.heartbeat_at,
+                first_seq,
+            );
             let rows = batch_rows(
                 changes
                     .iter()
@@ -257,23 +269,17 @@ impl Store {
                                 take.query_row([transitions as i64], |row| row.get(0))
                             })
                             .map_err(|error| ("taking seqs", error))?;
-                        first_seq = seq_from_db(last) + 1 - transitions as u64;
+                        first_seq = first_of(last, transitions);
                         assign_seqs(&mut batch, first_seq);
                     }
-                    let options = CommitOptions {
-                        bridge: &bridge,
-                        fenced: false,
-                        batch_id,
-                        heartbeat_at,
-                    };
+                    let meta = batch_meta(&bridge, batch_id, heartbeat_at, first_seq);
                     let rows = batch_rows(
                         batch
                             .iter()
                             .map(|change| (&change.state, change.previous.is_some())),
                         Some(&bridge),
                     );
-                    let mut closed =
-                        write_batch_on(transaction, &batch_meta(&options, first_seq), &rows)?;
+                    let mut closed = write_batch_on(transaction, &meta, &rows)?;
                     if let Some(tz) = daily {
                         closed.extend(ClosedInterval::from_inserts(&rows.inserts));
                         let daily = daily_rows(&closed, tz);
@@ -319,7 +325,7 @@ impl Store {
         batch_id: i64,
     ) -> Result<Option<u64>, StoreError> {
         let read = |key: String| async move {
-            with_pool!(&self.history, |pool, _d| {
+            with_pool!(&self.writer, |pool, _d| {
                 sqlx::query_scalar::<_, i64>(READ_META)
                     .bind(key)
                     .fetch_optional(pool)
@@ -363,7 +369,7 @@ impl Store {
             let key = "heartbeat_at".to_owned();
             return Self::meta_on_thread(thread, SET_META, key, to_millis(at), ACTION).await;
         }
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             sqlx::query(SET_META)
                 .bind("heartbeat_at")
                 .bind(to_millis(at))
@@ -426,7 +432,7 @@ impl Store {
         now: DateTime<Utc>,
         handovers: Option<&std::collections::HashMap<AgentId, Handover>>,
     ) -> Result<ResumedAgents, StoreError> {
-        with_pool!(&self.history, |pool, dialect| {
+        with_pool!(&self.writer, |pool, dialect| {
             let mut transaction = pool
                 .begin_write()
                 .await
@@ -521,7 +527,7 @@ impl Store {
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
         let failed = || StoreError::query("closing the history");
-        with_pool!(&self.history, |pool, _d| {
+        with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool.begin_write().await.map_err(failed())?;
             let closed: Vec<ClosedInterval> = match agents {
                 None => sqlx::query_as(CLOSE_ALL_OPEN)

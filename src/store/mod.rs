@@ -65,14 +65,11 @@ use self::dialect::with_pool;
 /// The history database. Cheap to clone (the pools are shared handles).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The pool the history writer writes with (batches, heartbeats, the
-    /// acknowledged mark; on SQLite these go to `thread`), and the start-up
-    /// and shutdown bursts before and after it runs (resume, take-over, the
-    /// per-day rebuild, closing the history). The same pool as `writer`.
-    history: Backend,
-    /// The pool everything else writes with (audit, leases, claims,
-    /// migrations) and readiness checks use, so they never queue behind a
-    /// history batch.
+    /// The pool every write goes through but SQLite's history batches (those
+    /// go to `thread`): PostgreSQL's history batches, the history's
+    /// start-up and shutdown bursts (resume, take-over, the per-day rebuild,
+    /// closing the history), audit, leases, claims, migrations, and the
+    /// readiness checks.
     writer: Backend,
     /// The pool reports and the HTTP API read with (read-only connections
     /// on SQLite), so a long report never delays a history batch.
@@ -125,7 +122,6 @@ impl Store {
             thread.close().await;
         }
         with_pool!(self.reader, |pool, _d| pool.close().await);
-        with_pool!(self.history, |pool, _d| pool.close().await);
         with_pool!(self.writer, |pool, _d| pool.close().await);
     }
 

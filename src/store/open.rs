@@ -1,9 +1,10 @@
 //! Opening a [`Store`]: the URL, the pools, the migrations.
 //!
 //! A store has two pools on the same database: one for the bridge's writes
-//! (history batches, heartbeats, audit rows) and one for reads (reports,
-//! the HTTP API), so a long report never holds a connection the history
-//! writer is waiting for. [`Store::open`] creates and migrates the database;
+//! (history batches on PostgreSQL, audit rows, leases) and one for reads
+//! (reports, the HTTP API), so a long report never holds a connection the
+//! history writer is waiting for; on a writable SQLite file, also the
+//! history thread's own connection (`sqlite_thread.rs`). [`Store::open`] creates and migrates the database;
 //! [`Store::open_existing`] (reports, `audit`) never creates, migrates or
 //! writes anything.
 
@@ -58,7 +59,8 @@ const SQLITE_WAL_SIZE_LIMIT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Writing connections besides the history writer's: audit batches, leases
 /// and readiness checks, which then never queue behind a batch. On SQLite
-/// the history writer has one connection of its own besides these (SQLite
+/// the history writer has one connection of its own besides these, on the
+/// history thread (SQLite
 /// lets one transaction write at a time anyway); on PostgreSQL it shares
 /// these.
 const WRITER_CONNECTIONS: u32 = 2;
@@ -165,7 +167,6 @@ impl Store {
                     .map_err(|error| connect_error(url, &error))?;
                 let backend = Backend::Postgres(pool);
                 Store {
-                    history: backend.clone(),
                     writer: backend.clone(),
                     reader: backend,
                     thread: None,
@@ -270,7 +271,6 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
     // (start-up, shutdown, the rare paths) goes through the writing pool.
     let writer = Backend::Sqlite(writer);
     Ok(Store {
-        history: writer.clone(),
         writer,
         reader: Backend::Sqlite(reader),
         thread,
@@ -314,7 +314,6 @@ async fn open_sqlite_existing(url: &str) -> Result<Store, StoreError> {
     }
     let reader = Backend::Sqlite(sqlite_reader(options, url).await?);
     Ok(Store {
-        history: reader.clone(),
         writer: reader.clone(),
         reader,
         thread: None,
@@ -353,7 +352,6 @@ async fn open_postgres(url: &str) -> Result<Store, StoreError> {
     };
     let writer = Backend::Postgres(pool(WRITER_CONNECTIONS));
     let store = Store {
-        history: writer.clone(),
         writer,
         reader: Backend::Postgres(pool(READER_CONNECTIONS)),
         thread: None,

@@ -12,13 +12,15 @@
 //!
 //! Only the hot path comes here: batches, the heartbeat and the
 //! acknowledged mark. Start-up, shutdown and rare paths (resume, closing
-//! the history, `batch_landed`) keep sqlx's history pool; the statements
-//! and the rows are the ones `sqlite.rs` and `rows.rs` give sqlx.
+//! the history, `batch_landed`) go through sqlx's writing pool; the
+//! statements and the rows are the ones `sqlite.rs` and `rows.rs` give
+//! sqlx. The queue of jobs is bounded ([`JOBS_QUEUED`]): a caller waits for
+//! room, as it would for a pool's connection.
 //! A job handed over always runs to its end (commit or rollback), even if
 //! the caller stopped waiting for it.
 
 use std::path::Path;
-use std::sync::{mpsc, Mutex};
+use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -31,7 +33,13 @@ use super::StoreError;
 /// A job for the thread.
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
-/// The connection's settings (those of sqlx's history pool, `open.rs`).
+/// Jobs waiting for the thread, at most: the history writer hands over one
+/// at a time (a batch, the heartbeat or the acknowledged mark) and waits
+/// for it; a few more cover jobs whose callers stopped waiting.
+const JOBS_QUEUED: usize = 8;
+
+/// The connection's settings (`open.rs`: those of the writing pool, but
+/// the checkpoint only as a safety net).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ThreadSettings {
     /// How long a statement waits for another connection's lock.
@@ -48,7 +56,7 @@ pub(crate) struct ThreadSettings {
 #[derive(Debug)]
 pub(crate) struct SqliteThread {
     /// Where jobs go; `None` once closed.
-    jobs: Mutex<Option<mpsc::Sender<Job>>>,
+    jobs: Mutex<Option<tokio::sync::mpsc::Sender<Job>>>,
     /// The thread, joined on close.
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -71,12 +79,12 @@ impl SqliteThread {
         };
         let connection = connect(path, settings)
             .map_err(|error| failed(format!("the history thread's connection: {error}")))?;
-        let (jobs, receive) = mpsc::channel::<Job>();
+        let (jobs, mut receive) = tokio::sync::mpsc::channel::<Job>(JOBS_QUEUED);
         let thread = std::thread::Builder::new()
             .name("pbx2mqtt-history".into())
             .spawn(move || {
                 let mut connection = connection;
-                for job in receive {
+                while let Some(job) = receive.blocking_recv() {
                     job(&mut connection);
                 }
             })
@@ -94,15 +102,13 @@ impl SqliteThread {
         job: impl FnOnce(&mut Connection) -> T + Send + 'static,
     ) -> Result<T, StoreError> {
         let (answer, answered) = tokio::sync::oneshot::channel();
-        let sent = lock(&self.jobs).as_ref().is_some_and(|jobs| {
-            jobs.send(Box::new(move |connection: &mut Connection| {
-                let _ = answer.send(job(connection));
-            }))
-            .is_ok()
-        });
-        if !sent {
-            return Err(gone());
-        }
+        // A clone, so no lock is held while waiting for room.
+        let jobs = lock(&self.jobs).clone().ok_or_else(gone)?;
+        jobs.send(Box::new(move |connection: &mut Connection| {
+            let _ = answer.send(job(connection));
+        }))
+        .await
+        .map_err(|_| gone())?;
         answered.await.map_err(|_| gone())
     }
 
@@ -141,9 +147,10 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The error of a job the thread could not take.
+/// The error of a job the thread could not take (closed, or a job
+/// panicked).
 fn gone() -> StoreError {
-    StoreError::query("handing a batch to the history thread")(sqlx::Error::WorkerCrashed)
+    StoreError::query("handing a write to the history thread")(sqlx::Error::WorkerCrashed)
 }
 
 /// A [`StepError`] as a store error.
@@ -374,5 +381,23 @@ mod tests {
         assert!(error.to_string().contains("history thread"), "{error}");
         let error = other.heartbeat(at(41)).await.expect_err("closed");
         assert!(error.to_string().contains("history thread"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_store_has_no_thread_and_commits_through_sqlx() {
+        // A second connection to `:memory:` would be another database.
+        let store = Store::open("sqlite::memory:").await.unwrap();
+        assert!(store.thread.is_none());
+        assert_eq!(
+            commit(&store, 1, &mut [transition("alice", Status::Available, 10)]).await,
+            1
+        );
+        store.heartbeat(at(11)).await.unwrap();
+        assert_eq!(intervals(&store).await, [("alice".to_owned(), false)]);
+        assert_eq!(
+            meta(&store, "heartbeat_at").await,
+            Some(at(11).timestamp_millis())
+        );
+        store.close().await;
     }
 }
