@@ -137,6 +137,12 @@ fn connect(path: &Path, settings: ThreadSettings) -> Result<Connection, rusqlite
     connection.pragma_update(None, "cache_size", -i64::from(settings.cache_kib))?;
     connection.pragma_update(None, "wal_autocheckpoint", settings.autocheckpoint_pages)?;
     connection.pragma_update(None, "journal_size_limit", settings.wal_size_limit_bytes)?;
+    // A batch's multi-row statements keep a statement journal (the pages
+    // they change, to undo one statement without the transaction): in
+    // memory, not a file created, spilled into and unlinked in the temp
+    // directory on every commit. It holds at most the pages of one
+    // statement of one batch.
+    connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(connection)
 }
 
