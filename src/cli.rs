@@ -87,6 +87,10 @@ pub fn main() -> ExitCode {
     crate::malloc::tune();
     let cli = Cli::parse();
     crate::logging::init(cli.log_format);
+    // Before any database opens; SQLite's defaults stay if it cannot.
+    if !crate::store::configure_sqlite() {
+        tracing::warn!("SQLite had started before its settings were made; its defaults stay");
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if matches!(cli.command, Command::Run) {
         runtime.worker_threads(RUN_WORKERS);

@@ -57,6 +57,7 @@ pub use error::StoreError;
 pub use intervals::{assign_seqs, CommitOptions, CommitOutcome, ResumedAgents};
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
 pub use rows::{Handover, Interval};
+pub use sqlite_thread::{configure_sqlite, STATEMENT_JOURNAL_IN_MEMORY};
 pub use transactions::Claim;
 pub use url::redact_url;
 

@@ -137,13 +137,39 @@ fn connect(path: &Path, settings: ThreadSettings) -> Result<Connection, rusqlite
     connection.pragma_update(None, "cache_size", -i64::from(settings.cache_kib))?;
     connection.pragma_update(None, "wal_autocheckpoint", settings.autocheckpoint_pages)?;
     connection.pragma_update(None, "journal_size_limit", settings.wal_size_limit_bytes)?;
-    // A batch's multi-row statements keep a statement journal (the pages
-    // they change, to undo one statement without the transaction): in
-    // memory, not a file created, spilled into and unlinked in the temp
-    // directory on every commit. It holds at most the pages of one
-    // statement of one batch.
-    connection.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(connection)
+}
+
+/// How many bytes of one statement's journal SQLite keeps in memory before
+/// it moves it to a temporary file (SQLite's own default is 64 KiB). A
+/// batch's closing and updating statements keep such a journal (the pages
+/// they change, to undo the statement alone): at 5,000 agents polled every
+/// second it passed 64 KiB in many commits, and each of those created a
+/// file in the temp directory, wrote the journal there and unlinked it
+/// (six file operations and a write per page; `docs/performance.md`, tenth
+/// round). This is the most SQLite can take: it moves the journal to the
+/// file a piece of this size per write, and its Unix file layer writes at
+/// most 128 KiB − 1 bytes at a time (a larger setting fails the statement
+/// with "database or disk is full"). A larger statement (the first batch
+/// after a restart or an outage) still goes to a file: memory stays bounded.
+pub const STATEMENT_JOURNAL_IN_MEMORY: i32 = 128 * 1024 - 1;
+
+/// Sets SQLite's process-wide settings ([`STATEMENT_JOURNAL_IN_MEMORY`]);
+/// call from `main` before any database opens. False when SQLite had
+/// already started, which leaves its defaults (as in tests that open a
+/// store without `main`).
+pub fn configure_sqlite() -> bool {
+    // SAFETY: `sqlite3_config` takes an `int` after this option. SQLite
+    // refuses it (SQLITE_MISUSE, nothing changed) once it has initialised,
+    // so a late call is harmless; `main` calls it before any thread opens a
+    // connection.
+    let code = unsafe {
+        rusqlite::ffi::sqlite3_config(
+            rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
+            std::os::raw::c_int::from(STATEMENT_JOURNAL_IN_MEMORY),
+        )
+    };
+    code == rusqlite::ffi::SQLITE_OK
 }
 
 /// A poisoned lock only means a holder panicked; the value is still valid.
@@ -405,5 +431,105 @@ mod tests {
             Some(at(11).timestamp_millis())
         );
         store.close().await;
+    }
+
+    /// Set in the child process that [`statement_journals_stay_in_memory_up_to_128_kib`]
+    /// starts: `configure` (call `configure_sqlite` first) or `default`.
+    const JOURNAL_CHILD: &str = "PBX2MQTT_TEST_STATEMENT_JOURNAL";
+
+    /// Whether one statement changing the open rows of `agents` agents
+    /// (inside a transaction that wrote before it, as a batch does)
+    /// created a file in `temp_dir`, SQLite's temp directory.
+    fn statement_made_a_temp_file(
+        connection: &rusqlite::Connection,
+        temp_dir: &std::path::Path,
+        agents: usize,
+    ) -> bool {
+        let modified = || std::fs::metadata(temp_dir).unwrap().modified().unwrap();
+        let before = modified();
+        // The directory's time has a tick's granularity.
+        std::thread::sleep(Duration::from_millis(30));
+        let transaction = connection.unchecked_transaction().unwrap();
+        transaction
+            .execute("UPDATE meta SET value = value + 1", [])
+            .unwrap();
+        let closed = transaction
+            .execute(
+                "UPDATE open_rows SET ended_at = 1 WHERE agent < ?1 AND ended_at IS NULL",
+                [agents as i64],
+            )
+            .unwrap();
+        assert_eq!(closed, agents);
+        transaction.rollback().unwrap();
+        modified() != before
+    }
+
+    /// The child's side: a table whose rows fill about 18 to a page, like
+    /// the intervals (a partial unique index on the open ones).
+    fn journal_child(mode: &str) {
+        if mode == "configure" {
+            assert!(super::configure_sqlite(), "SQLite had not started yet");
+        }
+        let temp_dir = std::path::PathBuf::from(std::env::var("SQLITE_TMPDIR").unwrap());
+        let dir = tempfile::tempdir().unwrap();
+        let connection = rusqlite::Connection::open(dir.path().join("j.db")).unwrap();
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 CREATE TABLE meta (value INTEGER NOT NULL);
+                 INSERT INTO meta VALUES (0);
+                 CREATE TABLE open_rows (id INTEGER PRIMARY KEY, agent INTEGER NOT NULL,
+                     ended_at INTEGER, pad BLOB) STRICT;
+                 CREATE UNIQUE INDEX open_rows_one ON open_rows (agent) WHERE ended_at IS NULL;
+                 WITH RECURSIVE n(i) AS (SELECT 0 UNION ALL SELECT i + 1 FROM n WHERE i < 19999)
+                 INSERT INTO open_rows (agent, pad) SELECT i, zeroblob(200) FROM n;",
+            )
+            .unwrap();
+        // About 20 rows' pages and a few of the index (a busy tick's batch):
+        // over SQLite's 64 KiB, under 128 KiB.
+        let medium = statement_made_a_temp_file(&connection, &temp_dir, 360);
+        // About 800 pages.
+        let large = statement_made_a_temp_file(&connection, &temp_dir, 15_000);
+        println!("journal child: medium={medium} large={large}");
+    }
+
+    #[test]
+    fn statement_journals_stay_in_memory_up_to_128_kib() {
+        if let Ok(mode) = std::env::var(JOURNAL_CHILD) {
+            return journal_child(&mode);
+        }
+        // SQLite's settings are the process's, made before it starts: each
+        // case runs this test again in a process of its own.
+        let run = |mode: &str| {
+            let temp_dir = tempfile::tempdir().unwrap();
+            let output = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "store::sqlite_thread::tests::statement_journals_stay_in_memory_up_to_128_kib",
+                    "--exact",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(JOURNAL_CHILD, mode)
+                .env("SQLITE_TMPDIR", temp_dir.path())
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+            assert!(
+                output.status.success(),
+                "{mode}: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            stdout
+                .lines()
+                .find_map(|line| line.split_once("journal child: ").map(|(_, found)| found))
+                .unwrap_or_else(|| panic!("{mode}: the child did not run: {stdout}"))
+                .to_owned()
+        };
+        // SQLite's default writes the medium statement's journal to a file
+        // (so the check below can see one)...
+        assert_eq!(run("default"), "medium=true large=true");
+        // ... the bridge's setting keeps it in memory, and still spills a
+        // large one.
+        assert_eq!(run("configure"), "medium=false large=true");
     }
 }
