@@ -9,12 +9,11 @@ use crate::model::{AgentId, AgentState, Change};
 
 use super::dialect::{with_pool, BulkWrites, WritePool};
 use super::rows::{
-    batch_rows, daily_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db,
-    seq_to_db, to_millis, BatchRows, ClosedInterval, Handover, Interval, IntervalRow, LastRow,
-    NewInterval,
+    batch_rows, interval_from_row, last_interval_from_row, resume_rows, seq_from_db, seq_to_db,
+    to_millis, BatchRows, ClosedInterval, Handover, Interval, IntervalRow, LastRow, NewInterval,
 };
-use super::sqlite::{add_daily_on, write_batch_on};
-use super::sqlite_thread::{in_write_transaction, step_error, SqliteThread};
+use super::sqlite::{add_closed_daily_on, write_batch_on};
+use super::sqlite_thread::{closed_rows, execute, in_write_transaction, step_error, SqliteThread};
 use super::{Store, StoreError};
 
 /// Gives the transitions of `changes` the seqs from `first` on, in order.
@@ -280,13 +279,10 @@ impl Store {
                         Some(&bridge),
                     );
                     let mut closed = write_batch_on(transaction, &meta, &rows)?;
-                    if let Some(tz) = daily {
+                    if daily.is_some() {
                         closed.extend(ClosedInterval::from_inserts(&rows.inserts));
-                        let daily = daily_rows(&closed, tz);
-                        if !daily.is_empty() {
-                            add_daily_on(transaction, &daily)?;
-                        }
                     }
+                    add_closed_daily_on(transaction, daily, &closed)?;
                     Ok(first_seq)
                 })
             })
@@ -526,6 +522,9 @@ impl Store {
         agents: Option<&[String]>,
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
+        if let (None, Some(thread)) = (agents, &self.thread) {
+            return self.close_history_on_thread(thread, at).await;
+        }
         let failed = || StoreError::query("closing the history");
         with_pool!(&self.writer, |pool, _d| {
             let mut transaction = pool.begin_write().await.map_err(failed())?;
@@ -550,6 +549,34 @@ impl Store {
             transaction.commit().await.map_err(failed())?;
             Ok(closed.len() as u64)
         })
+    }
+
+    /// [`Store::close_history`] on the SQLite history thread: the same
+    /// statements in one hand-over, and the closed rows (one per agent)
+    /// never leave the thread.
+    async fn close_history_on_thread(
+        &self,
+        thread: &SqliteThread,
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        const ACTION: &str = "closing the history";
+        let (at, daily) = (to_millis(at), self.daily);
+        thread
+            .run(move |connection| {
+                in_write_transaction(connection, |transaction| {
+                    let closed = closed_rows(transaction, ACTION, CLOSE_ALL_OPEN, [at])?;
+                    add_closed_daily_on(transaction, daily, &closed)?;
+                    execute(
+                        transaction,
+                        ACTION,
+                        SET_META,
+                        rusqlite::params!["heartbeat_at", at],
+                    )?;
+                    Ok(closed.len() as u64)
+                })
+            })
+            .await?
+            .map_err(step_error)
     }
 
     /// Inserts intervals exactly as given (seq included), in one

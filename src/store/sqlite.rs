@@ -12,7 +12,9 @@ use sqlx::{SqliteConnection, SqlitePool};
 
 use super::audit::{AuditRow, AuditWrites};
 use super::dialect::{BulkWrites, WritePool};
-use super::rows::{BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval};
+use super::rows::{
+    daily_rows, BatchRows, Close, CloseById, ClosedInterval, DailyRows, LastRow, NewInterval,
+};
 use super::sqlite_thread::{closed_rows, execute, StepError};
 
 /// Starts a write transaction.
@@ -258,8 +260,21 @@ pub(crate) fn write_batch_on(
     Ok(closed)
 }
 
+/// Adds the intervals `closed` to the per-day totals on the history
+/// thread's connection, when the totals are kept (`daily`).
+pub(crate) fn add_closed_daily_on(
+    transaction: &rusqlite::Transaction<'_>,
+    daily: Option<chrono_tz::Tz>,
+    closed: &[ClosedInterval],
+) -> Result<(), StepError> {
+    let Some(tz) = daily else {
+        return Ok(());
+    };
+    add_daily_on(transaction, &daily_rows(closed, tz))
+}
+
 /// Adds to the per-day totals on the history thread's connection.
-pub(crate) fn add_daily_on(
+fn add_daily_on(
     transaction: &rusqlite::Transaction<'_>,
     rows: &DailyRows,
 ) -> Result<(), StepError> {

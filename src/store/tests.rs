@@ -462,6 +462,27 @@ async fn daily_totals_follow_every_write_and_match_a_rebuild(database: &TestData
     ));
     let rebuilt = sorted(store.daily_parts(tz, &[], &periods).await.unwrap().unwrap());
     assert_eq!(kept, rebuilt);
+
+    // A graceful stop closes both open intervals (on SQLite on the history
+    // thread) and adds them to the totals, as a rebuild would.
+    assert_eq!(store.close_history(at(21 * hour)).await.unwrap(), 2);
+    assert_eq!(
+        meta(&store, "heartbeat_at").await,
+        Some(at(21 * hour).timestamp_millis())
+    );
+    let closed = sorted(store.daily_parts(tz, &[], &periods).await.unwrap().unwrap());
+    assert!(closed.open.is_empty(), "nothing open after the stop");
+    assert_ne!(closed.time, rebuilt.time, "the last hour was added");
+    store
+        .execute_unchecked("DELETE FROM daily_rollup")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.keep_daily_totals(tz).await.unwrap(),
+        DailyTotals::Rebuilt { intervals } if intervals > 0
+    ));
+    let rebuilt = sorted(store.daily_parts(tz, &[], &periods).await.unwrap().unwrap());
+    assert_eq!(closed, rebuilt);
     store.close().await;
     other.close().await;
 }
