@@ -99,6 +99,11 @@ const SETTLE_LIMIT_FACTOR: u32 = 3;
 const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 fn main() -> ExitCode {
+    // The history-write stage opens stores in this process: with the
+    // bridge's SQLite settings, as `pbx2mqtt run` has them.
+    if !pbx2mqtt::store::configure_sqlite() {
+        eprintln!("pipeline bench: SQLite had started before its settings were made");
+    }
     let settings = match Settings::from_env_and_args() {
         Ok(settings) => settings,
         Err(error) => {

@@ -76,8 +76,9 @@ pub struct Store {
     /// on SQLite), so a long report never delays a history batch.
     reader: Backend,
     /// On a writable SQLite file, the history writer's own connection on a
-    /// thread of its own: batches, heartbeats and the acknowledged mark,
-    /// each in one hand-over (`sqlite_thread.rs`). One connection, so every
+    /// thread of its own: batches, heartbeats, the acknowledged mark and a
+    /// stop's closing of the history, each in one hand-over
+    /// (`sqlite_thread.rs`). One connection, so every
     /// batch finds its page cache warm: two connections taking turns would
     /// each find its cache emptied by the other's last commit and read the
     /// pages back. `None` on PostgreSQL.

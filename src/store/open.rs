@@ -267,8 +267,9 @@ async fn open_sqlite(url: &str) -> Result<Store, StoreError> {
             },
         )?)),
     };
-    // The history thread writes the batches; the rest of the history
-    // (start-up, shutdown, the rare paths) goes through the writing pool.
+    // The history thread writes the batches and closes the history at a
+    // stop; the rest (start-up, the rare paths) goes through the writing
+    // pool.
     let writer = Backend::Sqlite(writer);
     Ok(Store {
         writer,

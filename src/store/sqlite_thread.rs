@@ -10,9 +10,10 @@
 //! (begin, the seqs, the rows, the per-day totals, commit) runs in one go
 //! on this thread: one hand-over to it, one answer back.
 //!
-//! Only the hot path comes here: batches, the heartbeat and the
-//! acknowledged mark. Start-up, shutdown and rare paths (resume, closing
-//! the history, `batch_landed`) go through sqlx's writing pool; the
+//! The history writer's jobs come here: batches, the heartbeat, the
+//! acknowledged mark and a graceful stop's closing of the history.
+//! Start-up and rare paths (resume, `batch_landed`, a cluster member's
+//! leaving) go through sqlx's writing pool; the
 //! statements and the rows are the ones `sqlite.rs` and `rows.rs` give
 //! sqlx. The queue of jobs is bounded ([`JOBS_QUEUED`]): a caller waits for
 //! room, as it would for a pool's connection.
@@ -34,7 +35,8 @@ use super::StoreError;
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
 /// Jobs waiting for the thread, at most: the history writer hands over one
-/// at a time (a batch, the heartbeat or the acknowledged mark) and waits
+/// at a time (a batch, the heartbeat, the acknowledged mark or the stop's
+/// closing of the history) and waits
 /// for it; a few more cover jobs whose callers stopped waiting.
 const JOBS_QUEUED: usize = 8;
 
@@ -159,10 +161,11 @@ pub const STATEMENT_JOURNAL_IN_MEMORY: i32 = 128 * 1024 - 1;
 /// already started, which leaves its defaults (as in tests that open a
 /// store without `main`).
 pub fn configure_sqlite() -> bool {
-    // SAFETY: `sqlite3_config` takes an `int` after this option. SQLite
-    // refuses it (SQLITE_MISUSE, nothing changed) once it has initialised,
-    // so a late call is harmless; `main` calls it before any thread opens a
-    // connection.
+    // SAFETY: `sqlite3_config` takes an `int` after this option. It must
+    // not race SQLite's initialisation in another thread: `main` calls it
+    // before the runtime starts any thread or opens a connection. After
+    // SQLite has initialised it is refused (SQLITE_MISUSE) and changes
+    // nothing.
     let code = unsafe {
         rusqlite::ffi::sqlite3_config(
             rusqlite::ffi::SQLITE_CONFIG_STMTJRNL_SPILL,
@@ -202,7 +205,7 @@ pub(crate) fn in_write_transaction<T>(
     let value = steps(&transaction)?;
     transaction
         .commit()
-        .map_err(|error| ("committing a history batch", error))?;
+        .map_err(|error| ("committing a history transaction", error))?;
     Ok(value)
 }
 
@@ -430,6 +433,13 @@ mod tests {
             meta(&store, "heartbeat_at").await,
             Some(at(11).timestamp_millis())
         );
+        // A stop's closing of the history too.
+        assert_eq!(store.close_history(at(12)).await.unwrap(), 1);
+        assert_eq!(intervals(&store).await, [("alice".to_owned(), true)]);
+        assert_eq!(
+            meta(&store, "heartbeat_at").await,
+            Some(at(12).timestamp_millis())
+        );
         store.close().await;
     }
 
@@ -447,8 +457,16 @@ mod tests {
     ) -> bool {
         let modified = || std::fs::metadata(temp_dir).unwrap().modified().unwrap();
         let before = modified();
-        // The directory's time has a tick's granularity.
-        std::thread::sleep(Duration::from_millis(30));
+        // The directory's time has a tick's granularity, or a second's on a
+        // file system that keeps whole seconds.
+        let whole_seconds = before
+            .duration_since(std::time::UNIX_EPOCH)
+            .is_ok_and(|since| since.subsec_nanos() == 0);
+        std::thread::sleep(Duration::from_millis(if whole_seconds {
+            1_100
+        } else {
+            30
+        }));
         let transaction = connection.unchecked_transaction().unwrap();
         transaction
             .execute("UPDATE meta SET value = value + 1", [])
@@ -468,7 +486,10 @@ mod tests {
     /// the intervals (a partial unique index on the open ones).
     fn journal_child(mode: &str) {
         if mode == "configure" {
-            assert!(super::configure_sqlite(), "SQLite had not started yet");
+            assert!(
+                super::configure_sqlite(),
+                "SQLite had already started in the child"
+            );
         }
         let temp_dir = std::path::PathBuf::from(std::env::var("SQLITE_TMPDIR").unwrap());
         let dir = tempfile::tempdir().unwrap();
