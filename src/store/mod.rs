@@ -57,7 +57,7 @@ pub use error::StoreError;
 pub use intervals::{assign_seqs, CommitOptions, CommitOutcome, ResumedAgents};
 pub use reports::{ReportInterval, StartedCalls, StartedSum, SummaryParts, TimelineInterval};
 pub use rows::{Handover, Interval};
-pub use sqlite_thread::{configure_sqlite, STATEMENT_JOURNAL_IN_MEMORY};
+pub use sqlite_thread::configure_sqlite;
 pub use transactions::Claim;
 pub use url::redact_url;
 
@@ -66,10 +66,11 @@ use self::dialect::with_pool;
 /// The history database. Cheap to clone (the pools are shared handles).
 #[derive(Debug, Clone)]
 pub struct Store {
-    /// The pool every write goes through but SQLite's history batches (those
-    /// go to `thread`): PostgreSQL's history batches, the history's
-    /// start-up and shutdown bursts (resume, take-over, the per-day rebuild,
-    /// closing the history), audit, leases, claims, migrations, and the
+    /// The pool every write goes through but what `thread` takes on a
+    /// writable SQLite file (the history writer's batches, heartbeats,
+    /// acknowledged mark and closing at a stop): PostgreSQL's history, the
+    /// history's start-up bursts (resume, take-over, the per-day rebuild), a
+    /// cluster member's leaving, audit, leases, claims, migrations, and the
     /// readiness checks.
     writer: Backend,
     /// The pool reports and the HTTP API read with (read-only connections

@@ -154,9 +154,10 @@ fn connect(path: &Path, settings: ThreadSettings) -> Result<Connection, rusqlite
 /// most 128 KiB − 1 bytes at a time (a larger setting fails the statement
 /// with "database or disk is full"). A larger statement (the first batch
 /// after a restart or an outage) still goes to a file: memory stays bounded.
-pub const STATEMENT_JOURNAL_IN_MEMORY: i32 = 128 * 1024 - 1;
+const STATEMENT_JOURNAL_IN_MEMORY: i32 = 128 * 1024 - 1;
 
-/// Sets SQLite's process-wide settings ([`STATEMENT_JOURNAL_IN_MEMORY`]);
+/// Sets SQLite's process-wide settings (a statement journal kept in memory up
+/// to `STATEMENT_JOURNAL_IN_MEMORY`, 128 KiB − 1);
 /// call from `main` before any database opens. False when SQLite had
 /// already started, which leaves its defaults (as in tests that open a
 /// store without `main`).
