@@ -5,13 +5,22 @@
 //! Pure; it knows nothing of secrets. Callers redact before they cut, so a
 //! cut cannot leave half a secret behind.
 
-/// Cuts `text` to at most `max_chars` characters for an error message,
-/// marking a cut with `...`.
+/// Cuts `text` for an error message to at most `max_chars` characters as a
+/// quote would show them, marking a cut with `...`.
+///
+/// Messages quote such texts with `{:?}`, which writes a control or unusual
+/// character as an escape up to ten characters long (`\u{10ffff}`); each
+/// character counts as wide as its escape, so a quote of binary garbage is
+/// as short as a quote of plain text.
 pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_owned(),
+    let mut width = 0;
+    for (at, character) in text.char_indices() {
+        width += character.escape_debug().len();
+        if width > max_chars {
+            return format!("{}...", &text[..at]);
+        }
     }
+    text.to_owned()
 }
 
 /// At most `max_chars` characters of `text`, cut on a character boundary
@@ -70,6 +79,15 @@ mod tests {
         check("abcd", 3, "abc...");
         check("ééééé", 2, "éé...");
         check("", 0, "");
+        // Characters a quote escapes count as wide as their escapes.
+        check("a\u{7f}b", 7, "a\u{7f}...");
+        check("a\u{7f}b", 6, "a...");
+        check("\u{3347a}\u{3347a}", 12, "\u{3347a}...");
+        check("a\nb", 4, "a\nb");
+        check("a\nb", 3, "a\n...");
+        let garbage = "\u{1dc0}\u{3347a}\0\u{10}\u{100000}\u{7f}".repeat(20);
+        let quoted = format!("{:?}", shorten(&garbage, 40));
+        assert!(quoted.chars().count() <= 40 + 5, "{quoted}");
         assert_eq!(cap("ééé", 2), "éé");
         assert_eq!(cap("ab", 5), "ab");
     }

@@ -539,6 +539,30 @@ fn nested(depth: usize, closed: bool) -> String {
     body
 }
 
+/// The case the garbage property once found (CI, 2026-12-01): forty
+/// characters that a quote writes as escapes made the message far longer
+/// than the forty characters cut.
+#[test]
+fn garbage_quoted_as_escapes_stays_short() {
+    let body = "\u{1dc0}\u{3347a}\u{3347a}\u{3347a}\u{100000}\u{10}\u{100000}\u{7f}\u{3347a}\u{10}\u{18cd6}\0\u{1fff}\u{3347a}¡0¡a \"\0\u{10}¡¡=A A aaa=a¡a\\AA¡!";
+    for message in [
+        decode_response(body.as_bytes())
+            .map(drop)
+            .unwrap_err()
+            .to_string(),
+        decode_call(body.as_bytes())
+            .map(drop)
+            .unwrap_err()
+            .to_string(),
+    ] {
+        assert!(
+            message.starts_with("unexpected text \"\\u{1dc0}"),
+            "{message}"
+        );
+        assert!(message.chars().count() <= 200, "{message}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 
