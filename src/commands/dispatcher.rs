@@ -45,7 +45,7 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::audit::{self, AuditSink, Audited};
-use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_CAPACITY};
+use super::dedup::{DedupCache, DedupKey, Seen, DEFAULT_MAX_BYTES};
 use super::execute::execute;
 use super::membership::RefreshRequests;
 use super::parse::{parse_request, CommandRules, ParsedRequest};
@@ -235,7 +235,7 @@ impl Dispatcher {
             }),
             concurrency,
             max_backlog: BACKLOG_PER_SLOT * concurrency,
-            dedup: DedupCache::new(config.commands.dedup_window, DEFAULT_CAPACITY),
+            dedup: DedupCache::new(config.commands.dedup_window, DEFAULT_MAX_BYTES),
             cleared: HashMap::new(),
             commands: JoinSet::new(),
             running: HashMap::new(),
