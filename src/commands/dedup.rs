@@ -2,33 +2,37 @@
 //! or repeated within `commands.dedup_window` is answered from memory instead
 //! of running twice.
 //!
-//! Pure and bounded: the caller passes the time, the cache holds at most
-//! about `max_bytes` (each key counted at [`ENTRY_BYTES`] plus its response)
-//! and forgets the oldest first. A request whose twin is still running is
-//! remembered as in flight; the dispatcher answers the twin when the first
-//! one completes. Requests without a `transaction` are never deduplicated.
-//! The dispatcher forgets failed commands once answered, so a retry after
-//! an error runs again (every operation is safe to repeat).
+//! Pure and bounded: the caller passes the time. Answered keys take at most
+//! about `max_bytes` (each counted at [`ENTRY_BYTES`] plus its response);
+//! past that the oldest are forgotten first. A request whose twin is still
+//! running is remembered as in flight, apart, and never pushed out: the
+//! dispatcher answers the twins when the first one completes (keys in
+//! flight are bounded by the dispatcher's running commands and backlog).
+//! Requests without a `transaction` are never deduplicated. Only successes
+//! are remembered: a failed command is abandoned, so a retry after an error
+//! runs again (every operation is safe to repeat).
 //!
 //! A key is kept as a 128-bit digest of its topic and transaction (two
-//! SipHash-1-3 hashes with random keys of this process), not as its text:
-//! a burst of commands remembers three times as many transactions in the
-//! same memory. Two different requests would share a digest with a
-//! probability of about n²/2¹²⁹, some 10⁻³¹ for the thousands remembered.
+//! SipHash-1-3 hashes of it under different keys, drawn at random by this
+//! process), not as its text. Two different requests would share a digest
+//! with a probability of about n²/2¹²⁹: some 10⁻³¹ for the thousands
+//! remembered.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
 use std::hash::BuildHasher as _;
 use std::time::{Duration, Instant};
 
-/// The default bound on the cache's memory: about 4,000 transactions with
-/// their responses of a hundred-odd bytes (`docs/performance.md`).
+/// The default bound on the memory of answered keys: some 4,000
+/// transactions with answers of a hundred-odd bytes.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 
-/// What one remembered key costs besides its response: its share of the
-/// hash table (a 56-byte slot, tables at most 7/8 full) and of the order
-/// (32 bytes), and the response's allocation header.
-pub const ENTRY_BYTES: usize = 128;
+/// What one answered key costs besides its response, a generous estimate:
+/// its hash-table slot (48 bytes: the 16-byte digest, the time, the boxed
+/// response) in a table between 7/16 and 7/8 full, its place in the order
+/// (32 bytes, in a ring of up to twice what it holds) and the response's
+/// allocation header.
+pub const ENTRY_BYTES: usize = 160;
 
 /// Identifies a request for deduplication: the same transaction on the same
 /// request topic.
@@ -54,21 +58,28 @@ pub enum Seen {
 /// A key as the cache keeps it.
 type Digest = u128;
 
-/// One remembered key.
-#[derive(Debug, Clone)]
-struct Entry {
+/// A key whose command runs.
+#[derive(Debug, Clone, Copy)]
+struct Running {
     /// When the key was first seen (the window starts here).
     first_seen: Instant,
-    /// `None` while in flight, then the response payload.
-    response: Option<Box<[u8]>>,
-    /// Duplicates that arrived while in flight, to answer on completion.
+    /// Duplicates that arrived meanwhile, to answer on completion.
     waiting: usize,
 }
 
-impl Entry {
-    /// What this entry counts against the cache's bound.
+/// An answered key.
+#[derive(Debug, Clone)]
+struct Answered {
+    /// When the key was first seen (the window starts here).
+    first_seen: Instant,
+    /// The response payload.
+    response: Box<[u8]>,
+}
+
+impl Answered {
+    /// What this key counts against the cache's bound.
     fn bytes(&self) -> usize {
-        ENTRY_BYTES + self.response.as_ref().map_or(0, |response| response.len())
+        ENTRY_BYTES + self.response.len()
     }
 }
 
@@ -77,43 +88,47 @@ impl Entry {
 pub struct DedupCache {
     /// How long a key is remembered after it was first seen.
     window: Duration,
-    /// The entries' bytes ([`Entry::bytes`]) stay within this.
+    /// The answered keys' bytes ([`Answered::bytes`]) stay within this.
     max_bytes: usize,
-    /// The entries' bytes now.
+    /// The answered keys' bytes now.
     bytes: usize,
     /// The two hashers of a key's digest.
     hashers: [RandomState; 2],
-    /// The remembered keys.
-    entries: HashMap<Digest, Entry>,
-    /// Keys in the order they were first seen, for expiry and eviction.
+    /// Keys whose command runs.
+    running: HashMap<Digest, Running>,
+    /// Answered keys.
+    answered: HashMap<Digest, Answered>,
+    /// Answered keys in the order they were answered (within a command's
+    /// run, the order they were first seen), for expiry and eviction.
     order: VecDeque<(Instant, Digest)>,
 }
 
 impl DedupCache {
-    /// A cache remembering keys for `window`, in at most about `max_bytes`
-    /// (however small, one key with a short response fits).
+    /// A cache remembering keys for `window`, the answered ones in at most
+    /// about `max_bytes` (however small, one key with a short response fits).
     pub fn new(window: Duration, max_bytes: usize) -> Self {
         Self {
             window,
             max_bytes: max_bytes.max(2 * ENTRY_BYTES),
             bytes: 0,
             hashers: [RandomState::new(), RandomState::new()],
-            entries: HashMap::new(),
+            running: HashMap::new(),
+            answered: HashMap::new(),
             order: VecDeque::new(),
         }
     }
 
-    /// How many keys are remembered.
+    /// How many keys are remembered (running or answered).
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.running.len() + self.answered.len()
     }
 
     /// True when nothing is remembered.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.len() == 0
     }
 
-    /// What the remembered keys count against the bound.
+    /// What the answered keys count against the bound.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -122,27 +137,20 @@ impl DedupCache {
     pub fn check(&mut self, key: &DedupKey, now: Instant) -> Seen {
         self.expire(now);
         let digest = self.digest(key);
-        if let Some(entry) = self.entries.get_mut(&digest) {
-            return match &entry.response {
-                Some(response) => Seen::Answered(response.to_vec()),
-                None => {
-                    entry.waiting += 1;
-                    Seen::InFlight
-                }
+        if let Some(answered) = self.answered.get(&digest) {
+            return Seen::Answered(answered.response.to_vec());
+        }
+        if let Some(running) = self.running.get_mut(&digest) {
+            running.waiting += 1;
+            return Seen::InFlight;
+        }
+        if !self.window.is_zero() {
+            let running = Running {
+                first_seen: now,
+                waiting: 0,
             };
+            self.running.insert(digest, running);
         }
-        if self.window.is_zero() {
-            return Seen::New;
-        }
-        let entry = Entry {
-            first_seen: now,
-            response: None,
-            waiting: 0,
-        };
-        self.bytes += entry.bytes();
-        self.entries.insert(digest, entry);
-        self.order.push_back((now, digest));
-        self.evict_over_bound();
         Seen::New
     }
 
@@ -151,37 +159,32 @@ impl DedupCache {
     /// large for the bound on its own is not remembered.
     pub fn complete(&mut self, key: &DedupKey, response: Vec<u8>) -> usize {
         let digest = self.digest(key);
-        let Some(entry) = self.entries.get_mut(&digest) else {
+        let Some(running) = self.running.remove(&digest) else {
             return 0;
         };
-        let waiting = std::mem::take(&mut entry.waiting);
-        if ENTRY_BYTES + response.len() > self.max_bytes {
-            self.remove(digest);
-            return waiting;
+        let answered = Answered {
+            first_seen: running.first_seen,
+            response: response.into_boxed_slice(),
+        };
+        if answered.bytes() <= self.max_bytes {
+            self.bytes += answered.bytes();
+            self.order.push_back((answered.first_seen, digest));
+            self.answered.insert(digest, answered);
+            while self.bytes > self.max_bytes {
+                self.evict_oldest();
+            }
         }
-        self.bytes -= entry.bytes();
-        entry.response = Some(response.into_boxed_slice());
-        self.bytes += entry.bytes();
-        self.evict_over_bound();
-        waiting
+        running.waiting
     }
 
-    /// Forgets a key whatever its state (a failed command: a retry with the
-    /// same transaction runs again).
-    pub fn forget(&mut self, key: &DedupKey) {
-        self.remove(self.digest(key));
-    }
-
-    /// Forgets an in-flight key whose command never completed (its task
-    /// failed); returns how many duplicates were waiting for it.
+    /// Forgets an in-flight key whose command did not succeed (it failed,
+    /// was refused as busy, or another bridge runs it): a retry runs again.
+    /// Returns how many duplicates were waiting for it.
     pub fn abandon(&mut self, key: &DedupKey) -> usize {
         let digest = self.digest(key);
-        match self.entries.get(&digest) {
-            Some(entry) if entry.response.is_none() => {
-                self.remove(digest).map_or(0, |entry| entry.waiting)
-            }
-            _ => 0,
-        }
+        self.running
+            .remove(&digest)
+            .map_or(0, |running| running.waiting)
     }
 
     /// The key as the cache keeps it.
@@ -190,24 +193,7 @@ impl DedupCache {
         (Digest::from(first) << 64) | Digest::from(second)
     }
 
-    /// Removes a key and its place in `order` (so `order` never holds more
-    /// than `entries`); returns the entry.
-    fn remove(&mut self, digest: Digest) -> Option<Entry> {
-        let entry = self.entries.remove(&digest)?;
-        self.bytes -= entry.bytes();
-        // A linear search, but only on the rare forget/abandon path and
-        // over the remembered keys; usually the key is among the newest.
-        if let Some(index) = self
-            .order
-            .iter()
-            .rposition(|&(first_seen, queued)| first_seen == entry.first_seen && queued == digest)
-        {
-            self.order.remove(index);
-        }
-        Some(entry)
-    }
-
-    /// Forgets keys first seen a full window before `now`.
+    /// Forgets answered keys first seen a full window before `now`.
     fn expire(&mut self, now: Instant) {
         while let Some((first_seen, _)) = self.order.front() {
             if now.saturating_duration_since(*first_seen) < self.window {
@@ -217,24 +203,11 @@ impl DedupCache {
         }
     }
 
-    /// Forgets the oldest keys until the rest fit the bound.
-    fn evict_over_bound(&mut self) {
-        while self.bytes > self.max_bytes && !self.order.is_empty() {
-            self.evict_oldest();
-        }
-    }
-
-    /// Forgets the oldest key (unless it was re-added since).
+    /// Forgets the oldest answered key.
     fn evict_oldest(&mut self) {
-        if let Some((first_seen, digest)) = self.order.pop_front() {
-            if self
-                .entries
-                .get(&digest)
-                .is_some_and(|entry| entry.first_seen == first_seen)
-            {
-                if let Some(entry) = self.entries.remove(&digest) {
-                    self.bytes -= entry.bytes();
-                }
+        if let Some((_, digest)) = self.order.pop_front() {
+            if let Some(answered) = self.answered.remove(&digest) {
+                self.bytes -= answered.bytes();
             }
         }
     }
@@ -244,6 +217,8 @@ impl DedupCache {
 mod tests {
     use super::*;
 
+    use proptest::prelude::*;
+
     fn key(transaction: &str) -> DedupKey {
         DedupKey {
             topic: "pbx2mqtt/request/queue/500/add".into(),
@@ -251,10 +226,27 @@ mod tests {
         }
     }
 
+    /// The cache's own bookkeeping agrees with what it holds.
+    fn assert_consistent(cache: &DedupCache) {
+        let bytes: usize = cache.answered.values().map(Answered::bytes).sum();
+        assert_eq!(cache.bytes, bytes);
+        assert!(
+            cache.bytes <= cache.max_bytes,
+            "{} > {}",
+            cache.bytes,
+            cache.max_bytes
+        );
+        assert_eq!(cache.order.len(), cache.answered.len());
+        assert!(cache
+            .running
+            .keys()
+            .all(|key| !cache.answered.contains_key(key)));
+    }
+
     #[test]
     fn a_repeat_within_the_window_is_answered_from_memory() {
         let start = Instant::now();
-        let mut cache = DedupCache::new(Duration::from_secs(60), 100);
+        let mut cache = DedupCache::new(Duration::from_secs(60), 100 * ENTRY_BYTES);
         assert_eq!(cache.check(&key("1"), start), Seen::New);
         assert_eq!(cache.check(&key("1"), start), Seen::InFlight);
         assert_eq!(cache.complete(&key("1"), b"answer".to_vec()), 1);
@@ -263,16 +255,29 @@ mod tests {
             cache.check(&key("1"), later),
             Seen::Answered(b"answer".to_vec())
         );
-        // Another topic or another transaction is another request.
+        // Another topic or another transaction is another request, and so
+        // is the same text split differently between them.
         assert_eq!(cache.check(&key("2"), later), Seen::New);
         let other_topic = DedupKey {
             topic: "pbx2mqtt/request/queue/500/remove".into(),
             transaction: "1".into(),
         };
         assert_eq!(cache.check(&other_topic, later), Seen::New);
+        let split = |topic: &str, transaction: &str| DedupKey {
+            topic: topic.into(),
+            transaction: transaction.into(),
+        };
+        assert_eq!(cache.check(&split("a/b", "c1"), later), Seen::New);
+        cache.complete(&split("a/b", "c1"), b"x".to_vec());
+        assert_eq!(cache.check(&split("a/bc", "1"), later), Seen::New);
+        assert_eq!(
+            cache.check(&split("a/b", "c1"), later),
+            Seen::Answered(b"x".to_vec())
+        );
         // After the window it runs again.
         let expired = start + Duration::from_secs(60);
         assert_eq!(cache.check(&key("1"), expired), Seen::New);
+        assert_consistent(&cache);
     }
 
     #[test]
@@ -289,13 +294,16 @@ mod tests {
         let now = start + Duration::from_secs(1);
         assert_eq!(cache.check(&key("d"), now), Seen::Answered(b"d".to_vec()));
         assert_eq!(cache.check(&key("a"), now), Seen::New);
-        assert_eq!(cache.len(), 3);
+        assert_consistent(&cache);
         // Many keys over time: the cache stays within its bound.
-        let mut cache = DedupCache::new(Duration::from_secs(1), 1000 * ENTRY_BYTES);
+        let mut cache = DedupCache::new(Duration::from_secs(1), 1000 * (ENTRY_BYTES + 2));
         for i in 0..10_000u64 {
-            cache.check(&key(&i.to_string()), start + Duration::from_millis(i));
+            let key = key(&i.to_string());
+            cache.check(&key, start + Duration::from_millis(i));
+            cache.complete(&key, b"ok".to_vec());
         }
         assert!(cache.len() <= 1000, "{}", cache.len());
+        assert_consistent(&cache);
     }
 
     #[test]
@@ -306,52 +314,67 @@ mod tests {
         cache.check(&key("x"), now);
         assert_eq!(cache.abandon(&key("x")), 1);
         assert_eq!(cache.check(&key("x"), now), Seen::New);
-        cache.complete(&key("x"), b"error".to_vec());
-        cache.forget(&key("x"));
-        assert_eq!(cache.bytes(), 0);
+        assert_eq!(cache.abandon(&key("x")), 0);
         assert_eq!(cache.check(&key("x"), now), Seen::New);
-        assert_eq!(cache.order.len(), cache.len());
-        assert_eq!(cache.bytes(), ENTRY_BYTES);
+        // Abandoning an answered key changes nothing.
+        cache.complete(&key("x"), b"ok".to_vec());
+        assert_eq!(cache.abandon(&key("x")), 0);
+        assert_eq!(cache.check(&key("x"), now), Seen::Answered(b"ok".to_vec()));
+        assert_consistent(&cache);
         let mut disabled = DedupCache::new(Duration::ZERO, 10 * ENTRY_BYTES);
         assert_eq!(disabled.check(&key("x"), now), Seen::New);
         assert_eq!(disabled.check(&key("x"), now), Seen::New);
+        assert_eq!(disabled.complete(&key("x"), b"ok".to_vec()), 0);
         assert!(disabled.is_empty());
     }
 
     #[test]
-    fn forgotten_keys_leave_no_trace_in_the_order() {
-        // Failed commands are forgotten (and abandoned ones too): thousands of
-        // them within one window must not grow the eviction order.
+    fn abandoned_keys_leave_no_trace_and_push_nothing_out() {
+        // Failed commands are abandoned: thousands of them within one window
+        // must neither grow the cache nor push out the successes.
         let start = Instant::now();
         let mut cache = DedupCache::new(Duration::from_secs(600), 8 * (ENTRY_BYTES + 2));
         for i in 0..10_000u64 {
             let now = start + Duration::from_millis(i);
             let failed = key(&format!("failed-{i}"));
             assert_eq!(cache.check(&failed, now), Seen::New);
-            if i % 2 == 0 {
-                cache.complete(&failed, b"error".to_vec());
-                cache.forget(&failed);
-            } else {
-                cache.abandon(&failed);
-            }
-            if i % 100 == 0 {
+            cache.abandon(&failed);
+            if i % 2_000 == 0 {
                 let kept = key(&format!("ok-{i}"));
                 cache.check(&kept, now);
                 cache.complete(&kept, b"ok".to_vec());
             }
-            assert!(
-                cache.order.len() <= 8,
-                "order grew to {}",
-                cache.order.len()
+            assert!(cache.len() <= 8, "grew to {}", cache.len());
+        }
+        assert_consistent(&cache);
+        let later = start + Duration::from_secs(11);
+        for i in (0..10_000).step_by(2_000) {
+            assert_eq!(
+                cache.check(&key(&format!("ok-{i}")), later),
+                Seen::Answered(b"ok".to_vec())
             );
         }
-        assert_eq!(cache.order.len(), cache.len());
-        // The successes are still remembered.
-        let later = start + Duration::from_secs(11);
+    }
+
+    #[test]
+    fn a_running_key_is_never_pushed_out_and_its_duplicates_are_counted() {
+        let start = Instant::now();
+        let mut cache = DedupCache::new(Duration::from_secs(600), 4 * (ENTRY_BYTES + 100));
+        assert_eq!(cache.check(&key("slow"), start), Seen::New);
+        assert_eq!(cache.check(&key("slow"), start), Seen::InFlight);
+        // A burst of quick commands fills the memory many times over.
+        for i in 0..1_000u64 {
+            let quick = key(&i.to_string());
+            cache.check(&quick, start + Duration::from_millis(i));
+            cache.complete(&quick, vec![b'x'; 100]);
+        }
+        assert_eq!(cache.check(&key("slow"), start), Seen::InFlight);
+        assert_eq!(cache.complete(&key("slow"), b"done".to_vec()), 2);
         assert_eq!(
-            cache.check(&key("ok-9900"), later),
-            Seen::Answered(b"ok".to_vec())
+            cache.check(&key("slow"), start + Duration::from_secs(2)),
+            Seen::Answered(b"done".to_vec())
         );
+        assert_consistent(&cache);
     }
 
     #[test]
@@ -362,35 +385,37 @@ mod tests {
             let now = start + Duration::from_millis(i);
             assert_eq!(cache.check(&key(&i.to_string()), now), Seen::New);
             cache.complete(&key(&i.to_string()), vec![b'x'; 1000]);
-            assert!(cache.bytes() <= 10 * 1024, "{}", cache.bytes());
+            assert_consistent(&cache);
         }
-        // Nine of them fit: 9 × (128 + 1000) bytes.
-        assert_eq!(cache.len(), 9);
-        assert_eq!(cache.bytes(), 9 * (ENTRY_BYTES + 1000));
+        // As many as fit, the newest.
+        let fit = 10 * 1024 / (ENTRY_BYTES + 1000);
+        assert_eq!(cache.len(), fit);
+        assert_eq!(cache.bytes(), fit * (ENTRY_BYTES + 1000));
         let now = start + Duration::from_secs(1);
         assert_eq!(
             cache.check(&key("99"), now),
             Seen::Answered(vec![b'x'; 1000])
         );
         assert_eq!(cache.check(&key("90"), now), Seen::New);
+        assert_eq!(cache.abandon(&key("90")), 0);
 
         // A response larger than the whole bound: its duplicates are still
         // answered, but it is not remembered, and nothing else is pushed out.
-        let before = cache.len();
         assert_eq!(cache.check(&key("huge"), now), Seen::New);
         assert_eq!(cache.check(&key("huge"), now), Seen::InFlight);
         assert_eq!(cache.complete(&key("huge"), vec![b'x'; 20 * 1024]), 1);
+        assert_eq!(cache.len(), fit);
         assert_eq!(cache.check(&key("huge"), now), Seen::New);
-        assert_eq!(cache.len(), before + 1);
         assert_eq!(
             cache.check(&key("99"), now),
             Seen::Answered(vec![b'x'; 1000])
         );
 
         // Everything expires, and the count of bytes comes back to zero.
+        cache.abandon(&key("huge"));
         cache.check(&key("later"), now + Duration::from_secs(601));
-        assert_eq!((cache.len(), cache.bytes()), (1, ENTRY_BYTES));
-        assert_eq!(cache.order.len(), 1);
+        assert_eq!((cache.len(), cache.bytes()), (1, 0));
+        assert_consistent(&cache);
     }
 
     #[test]
@@ -404,7 +429,65 @@ mod tests {
             cache.check(&key, start + Duration::from_micros(i));
             cache.complete(&key, answer.to_vec());
         }
-        assert!(cache.bytes() <= DEFAULT_MAX_BYTES);
-        assert!((4_000..5_000).contains(&cache.len()), "{}", cache.len());
+        assert_consistent(&cache);
+        assert_eq!(
+            cache.len(),
+            DEFAULT_MAX_BYTES / (ENTRY_BYTES + answer.len())
+        );
+        assert!((4_000..4_500).contains(&cache.len()), "{}", cache.len());
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Check(u8),
+        Complete(u8, usize),
+        Abandon(u8),
+        Wait(u64),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            (0u8..12).prop_map(Step::Check),
+            (0u8..12, 0usize..1_500).prop_map(|(key, length)| Step::Complete(key, length)),
+            (0u8..12).prop_map(Step::Abandon),
+            (0u64..400).prop_map(Step::Wait),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, the bookkeeping holds, the bound holds, and
+        /// every duplicate told "in flight" is counted by the completion or
+        /// abandonment of its key.
+        #[test]
+        fn any_sequence_keeps_the_books_and_counts_every_duplicate(
+            steps in proptest::collection::vec(step(), 1..200),
+        ) {
+            let mut now = Instant::now();
+            let mut cache = DedupCache::new(Duration::from_secs(1), 4 * ENTRY_BYTES + 2_000);
+            // For each key in flight: the duplicates told "in flight".
+            let mut told = HashMap::new();
+            for step in steps {
+                match step {
+                    Step::Check(k) => match cache.check(&key(&k.to_string()), now) {
+                        Seen::New => {
+                            prop_assert!(!told.contains_key(&k));
+                            told.insert(k, 0usize);
+                        }
+                        Seen::InFlight => *told.get_mut(&k).expect("a key in flight") += 1,
+                        Seen::Answered(_) => prop_assert!(!told.contains_key(&k)),
+                    },
+                    Step::Complete(k, length) => {
+                        let waiting = cache.complete(&key(&k.to_string()), vec![0; length]);
+                        prop_assert_eq!(waiting, told.remove(&k).unwrap_or(0));
+                    }
+                    Step::Abandon(k) => {
+                        let waiting = cache.abandon(&key(&k.to_string()));
+                        prop_assert_eq!(waiting, told.remove(&k).unwrap_or(0));
+                    }
+                    Step::Wait(millis) => now += Duration::from_millis(millis),
+                }
+                assert_consistent(&cache);
+            }
+        }
     }
 }

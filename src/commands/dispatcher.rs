@@ -399,7 +399,7 @@ impl Dispatcher {
         } else {
             if let Some(key) = &waiting.dedup_key {
                 // Nothing ran: a retry with this transaction must run.
-                self.dedup.forget(key);
+                self.dedup.abandon(key);
             }
             self.refuse(waiting.request, CommandError::busy(), responses)
                 .await;
@@ -464,15 +464,10 @@ impl Dispatcher {
                     return;
                 };
                 let waiting = match key {
-                    Some(key) => {
-                        let waiting = self.dedup.complete(&key, response.payload.clone());
-                        if !finished.ok {
-                            // Only successes are remembered: a retry after an
-                            // error runs again (every operation is repeatable).
-                            self.dedup.forget(&key);
-                        }
-                        waiting
-                    }
+                    Some(key) if finished.ok => self.dedup.complete(&key, response.payload.clone()),
+                    // Only successes are remembered: a retry after an error
+                    // runs again (every operation is repeatable).
+                    Some(key) => self.dedup.abandon(&key),
                     None => 0,
                 };
                 for _ in 0..waiting {
