@@ -39,7 +39,7 @@ impl AgentId {
         if valid {
             Ok(Self(Arc::from(raw)))
         } else {
-            Err(InvalidAgentId(raw.chars().take(80).collect()))
+            Err(InvalidAgentId(crate::text::shorten(raw, 80)))
         }
     }
 
@@ -341,6 +341,14 @@ pub mod rfc3339_millis {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_invalid_agent_id_is_quoted_short() {
+        for raw in ["x".repeat(10_000), "\u{7f}".repeat(10_000)] {
+            let message = AgentId::parse(&raw).unwrap_err().to_string();
+            assert!(message.chars().count() < 200, "{message}");
+        }
+    }
 
     #[test]
     fn agent_ids_reject_topic_and_url_metacharacters() {

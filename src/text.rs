@@ -13,14 +13,29 @@
 /// character counts as wide as its escape, so a quote of binary garbage is
 /// as short as a quote of plain text.
 pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
+    match quote_cut(text, max_chars) {
+        Some(cut) => format!("{}...", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// `text` quoted for an error message as `{:?}` writes it, cut by
+/// [`shorten`]: `"abc..."`.
+pub(crate) fn quoted(text: &str, max_chars: usize) -> String {
+    format!("{:?}", shorten(text, max_chars))
+}
+
+/// Where to cut `text` so that at most `max_chars` characters remain as a
+/// `{:?}` quote writes them (see [`shorten`]); `None` when it fits whole.
+pub(crate) fn quote_cut(text: &str, max_chars: usize) -> Option<usize> {
     let mut width = 0;
     for (at, character) in text.char_indices() {
         width += character.escape_debug().len();
         if width > max_chars {
-            return format!("{}...", &text[..at]);
+            return Some(at);
         }
     }
-    text.to_owned()
+    None
 }
 
 /// At most `max_chars` characters of `text`, cut on a character boundary
@@ -86,8 +101,11 @@ mod tests {
         check("a\nb", 4, "a\nb");
         check("a\nb", 3, "a\n...");
         let garbage = "\u{1dc0}\u{3347a}\0\u{10}\u{100000}\u{7f}".repeat(20);
-        let quoted = format!("{:?}", shorten(&garbage, 40));
-        assert!(quoted.chars().count() <= 40 + 5, "{quoted}");
+        let quote = quoted(&garbage, 40);
+        assert_eq!(quote, format!("{:?}", shorten(&garbage, 40)));
+        assert!(quote.chars().count() <= 40 + 5, "{quote}");
+        assert_eq!(quote_cut("abc", 3), None);
+        assert_eq!(quote_cut("a\u{7f}", 6), Some(1));
         assert_eq!(cap("ééé", 2), "éé");
         assert_eq!(cap("ab", 5), "ab");
     }

@@ -372,7 +372,10 @@ fn parse_head(bytes: &[u8]) -> Result<Option<Head>, HttpError> {
         let value = std::str::from_utf8(header.value).unwrap_or("").trim();
         if header.name.eq_ignore_ascii_case("content-length") {
             let parsed = value.parse::<usize>().map_err(|_| {
-                HttpError::Protocol(format!("content-length {value:?} is not a number"))
+                HttpError::Protocol(format!(
+                    "content-length {} is not a number",
+                    crate::text::quoted(value, 40)
+                ))
             })?;
             if content_length.is_some_and(|earlier| earlier != parsed) {
                 return Err(HttpError::Protocol(
@@ -527,7 +530,10 @@ async fn read_chunked(
         let line = std::str::from_utf8(&connection.buffer[at..line_end]).unwrap_or("");
         let size_text = line.split(';').next().unwrap_or("").trim();
         let size = usize::from_str_radix(size_text, 16).map_err(|_| {
-            HttpError::Protocol(format!("chunk size {size_text:?} is not hexadecimal"))
+            HttpError::Protocol(format!(
+                "chunk size {} is not hexadecimal",
+                crate::text::quoted(size_text, 40)
+            ))
         })?;
         at = line_end + 2;
         if size == 0 {
@@ -753,6 +759,27 @@ mod tests {
         );
         let closed = client.post(b"<x/>").await.unwrap();
         assert_eq!(closed.body, b"until the end");
+    }
+
+    #[tokio::test]
+    async fn a_broken_length_or_chunk_size_is_quoted_short() {
+        let garbage = "\"\\".repeat(2_000);
+        let answers = [
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {garbage}\r\n\r\n"),
+            format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{}\r\n",
+                &garbage[..900]
+            ),
+        ];
+        // The test server serves `'static` answers.
+        let answers = answers.map(|answer| &*Box::leak(answer.into_bytes().into_boxed_slice()));
+        let address = serve(answers.to_vec()).await;
+        let client = client(address, 16 * 1024);
+        for expected in [r#"content-length "\"\\"#, r#"chunk size "\"\\"#] {
+            let error = client.post(b"").await.unwrap_err().to_string();
+            assert!(error.contains(expected), "{error}");
+            assert!(error.chars().count() < 200, "{error}");
+        }
     }
 
     #[tokio::test]

@@ -23,7 +23,7 @@ use super::{Command, CommandError, ErrorCode, Member, Transaction};
 use crate::config::{is_plain_number, Config};
 use crate::model::AgentId;
 use crate::mqtt::topics::RequestTopic;
-use crate::text::with_article;
+use crate::text::{quote_cut, with_article};
 
 /// The longest piece of user input quoted back in an error message.
 const QUOTE_CHARS: usize = 40;
@@ -476,12 +476,13 @@ fn not_an_object(name: &str) -> CommandError {
 /// User input quoted for an error message: escaped, at most
 /// [`QUOTE_CHARS`] characters, with the full length when cut.
 fn quote(value: &str) -> String {
-    let count = value.chars().count();
-    if count <= QUOTE_CHARS {
-        format!("{value:?}")
-    } else {
-        let start: String = value.chars().take(QUOTE_CHARS).collect();
-        format!("{start:?}… ({count} characters)")
+    match quote_cut(value, QUOTE_CHARS) {
+        None => format!("{value:?}"),
+        Some(cut) => format!(
+            "{:?}… ({} characters)",
+            &value[..cut],
+            value.chars().count()
+        ),
     }
 }
 
@@ -1026,6 +1027,23 @@ mod tests {
             error.message
         );
         assert!(error.message.len() < 200, "{}", error.message);
+        // Characters a quote escapes count as wide as their escapes.
+        let escaped = "\\u0001".repeat(100);
+        let mut rules = rules();
+        rules.max_payload_bytes = 4096;
+        let parsed = parse_request(
+            &queue("500", "add"),
+            format!(r#"{{"agent":"{escaped}"}}"#).as_bytes(),
+            false,
+            &rules,
+        );
+        let error = parsed.outcome.unwrap_err();
+        assert!(
+            error.message.contains("(100 characters)"),
+            "{}",
+            error.message
+        );
+        assert!(error.message.chars().count() < 200, "{}", error.message);
     }
 
     proptest! {

@@ -49,7 +49,10 @@ impl FromStr for OutputFormat {
             "table" => Ok(OutputFormat::Table),
             "csv" => Ok(OutputFormat::Csv),
             "json" => Ok(OutputFormat::Json),
-            other => Err(format!("unknown format {other:?}: use table, csv or json")),
+            other => Err(format!(
+                "unknown format {}: use table, csv or json",
+                crate::text::quoted(other, 40)
+            )),
         }
     }
 }

@@ -57,7 +57,8 @@ impl FromStr for Granularity {
             "month" => Ok(Granularity::Month),
             "total" => Ok(Granularity::Total),
             other => Err(format!(
-                "unknown period {other:?}: use day, week, month or total"
+                "unknown period {}: use day, week, month or total",
+                crate::text::quoted(other, 40)
             )),
         }
     }
@@ -105,7 +106,7 @@ impl FromStr for RangeBound {
         }
         DateTime::parse_from_rfc3339(raw)
             .map(RangeBound::Instant)
-            .map_err(|_| RangeError::Unparsable(raw.chars().take(64).collect()))
+            .map_err(|_| RangeError::Unparsable(crate::text::shorten(raw, 64)))
     }
 }
 
@@ -240,6 +241,20 @@ fn next_day(date: NaiveDate) -> NaiveDate {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hostile_values_are_quoted_short() {
+        for raw in ["x".repeat(10_000), "\u{7f}\u{1dc0}".repeat(5_000)] {
+            let messages = [
+                raw.parse::<Granularity>().unwrap_err(),
+                raw.parse::<RangeBound>().unwrap_err().to_string(),
+                raw.parse::<crate::report::OutputFormat>().unwrap_err(),
+            ];
+            for message in messages {
+                assert!(message.chars().count() < 200, "{message}");
+            }
+        }
+    }
 
     const AMSTERDAM: Tz = chrono_tz::Europe::Amsterdam;
 
