@@ -998,6 +998,22 @@ mod query_properties {
     const SUMMARY: &[&str] = &["from", "to", "agent", "by", "format"];
 
     /// One `key=value` pair of a query, hostile or not.
+    #[test]
+    fn an_unknown_parameter_of_control_characters_is_quoted_short() {
+        let query = format!("{}=1", "%01".repeat(1_000));
+        match parse_params(Some(&query), SUMMARY, 5) {
+            Err(ReportError::InvalidParameter { parameter, message }) => {
+                assert_eq!(parameter, "query");
+                assert!(
+                    message.starts_with("unknown parameter `\\u{1}"),
+                    "{message}"
+                );
+                assert!(message.chars().count() < 200, "{message}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
     fn pair() -> impl Strategy<Value = String> {
         let key = "(from|to|agent|by|format|agents|[a-z%]{0,6}|\\PC{0,8})";
         let value = "(2026-03-29|2026-02-30|2026-03-29T12:00:00%2B02:00|day|week|month|total|csv|json|table|alice|a,b,,c|%00|%FF|%|\\PC{0,20})";
