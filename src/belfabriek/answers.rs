@@ -8,7 +8,7 @@
 use super::BelfabriekError;
 use crate::config::{AgentConfig, BelfabriekConfig};
 use crate::secret::Secret;
-use crate::text::{cap, shorten, with_article};
+use crate::text::{cap, quoted, shorten, with_article};
 use crate::xmlrpc::{self, Response, Value};
 
 /// The method that says whether an agent is enabled.
@@ -100,7 +100,7 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
     let available = available.as_bool_lenient().ok_or_else(|| {
         let shown = available
             .as_text_lenient()
-            .map(|text| format!("{:?}", shorten(&pin.redact_in(&text), 40)))
+            .map(|text| quoted(&pin.redact_in(&text), 40))
             .unwrap_or_else(|| with_article(available.kind()));
         malformed(
             method,
