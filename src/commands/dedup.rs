@@ -4,19 +4,22 @@
 //!
 //! Pure and bounded: the caller passes the time. Answered keys take at most
 //! about `max_bytes` (each counted at [`ENTRY_BYTES`] plus its response);
-//! past that the oldest are forgotten first. A request whose twin is still
-//! running is remembered as in flight, apart, and never pushed out: the
-//! dispatcher answers the twins when the first one completes (keys in
-//! flight are bounded by the dispatcher's running commands and backlog).
+//! past that the earliest answered are forgotten first. A request whose
+//! twin is still running is remembered as in flight, apart, and never
+//! pushed out: the cache counts the twins, and the dispatcher answers them
+//! when the first one completes or fails (not when another bridge runs it,
+//! which answers on the same topic, nor when its task panics). Keys in
+//! flight are bounded by the dispatcher's running commands and backlog.
 //! Requests without a `transaction` are never deduplicated. Only successes
 //! are remembered: a failed command is abandoned, so a retry after an error
 //! runs again (every operation is safe to repeat).
 //!
 //! A key is kept as a 128-bit digest of its topic and transaction (two
-//! SipHash-1-3 hashes of it under different keys, drawn at random by this
-//! process), not as its text. Two different requests would share a digest
+//! SipHash-1-3 hashes of it under the keys of two [`RandomState`]s, which
+//! differ), not as its text. Two different requests would share a digest
 //! with a probability of about n²/2¹²⁹: some 10⁻³¹ for the thousands
-//! remembered.
+//! remembered. The hashers' keys are the only thing the cache draws from
+//! outside, once, when it is made.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
@@ -27,11 +30,11 @@ use std::time::{Duration, Instant};
 /// transactions with answers of a hundred-odd bytes.
 pub const DEFAULT_MAX_BYTES: usize = 1024 * 1024;
 
-/// What one answered key costs besides its response, a generous estimate:
-/// its hash-table slot (48 bytes: the 16-byte digest, the time, the boxed
-/// response) in a table between 7/16 and 7/8 full, its place in the order
-/// (32 bytes, in a ring of up to twice what it holds) and the response's
-/// allocation header.
+/// What one answered key costs besides its response, at most: its
+/// hash-table slot (48 bytes: the 16-byte digest, the time, the boxed
+/// response; and a control byte) in a table at least 7/16 full, its place
+/// in the order (16 bytes, in a ring at least half full) and the
+/// response's allocation header (16). A full table and ring cost 88.
 pub const ENTRY_BYTES: usize = 160;
 
 /// Identifies a request for deduplication: the same transaction on the same
@@ -47,7 +50,8 @@ pub struct DedupKey {
 /// What the cache knows about a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Seen {
-    /// Not seen within the window: run it (the key is now in flight).
+    /// Not seen within the window: run it (the key is now in flight,
+    /// unless the window is zero).
     New,
     /// The first request is still running; answer this one when it ends.
     InFlight,
@@ -86,7 +90,7 @@ impl Answered {
 /// Recently seen transactions, bounded in time and memory.
 #[derive(Debug)]
 pub struct DedupCache {
-    /// How long a key is remembered after it was first seen.
+    /// How long an answered key is remembered after it was first seen.
     window: Duration,
     /// The answered keys' bytes ([`Answered::bytes`]) stay within this.
     max_bytes: usize,
@@ -98,9 +102,10 @@ pub struct DedupCache {
     running: HashMap<Digest, Running>,
     /// Answered keys.
     answered: HashMap<Digest, Answered>,
-    /// Answered keys in the order they were answered (within a command's
-    /// run, the order they were first seen), for expiry and eviction.
-    order: VecDeque<(Instant, Digest)>,
+    /// Answered keys in the order they were answered, for eviction and
+    /// expiry (nearly the order they were first seen: a key answered
+    /// later than one seen after it is expired by [`Self::check`] itself).
+    order: VecDeque<Digest>,
 }
 
 impl DedupCache {
@@ -133,12 +138,17 @@ impl DedupCache {
         self.bytes
     }
 
-    /// Looks `key` up at `now`; a [`Seen::New`] key is remembered as in flight.
+    /// Looks `key` up at `now`; a [`Seen::New`] key is remembered as in
+    /// flight (unless the window is zero).
     pub fn check(&mut self, key: &DedupKey, now: Instant) -> Seen {
         self.expire(now);
         let digest = self.digest(key);
         if let Some(answered) = self.answered.get(&digest) {
-            return Seen::Answered(answered.response.to_vec());
+            if !self.expired(answered, now) {
+                return Seen::Answered(answered.response.to_vec());
+            }
+            // Behind a key answered before it in `order`: gone all the same.
+            self.remove_answered(digest);
         }
         if let Some(running) = self.running.get_mut(&digest) {
             running.waiting += 1;
@@ -168,7 +178,7 @@ impl DedupCache {
         };
         if answered.bytes() <= self.max_bytes {
             self.bytes += answered.bytes();
-            self.order.push_back((answered.first_seen, digest));
+            self.order.push_back(digest);
             self.answered.insert(digest, answered);
             while self.bytes > self.max_bytes {
                 self.evict_oldest();
@@ -193,22 +203,38 @@ impl DedupCache {
         (Digest::from(first) << 64) | Digest::from(second)
     }
 
-    /// Forgets answered keys first seen a full window before `now`.
+    /// True when `answered` was first seen a full window before `now`.
+    fn expired(&self, answered: &Answered, now: Instant) -> bool {
+        now.saturating_duration_since(answered.first_seen) >= self.window
+    }
+
+    /// Forgets the earliest answered keys while they are expired.
     fn expire(&mut self, now: Instant) {
-        while let Some((first_seen, _)) = self.order.front() {
-            if now.saturating_duration_since(*first_seen) < self.window {
-                break;
+        while let Some(digest) = self.order.front() {
+            match self.answered.get(digest) {
+                Some(answered) if !self.expired(answered, now) => break,
+                _ => self.evict_oldest(),
             }
-            self.evict_oldest();
         }
     }
 
-    /// Forgets the oldest answered key.
+    /// Forgets the earliest answered key.
     fn evict_oldest(&mut self) {
-        if let Some((_, digest)) = self.order.pop_front() {
+        if let Some(digest) = self.order.pop_front() {
             if let Some(answered) = self.answered.remove(&digest) {
                 self.bytes -= answered.bytes();
             }
+        }
+    }
+
+    /// Forgets one answered key and its place in `order` (near the front:
+    /// only a key that overstayed its window is removed this way).
+    fn remove_answered(&mut self, digest: Digest) {
+        if let Some(answered) = self.answered.remove(&digest) {
+            self.bytes -= answered.bytes();
+        }
+        if let Some(at) = self.order.iter().position(|&queued| queued == digest) {
+            self.order.remove(at);
         }
     }
 }
@@ -437,6 +463,41 @@ mod tests {
         assert!((4_000..4_500).contains(&cache.len()), "{}", cache.len());
     }
 
+    #[test]
+    fn entry_bytes_covers_a_just_grown_table_and_ring() {
+        let slot = std::mem::size_of::<(Digest, Answered)>() + 1;
+        let place = std::mem::size_of::<Digest>();
+        let header = 16;
+        // A table just grown is 7/16 full, a ring just grown half full.
+        assert!(ENTRY_BYTES >= slot * 16 / 7 + place * 2 + header);
+        // A full one costs less.
+        assert!(slot * 8 / 7 + place + header < ENTRY_BYTES);
+    }
+
+    #[test]
+    fn a_key_answered_late_is_still_forgotten_a_window_after_it_was_first_seen() {
+        let start = Instant::now();
+        let window = Duration::from_secs(10);
+        let mut cache = DedupCache::new(window, 100 * ENTRY_BYTES);
+        // A slow command first seen at 0, answered at 9 s; a quick one
+        // first seen at 5 s and answered at once, so ahead of it in order.
+        assert_eq!(cache.check(&key("slow"), start), Seen::New);
+        let quick_seen = start + Duration::from_secs(5);
+        assert_eq!(cache.check(&key("quick"), quick_seen), Seen::New);
+        cache.complete(&key("quick"), b"q".to_vec());
+        cache.complete(&key("slow"), b"s".to_vec());
+        let at_ten = start + window;
+        assert_eq!(
+            cache.check(&key("quick"), at_ten),
+            Seen::Answered(b"q".to_vec())
+        );
+        assert_eq!(cache.check(&key("slow"), at_ten), Seen::New);
+        assert_consistent(&cache);
+        assert_eq!(cache.check(&key("quick"), quick_seen + window), Seen::New);
+        assert_eq!(cache.bytes(), 0);
+        assert_consistent(&cache);
+    }
+
     #[derive(Debug, Clone)]
     enum Step {
         Check(u8),
@@ -464,17 +525,24 @@ mod tests {
         ) {
             let mut now = Instant::now();
             let mut cache = DedupCache::new(Duration::from_secs(1), 4 * ENTRY_BYTES + 2_000);
-            // For each key in flight: the duplicates told "in flight".
+            // For each key in flight: the duplicates told "in flight"; for
+            // each key: when it was last new.
             let mut told = HashMap::new();
+            let mut first_seen = HashMap::new();
             for step in steps {
                 match step {
                     Step::Check(k) => match cache.check(&key(&k.to_string()), now) {
                         Seen::New => {
                             prop_assert!(!told.contains_key(&k));
                             told.insert(k, 0usize);
+                            first_seen.insert(k, now);
                         }
                         Seen::InFlight => *told.get_mut(&k).expect("a key in flight") += 1,
-                        Seen::Answered(_) => prop_assert!(!told.contains_key(&k)),
+                        Seen::Answered(_) => {
+                            prop_assert!(!told.contains_key(&k));
+                            // Never past its window, however late it was answered.
+                            prop_assert!(now - first_seen[&k] < Duration::from_secs(1));
+                        }
                     },
                     Step::Complete(k, length) => {
                         let waiting = cache.complete(&key(&k.to_string()), vec![0; length]);

@@ -476,7 +476,7 @@ impl Dispatcher {
                 send(responses, response).await;
             }
             Err(error) => {
-                // A command task panicked: forget its transaction so a retry
+                // A command task panicked: abandon its transaction so a retry
                 // runs again; the requester gets no answer for this one.
                 Metrics::inc(&self.context.metrics.commands_failed);
                 if let Some(key) = self.running.remove(&error.id()).flatten() {
