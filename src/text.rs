@@ -1,9 +1,12 @@
-//! Small text helpers shared by the upstream clients: cutting a quoted text
-//! short for an error message, capping an upstream value, and writing an
-//! error with its causes.
+//! Small text helpers shared across the bridge: quoting untrusted text short
+//! for an error message, capping an upstream value, and writing an error
+//! with its causes.
 //!
 //! Pure; it knows nothing of secrets. Callers redact before they cut, so a
 //! cut cannot leave half a secret behind.
+
+/// How many characters of untrusted text an error message quotes.
+pub(crate) const QUOTE_CHARS: usize = 40;
 
 /// Cuts `text` for an error message to at most `max_chars` characters as a
 /// quote would show them, marking a cut with `...`.
@@ -19,10 +22,14 @@ pub(crate) fn shorten(text: &str, max_chars: usize) -> String {
     }
 }
 
-/// `text` quoted for an error message as `{:?}` writes it, cut by
-/// [`shorten`]: `"abc..."`.
-pub(crate) fn quoted(text: &str, max_chars: usize) -> String {
-    format!("{:?}", shorten(text, max_chars))
+/// Untrusted `text` quoted for an error message as `{:?}` writes it, at most
+/// [`QUOTE_CHARS`] characters of it; when cut, with its full length:
+/// `"abc"… (1234 characters)`.
+pub(crate) fn quoted(text: &str) -> String {
+    match quote_cut(text, QUOTE_CHARS) {
+        None => format!("{text:?}"),
+        Some(cut) => format!("{:?}… ({} characters)", &text[..cut], text.chars().count()),
+    }
 }
 
 /// Where to cut `text` so that at most `max_chars` characters remain as a
@@ -101,9 +108,10 @@ mod tests {
         check("a\nb", 4, "a\nb");
         check("a\nb", 3, "a\n...");
         let garbage = "\u{1dc0}\u{3347a}\0\u{10}\u{100000}\u{7f}".repeat(20);
-        let quote = quoted(&garbage, 40);
-        assert_eq!(quote, format!("{:?}", shorten(&garbage, 40)));
-        assert!(quote.chars().count() <= 40 + 5, "{quote}");
+        let quote = quoted(&garbage);
+        assert!(quote.ends_with("… (120 characters)"), "{quote}");
+        assert!(quote.chars().count() <= QUOTE_CHARS + 25, "{quote}");
+        assert_eq!(quoted("a\nb"), r#""a\nb""#);
         assert_eq!(quote_cut("abc", 3), None);
         assert_eq!(quote_cut("a\u{7f}", 6), Some(1));
         assert_eq!(cap("ééé", 2), "éé");

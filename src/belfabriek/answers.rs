@@ -100,7 +100,7 @@ pub fn interpret_agent_avail(body: &[u8], pin: &Secret) -> Result<AgentAvail, Be
     let available = available.as_bool_lenient().ok_or_else(|| {
         let shown = available
             .as_text_lenient()
-            .map(|text| quoted(&pin.redact_in(&text), 40))
+            .map(|text| quoted(&pin.redact_in(&text)))
             .unwrap_or_else(|| with_article(available.kind()));
         malformed(
             method,

@@ -23,10 +23,7 @@ use super::{Command, CommandError, ErrorCode, Member, Transaction};
 use crate::config::{is_plain_number, Config};
 use crate::model::AgentId;
 use crate::mqtt::topics::RequestTopic;
-use crate::text::{quote_cut, with_article};
-
-/// The longest piece of user input quoted back in an error message.
-const QUOTE_CHARS: usize = 40;
+use crate::text::{quoted, with_article};
 
 /// What commands may do, from `[commands]` and `[[agents]]`, prepared once.
 #[derive(Debug, Clone, Default)]
@@ -211,7 +208,7 @@ fn validate(
                     ErrorCode::UnknownAction,
                     format!(
                         "unknown action {}; use add, remove, clean, list or set",
-                        quote(action)
+                        quoted(action)
                     ),
                 )
             })?;
@@ -293,7 +290,7 @@ fn validate(
                         ErrorCode::UnknownAgent,
                         format!(
                             "{} is neither a configured agent nor an extension number",
-                            quote(agent)
+                            quoted(agent)
                         ),
                     ))
                 }
@@ -310,7 +307,7 @@ fn check_queue(queue: &str, rules: &CommandRules) -> Result<(), CommandError> {
             ErrorCode::InvalidQueue,
             format!(
                 "queue {} in the topic is not a queue number (1 to 20 ASCII digits)",
-                quote(queue)
+                quoted(queue)
             ),
         ));
     }
@@ -351,7 +348,7 @@ fn member_body(
             ErrorCode::InvalidRequest,
             format!(
                 "unknown field {} in {} request; the fields are agent, extension, type and transaction",
-                quote(field),
+                quoted(field),
                 with_article(name)
             ),
         ));
@@ -385,7 +382,7 @@ fn member_body(
                     ErrorCode::UnknownAgent,
                     format!(
                         "no agent {} is configured; name a configured agent or give `extension`",
-                        quote(&agent)
+                        quoted(&agent)
                     ),
                 ))
             }
@@ -420,7 +417,7 @@ fn extension_member(extension: &str) -> Result<Member, CommandError> {
             ErrorCode::InvalidExtension,
             format!(
                 "extension {} is not an extension number (1 to 20 ASCII digits)",
-                quote(extension)
+                quoted(extension)
             ),
         ))
     }
@@ -454,7 +451,7 @@ fn no_fields_body(name: &str, body: Body) -> Result<(), CommandError> {
                 ErrorCode::InvalidRequest,
                 format!(
                     "unknown field {} in {} request; it takes only transaction",
-                    quote(field),
+                    quoted(field),
                     with_article(name)
                 ),
             )),
@@ -471,19 +468,6 @@ fn not_an_object(name: &str) -> CommandError {
             with_article(name)
         ),
     )
-}
-
-/// User input quoted for an error message: escaped, at most
-/// [`QUOTE_CHARS`] characters, with the full length when cut.
-fn quote(value: &str) -> String {
-    match quote_cut(value, QUOTE_CHARS) {
-        None => format!("{value:?}"),
-        Some(cut) => format!(
-            "{:?}… ({} characters)",
-            &value[..cut],
-            value.chars().count()
-        ),
-    }
 }
 
 #[cfg(test)]

@@ -164,11 +164,13 @@ pub(super) fn parse_params(
     let mut params = ReportParams::default();
     for (key, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         let Some(parameter) = allowed.iter().copied().find(|name| *name == key) else {
-            let shown = crate::text::shorten(&key, 40);
-            let shown = shown.escape_debug();
             return Err(ReportError::InvalidParameter {
                 parameter: "query",
-                message: format!("unknown parameter `{shown}`; use {}", allowed.join(", ")),
+                message: format!(
+                    "unknown parameter {}; use {}",
+                    crate::text::quoted(&key),
+                    allowed.join(", ")
+                ),
             });
         };
         let value = value.trim();

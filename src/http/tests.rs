@@ -1005,9 +1005,10 @@ mod query_properties {
             Err(ReportError::InvalidParameter { parameter, message }) => {
                 assert_eq!(parameter, "query");
                 assert!(
-                    message.starts_with("unknown parameter `\\u{1}"),
+                    message.starts_with(r#"unknown parameter "\u{1}"#),
                     "{message}"
                 );
+                assert!(message.contains("… (1000 characters)"), "{message}");
                 assert!(message.chars().count() < 200, "{message}");
             }
             other => panic!("unexpected {other:?}"),

@@ -51,7 +51,7 @@ impl FromStr for OutputFormat {
             "json" => Ok(OutputFormat::Json),
             other => Err(format!(
                 "unknown format {}: use table, csv or json",
-                crate::text::quoted(other, 40)
+                crate::text::quoted(other)
             )),
         }
     }

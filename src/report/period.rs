@@ -58,7 +58,7 @@ impl FromStr for Granularity {
             "total" => Ok(Granularity::Total),
             other => Err(format!(
                 "unknown period {}: use day, week, month or total",
-                crate::text::quoted(other, 40)
+                crate::text::quoted(other)
             )),
         }
     }

@@ -13,10 +13,7 @@ use quick_xml::events::{BytesStart, Event};
 use quick_xml::Reader;
 
 use super::{DecodeError, Response, Value, MAX_DEPTH};
-use crate::text::shorten;
-
-/// How many characters of hostile text an error message may quote.
-const QUOTE_CHARS: usize = 40;
+use crate::text::{shorten, QUOTE_CHARS};
 
 /// Decodes a `methodResponse`: its params, or its fault.
 pub fn decode_response(body: &[u8]) -> Result<Response, DecodeError> {

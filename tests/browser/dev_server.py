@@ -419,7 +419,7 @@ def report_params(query: str, allowed: list[str], tz: ZoneInfo, now: float) -> d
     seen = set()
     for key, value in parse_qsl(query, keep_blank_values=True):
         if key not in allowed:
-            raise BadParameter("query", f"unknown parameter `{key[:40]}`; use {', '.join(allowed)}")
+            raise BadParameter("query", f"unknown parameter \"{key[:40]}\"; use {', '.join(allowed)}")
         if key != "agent":
             if key in seen:
                 raise BadParameter(key, "given more than once")
