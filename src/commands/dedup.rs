@@ -221,20 +221,24 @@ impl DedupCache {
     /// Forgets the earliest answered key.
     fn evict_oldest(&mut self) {
         if let Some(digest) = self.order.pop_front() {
-            if let Some(answered) = self.answered.remove(&digest) {
-                self.bytes -= answered.bytes();
-            }
+            self.drop_answered(digest);
         }
     }
 
     /// Forgets one answered key and its place in `order` (near the front:
     /// only a key that overstayed its window is removed this way).
     fn remove_answered(&mut self, digest: Digest) {
-        if let Some(answered) = self.answered.remove(&digest) {
-            self.bytes -= answered.bytes();
-        }
+        self.drop_answered(digest);
         if let Some(at) = self.order.iter().position(|&queued| queued == digest) {
             self.order.remove(at);
+        }
+    }
+
+    /// Takes an answered key out of the map and its bytes off the count
+    /// (its place in `order` is the caller's).
+    fn drop_answered(&mut self, digest: Digest) {
+        if let Some(answered) = self.answered.remove(&digest) {
+            self.bytes -= answered.bytes();
         }
     }
 }
