@@ -108,17 +108,14 @@ async fn wait_for_shares(bridges: &[&BridgeProcess], expected: &[&str]) -> Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[cfg_attr(
-    not(pbx2mqtt_postgres),
-    ignore = "set PBX2MQTT_TEST_POSTGRES_URL to run (several bridges share a PostgreSQL database)"
+    not(all(pbx2mqtt_postgres, pbx2mqtt_mqtt)),
+    ignore = "set PBX2MQTT_TEST_POSTGRES_URL and PBX2MQTT_TEST_MQTT_URL to run (several bridges share a PostgreSQL database and a Mosquitto's shared subscriptions)"
 )]
 async fn three_bridges_share_agents_take_over_a_dead_one_and_fence_a_paused_one() {
-    if uses_embedded_broker() {
-        eprintln!(
-            "skipped: several bridges need a broker with shared subscriptions; \
-             set PBX2MQTT_TEST_MQTT_URL to a Mosquitto"
-        );
-        return;
-    }
+    assert!(
+        !uses_embedded_broker(),
+        "several bridges need a broker with shared subscriptions: set PBX2MQTT_TEST_MQTT_URL to a Mosquitto"
+    );
     let database = PgDatabase::create("pbx2mqtt_cluster").await;
     let simulator_stop = CancellationToken::new();
     let simulator = Simulator::start(

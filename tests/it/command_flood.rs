@@ -98,6 +98,10 @@ fn raw_client(url: &str, name: &str, inflight: u16) -> RawClient {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_mqtt),
+    ignore = "needs a real Mosquitto: set PBX2MQTT_TEST_MQTT_URL (the embedded broker's queues are not what is tested)"
+)]
 async fn a_flood_of_refused_requests_is_answered_in_full_and_status_goes_on_mqtt5() {
     flood("5").await;
 }
@@ -106,18 +110,19 @@ async fn a_flood_of_refused_requests_is_answered_in_full_and_status_goes_on_mqtt
 /// bridge and queues 1,000 more (Mosquitto's defaults), then drops: the
 /// bridge must take requests as fast as they come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_mqtt),
+    ignore = "needs a real Mosquitto: set PBX2MQTT_TEST_MQTT_URL (the embedded broker's queues are not what is tested)"
+)]
 async fn a_flood_of_refused_requests_is_answered_in_full_and_status_goes_on_mqtt311() {
     flood("3.1.1").await;
 }
 
 async fn flood(protocol: &'static str) {
-    if uses_embedded_broker() {
-        eprintln!(
-            "skipped: the flood test needs a real Mosquitto (set PBX2MQTT_TEST_MQTT_URL); \
-             the embedded broker's queues are not what is being tested"
-        );
-        return;
-    }
+    assert!(
+        !uses_embedded_broker(),
+        "the flood test needs a real Mosquitto (set PBX2MQTT_TEST_MQTT_URL)"
+    );
     let app = spawn_app(Options {
         agents: 1,
         extra_toml: "[commands]\nallowed_queues = [500]\n".into(),

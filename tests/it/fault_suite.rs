@@ -160,6 +160,10 @@ fn short_shutdown() -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_mqtt),
+    ignore = "needs a real broker (set PBX2MQTT_TEST_MQTT_URL; CI does): through the embedded broker the delayed link's events are not delivered, with Mosquitto they are (not yet explained)"
+)]
 async fn broker_link_faults_lose_no_event() {
     let upstream = address_of(&broker_url());
     let proxy = FaultProxy::start(upstream).await;
@@ -443,14 +447,13 @@ impl Drop for Tmpfs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(pbx2mqtt_root),
+    ignore = "needs root, to mount a small tmpfs (CI runs as root)"
+)]
 async fn a_full_disk_pauses_history_not_the_bridge_and_loses_nothing() {
-    let tmpfs = match Tmpfs::mount("8m") {
-        Ok(tmpfs) => tmpfs,
-        Err(why) => {
-            eprintln!("skipped: a full disk needs a small tmpfs: {why}");
-            return;
-        }
-    };
+    let tmpfs =
+        Tmpfs::mount("8m").unwrap_or_else(|why| panic!("a full disk needs a small tmpfs: {why}"));
     let mut app = prepare_app(Options::default()).await;
     let url = format!("sqlite://{}", tmpfs.dir.path().join("history.db").display());
     app.database_url = url.clone();

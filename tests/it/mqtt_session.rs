@@ -82,9 +82,7 @@ async fn round_trip(app: &TestApp, sub: &mut TestClient, transaction: &str) {
 }
 
 async fn retained_requests_are_refused_and_cleared(protocol: &'static str) {
-    let Some(broker) = RealBroker::get("retained_requests").await else {
-        return;
-    };
+    let broker = RealBroker::get("retained_requests").await;
     let mut app = prepare_app(Options {
         broker_url: Some(broker.url.clone()),
         protocol: Some(protocol),
@@ -184,20 +182,30 @@ async fn retained_requests_are_refused_and_cleared(protocol: &'static str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(pbx2mqtt_mqtt, pbx2mqtt_mosquitto)),
+    ignore = "needs Mosquitto: set PBX2MQTT_TEST_MQTT_URL or install mosquitto (CI has both)"
+)]
 async fn retained_requests_are_refused_and_cleared_mqtt5() {
     retained_requests_are_refused_and_cleared("5").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(pbx2mqtt_mqtt, pbx2mqtt_mosquitto)),
+    ignore = "needs Mosquitto: set PBX2MQTT_TEST_MQTT_URL or install mosquitto (CI has both)"
+)]
 async fn retained_requests_are_refused_and_cleared_mqtt311() {
     retained_requests_are_refused_and_cleared("3.1.1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(pbx2mqtt_mqtt, pbx2mqtt_mosquitto)),
+    ignore = "needs Mosquitto: set PBX2MQTT_TEST_MQTT_URL or install mosquitto (CI has both)"
+)]
 async fn mqtt5_response_topic_and_correlation_data_are_honoured() {
-    let Some(broker) = RealBroker::get("response_topic").await else {
-        return;
-    };
+    let broker = RealBroker::get("response_topic").await;
     let mut app = prepare_app(Options {
         broker_url: Some(broker.url.clone()),
         protocol: Some("5"),
@@ -285,9 +293,7 @@ async fn mqtt5_response_topic_and_correlation_data_are_honoured() {
 const HUGE: usize = 17_000_000;
 
 async fn oversized_and_malformed_requests_do_not_stop_status_publishing(protocol: &'static str) {
-    let Some(broker) = RealBroker::get("oversized_requests").await else {
-        return;
-    };
+    let broker = RealBroker::get("oversized_requests").await;
     let mut app = prepare_app(Options {
         broker_url: Some(broker.url.clone()),
         protocol: Some(protocol),
@@ -385,11 +391,19 @@ async fn oversized_and_malformed_requests_do_not_stop_status_publishing(protocol
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(pbx2mqtt_mqtt, pbx2mqtt_mosquitto)),
+    ignore = "needs Mosquitto: set PBX2MQTT_TEST_MQTT_URL or install mosquitto (CI has both)"
+)]
 async fn oversized_and_malformed_requests_do_not_stop_status_publishing_mqtt5() {
     oversized_and_malformed_requests_do_not_stop_status_publishing("5").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(any(pbx2mqtt_mqtt, pbx2mqtt_mosquitto)),
+    ignore = "needs Mosquitto: set PBX2MQTT_TEST_MQTT_URL or install mosquitto (CI has both)"
+)]
 async fn oversized_and_malformed_requests_do_not_stop_status_publishing_mqtt311() {
     oversized_and_malformed_requests_do_not_stop_status_publishing("3.1.1").await;
 }
